@@ -1,0 +1,16 @@
+# Finds the system (Debian) packages resq builds on. Nothing is vendored: see third_party/README.md.
+find_package(Torch REQUIRED)
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(CLI11 REQUIRED)
+find_package(nlohmann_json 3.9 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(PkgConfig REQUIRED)
+
+pkg_check_modules(RESQ_SENTENCEPIECE REQUIRED IMPORTED_TARGET GLOBAL sentencepiece)
+add_library(resq::sentencepiece ALIAS PkgConfig::RESQ_SENTENCEPIECE)
+pkg_check_modules(RESQ_PCRE2 REQUIRED IMPORTED_TARGET GLOBAL libpcre2-8)
+add_library(resq::pcre2 ALIAS PkgConfig::RESQ_PCRE2)
+pkg_check_modules(RESQ_UTF8PROC REQUIRED IMPORTED_TARGET GLOBAL libutf8proc)
+add_library(resq::utf8proc ALIAS PkgConfig::RESQ_UTF8PROC)
+pkg_check_modules(RESQ_LAPACKE REQUIRED IMPORTED_TARGET GLOBAL lapacke)
+add_library(resq::lapacke ALIAS PkgConfig::RESQ_LAPACKE)

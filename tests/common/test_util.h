@@ -1,0 +1,65 @@
+// Helpers shared by the test suites: locating ../shared data and temporary directories.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+namespace resq::test {
+
+// Directory of the read-only shared data (env RESQ_SHARED_DIR, else <source>/../shared).
+inline std::string shared_dir() {
+  if (const char* env = std::getenv("RESQ_SHARED_DIR")) return env;
+  return RESQ_SHARED_DIR_DEFAULT;
+}
+
+// Absolute path of a file under shared/; fails the test (not skips) if it is missing: the suite
+// is specified to run against the real data, and a silently skipped test would hide that.
+inline std::string shared_path(const std::string& relative) {
+  std::string path = shared_dir() + "/" + relative;
+  if (!std::filesystem::exists(path)) {
+    ADD_FAILURE() << "shared data missing: " << path << " (set RESQ_SHARED_DIR)";
+  }
+  return path;
+}
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+// A fresh temporary directory removed when the object goes out of scope.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    std::mt19937_64 rng(rd());
+    path_ = std::filesystem::temp_directory_path() / ("resq_test_" + std::to_string(rng()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string path() const { return path_.string(); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace resq::test

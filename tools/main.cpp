@@ -1,0 +1,2 @@
+// resq command-line entry point (placeholder while the tools are written).
+int main() { return 0; }
