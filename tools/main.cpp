@@ -1,2 +1,40 @@
-// resq command-line entry point (placeholder while the tools are written).
-int main() { return 0; }
+// resq command-line entry point: dispatches to one subcommand per tools/cmd_*.cpp and is the only
+// place that turns exceptions into log messages and exit codes (0 ok, 1 error, 2 usage error).
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "common.h"
+#include "resq/common/error.h"
+
+int main(int argc, char** argv) {
+  // Logs and progress go to stderr; results go to stdout.
+  auto logger = spdlog::stderr_color_mt("resq");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+
+  CLI::App app{"resq: ResQ mixed 4/8-bit post-training quantization of LLMs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version,-V", [] { return resq::tools::version_text(); });
+  resq::tools::register_eval(app);
+  resq::tools::register_tokenize(app);
+  resq::tools::register_make_model(app);
+  resq::tools::register_demo(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);  // --help/--version exit 0; bad flags exit non-zero with CLI11's message
+  } catch (const resq::UsageError& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  } catch (const resq::Error& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    spdlog::error("internal error: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,44 @@
+// Perplexity with the GPTQ/QuaRot/SpinQuant/ResQ protocol: non-overlapping windows of seqlen tokens
+// (tail dropped), window NLL = mean over its seqlen-1 next-token predictions, ppl = exp(mean NLL).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace resq {
+
+class Decoder;
+
+struct PerplexityOptions {
+  int64_t seqlen = 2048;
+  int64_t max_windows = -1;  // < 0: all windows
+  int64_t batch = 0;         // windows per forward pass; 0 = choose from a memory budget
+  bool progress = true;      // windows done, tokens/s and ETA on stderr
+};
+
+struct PerplexityResult {
+  double nll = 0.0;         // mean of window NLLs
+  double ppl = 0.0;         // exp(nll)
+  double nll_stderr = 0.0;  // std(window NLLs, ddof=1) / sqrt(windows)
+  double ppl_stderr = 0.0;  // delta method: ppl * nll_stderr
+  int64_t seqlen = 0;
+  int64_t num_windows = 0;
+  int64_t num_tokens = 0;       // tokens of the whole text (incl. BOS)
+  int64_t num_predictions = 0;  // windows * (seqlen - 1)
+  double seconds = 0.0;
+  double tokens_per_second = 0.0;  // evaluated tokens (windows * seqlen) per second
+  std::vector<double> window_nll;
+};
+
+// ids: the whole tokenized text (BOS already prepended). Throws UsageError if there is no full window.
+PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t>& ids,
+                                     const PerplexityOptions& options);
+
+// {"ppl", "nll", "nll_stderr", ..., "window_nll": [...]}.
+nlohmann::json perplexity_to_json(const PerplexityResult& result);
+
+}  // namespace resq

@@ -1,0 +1,114 @@
+// One decoder implementation for every supported family (Llama 2/3/3.1/3.2, Qwen2/2.5, Mistral),
+// with per-linear observation hooks, swappable linears, online transforms and layer-by-layer execution.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "resq/model/config.h"
+#include "resq/model/linear.h"
+
+namespace resq {
+
+class TensorStore;
+
+// A tensor -> tensor map applied at run time (online rotation, fake quantization of K/V, ...).
+// Shape-preserving unless documented otherwise.
+class TensorTransform {
+ public:
+  virtual ~TensorTransform() = default;
+  virtual at::Tensor apply(const at::Tensor& x) const = 0;
+};
+
+// Observation hooks, called during forward passes. Default implementations do nothing.
+class ForwardObserver {
+ public:
+  virtual ~ForwardObserver() = default;
+  // x [B, T, in_features]: the exact input the linear at `site` receives (after online transforms).
+  virtual void on_linear_input(const LinearSite& site, const at::Tensor& x) {}
+  // k [B, num_kv_heads, T, head_dim] after RoPE (and after the layer's qk_transform, if any).
+  virtual void on_keys(int64_t layer, const at::Tensor& k) {}
+  // v [B, num_kv_heads, T, head_dim] as produced by v_proj.
+  virtual void on_values(int64_t layer, const at::Tensor& v) {}
+};
+
+struct DecoderLayer {
+  at::Tensor input_norm_weight;           // [d]
+  at::Tensor post_attention_norm_weight;  // [d]
+  std::shared_ptr<Linear> q, k, v, o;     // [q_size, d], [kv_size, d] x2, [d, q_size]
+  std::shared_ptr<Linear> gate, up, down; // [ffn, d] x2, [d, ffn]
+  // Online transforms (null = identity), set by quantization recipes:
+  std::shared_ptr<TensorTransform> qk_transform;          // q, k [B, H, T, hd] after RoPE (U_C)
+  std::shared_ptr<TensorTransform> k_cache_transform;     // k [B, Hkv, T, hd] (KV-cache quantizer)
+  std::shared_ptr<TensorTransform> v_cache_transform;     // v [B, Hkv, T, hd] (KV-cache quantizer)
+  std::shared_ptr<TensorTransform> down_input_transform;  // [B, T, ffn] before down_proj (U_D)
+  bool loaded() const { return static_cast<bool>(q); }
+};
+
+struct LoadOptions {
+  std::string dtype = "float32";  // compute dtype: float32 | bfloat16 | float64
+  std::string device = "cpu";     // cpu | cuda
+  bool load_layers = true;        // false: layers are loaded on demand with load_layer()
+};
+
+// Cos/sin tables for RoPE in the HF rotate_half convention: [T, head_dim] each.
+struct RopeTables {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+
+class Decoder {
+ public:
+  // Loads config.json and the safetensors weights of a HF model directory; validates every tensor
+  // the config requires (presence, shape) and throws FormatError/ShapeError naming it.
+  static Decoder load(const std::string& model_dir, const LoadOptions& options = {});
+
+  // Builds an empty decoder shell (weights set by the caller: tests, make-model, quantize).
+  Decoder(ModelConfig config, at::ScalarType dtype, at::Device device);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+  const std::string& model_dir() const { return model_dir_; }
+
+  // ids [B, T] int64 -> logits [B, T, vocab] (float32).
+  at::Tensor forward(const at::Tensor& ids, ForwardObserver* observer = nullptr);
+
+  // Pieces of forward() for layer-by-layer execution on cached hidden states:
+  at::Tensor embed(const at::Tensor& ids) const;  // [B, T] -> [B, T, d]
+  at::Tensor run_layer(int64_t layer, const at::Tensor& hidden, const RopeTables& rope,
+                       ForwardObserver* observer = nullptr) const;  // [B, T, d] -> [B, T, d]
+  at::Tensor head(const at::Tensor& hidden, ForwardObserver* observer = nullptr) const;  // -> logits
+  RopeTables rope_tables(int64_t seq_len) const;  // cached per length
+
+  // Layer storage (lazy loading keeps one layer's weights in memory at a time).
+  void load_layer(int64_t layer);
+  void unload_layer(int64_t layer);
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+
+  at::Tensor embed_weight;         // [vocab, d]
+  at::Tensor final_norm_weight;    // [d]
+  std::shared_ptr<Linear> lm_head; // [vocab, d]
+
+ private:
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  std::string model_dir_;
+  std::shared_ptr<TensorStore> store_;
+  std::vector<DecoderLayer> layers_;
+  mutable int64_t rope_len_ = -1;
+  mutable RopeTables rope_cache_;
+};
+
+// Parses "float32" | "bfloat16" | "float64" (also fp32/bf16/fp64); throws UsageError otherwise.
+at::ScalarType parse_compute_dtype(const std::string& name);
+
+// y = x / rms(x) * weight over the last dimension, computed in float32 (or float64).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace resq

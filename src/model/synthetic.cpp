@@ -1,0 +1,353 @@
+// Random-init model directories for named shapes (make-model, demo, tests and benchmarks).
+#include "resq/model/synthetic.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "resq/common/error.h"
+#include "resq/io/safetensors.h"
+#include "resq/text/sentencepiece_shim.h"
+
+namespace resq {
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig base_config(const std::string& type, int64_t d, int64_t ffn, int64_t layers, int64_t heads,
+                        int64_t kv_heads, int64_t vocab, double theta, bool tied) {
+  ModelConfig c;
+  c.model_type = type;
+  c.hidden_size = d;
+  c.intermediate_size = ffn;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = d / heads;
+  c.vocab_size = vocab;
+  c.rope_theta = theta;
+  c.tie_word_embeddings = tied;
+  c.qkv_bias = type == "qwen2";
+  c.rms_norm_eps = type == "qwen2" ? 1e-6 : 1e-5;
+  c.max_position_embeddings = 4096;
+  c.bos_token_id = 1;
+  c.eos_token_id = 2;
+  return c;
+}
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+const char* const kWords[] = {
+    "the", "a", "little", "big", "old", "happy", "small", "red", "blue", "green", "bright", "quiet",
+    "cat", "dog", "bird", "girl", "boy", "tree", "house", "river", "ship", "city", "king", "garden",
+    "saw", "found", "liked", "made", "took", "gave", "wanted", "heard", "built", "painted", "followed",
+    "and", "but", "then", "because", "when", "after", "before", "while", "so", "with", "under", "near",
+    "day", "night", "morning", "sun", "moon", "rain", "wind", "stone", "book", "song", "friend", "mother",
+    "father", "teacher", "school", "road", "market", "forest", "mountain", "village", "window", "door",
+    "ran", "walked", "jumped", "sang", "smiled", "cried", "laughed", "slept", "played", "looked", "said",
+    "very", "slowly", "quickly", "together", "again", "always", "never", "soon", "later", "today",
+    "one", "two", "three", "many", "some", "every", "other", "first", "last", "new", "long", "warm",
+    "1912", "2024", "42", "7", "history", "war", "music", "science", "game", "team", "season", "album"};
+
+}  // namespace
+
+std::vector<std::string> synthetic_shape_names() {
+  return {"tiny", "llama-3.2-1b", "llama-3-8b", "llama-2-7b", "qwen2.5-0.5b", "qwen2.5-7b",
+          "tiny-qwen2", "tiny-gqa-tied"};
+}
+
+ModelConfig synthetic_shape_config(const std::string& name) {
+  ModelConfig c;
+  if (name == "tiny") {
+    c = base_config("llama", 128, 352, 4, 8, 4, 512, 10000.0, false);
+    c.max_position_embeddings = 1024;
+  } else if (name == "tiny-qwen2") {
+    c = base_config("qwen2", 64, 160, 2, 4, 2, 300, 1e6, false);
+  } else if (name == "tiny-gqa-tied") {
+    c = base_config("llama", 64, 172, 2, 8, 2, 300, 10000.0, true);
+  } else if (name == "llama-3.2-1b") {
+    c = base_config("llama", 2048, 8192, 16, 32, 8, 128256, 500000.0, true);
+    c.rope_scaling.type = RopeScaling::Type::kLlama3;
+    c.rope_scaling.factor = 32.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.max_position_embeddings = 131072;
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+  } else if (name == "llama-3-8b") {
+    c = base_config("llama", 4096, 14336, 32, 32, 8, 128256, 500000.0, false);
+    c.max_position_embeddings = 8192;
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+  } else if (name == "llama-2-7b") {
+    c = base_config("llama", 4096, 11008, 32, 32, 32, 32000, 10000.0, false);
+  } else if (name == "qwen2.5-0.5b") {
+    c = base_config("qwen2", 896, 4864, 24, 14, 2, 151936, 1e6, true);
+    c.max_position_embeddings = 32768;
+    c.bos_token_id.reset();
+    c.eos_token_id = 151643;
+  } else if (name == "qwen2.5-7b") {
+    c = base_config("qwen2", 3584, 18944, 28, 28, 4, 152064, 1e6, false);
+    c.max_position_embeddings = 32768;
+    c.bos_token_id.reset();
+    c.eos_token_id = 151643;
+  } else {
+    std::string names;
+    for (const auto& n : synthetic_shape_names()) names += (names.empty() ? "" : ", ") + n;
+    throw UsageError("--shape: unknown shape '" + name + "' (known: " + names + ")");
+  }
+  return c;
+}
+
+std::string synthetic_text(uint64_t seed, int64_t bytes) {
+  constexpr size_t kNumWords = sizeof(kWords) / sizeof(kWords[0]);
+  uint64_t state = seed * 0x2545F4914F6CDD1DULL + 17;
+  std::string text;
+  text.reserve(bytes + 64);
+  while (static_cast<int64_t>(text.size()) < bytes) {
+    const int64_t words = 4 + static_cast<int64_t>(splitmix64(state) % 10);
+    for (int64_t w = 0; w < words; ++w) {
+      std::string word = kWords[splitmix64(state) % kNumWords];
+      if (w == 0) word[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(word[0])));
+      text += word;
+      text += w + 1 < words ? " " : (splitmix64(state) % 5 == 0 ? ".\n" : ". ");
+    }
+  }
+  return text;
+}
+
+namespace {
+
+void write_json(const fs::path& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw IoError(path.string() + ": cannot write");
+  out << j.dump(2) << "\n";
+}
+
+void train_sentencepiece(const fs::path& dir, int64_t vocab, uint64_t seed) {
+  const fs::path corpus = dir / "tokenizer_corpus.txt";
+  {
+    std::ofstream out(corpus, std::ios::binary);
+    out << synthetic_text(seed ^ 0x5eed, 400000);
+  }
+  const std::string args = "--input=" + corpus.string() + " --model_prefix=" + (dir / "tokenizer").string() +
+                           " --vocab_size=" + std::to_string(vocab) +
+                           " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
+                           " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --hard_vocab_limit=false"
+                           " --num_threads=1 --minloglevel=2 --random_seed=" + std::to_string(seed % 1000000);
+  try {
+    spm::train(args);
+  } catch (...) {
+    fs::remove(corpus);
+    throw;
+  }
+  fs::remove(corpus);
+  fs::remove(dir / "tokenizer.vocab");
+  write_json(dir / "tokenizer_config.json",
+             {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", true}, {"add_eos_token", false},
+              {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
+}
+
+// Accumulates tensors into shards of at most max_bytes and writes them.
+class ShardWriter {
+ public:
+  ShardWriter(fs::path dir, int64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+
+  void add(const std::string& name, at::Tensor t) {
+    t = t.contiguous();
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (!pending_.empty() && pending_bytes_ + bytes > max_bytes_) flush();
+    pending_.emplace_back(name, t);
+    pending_bytes_ += bytes;
+  }
+
+  // Writes the last shard and, if there is more than one, renames shards to the HF scheme and
+  // writes model.safetensors.index.json.
+  void finish(const std::map<std::string, std::string>& metadata) {
+    metadata_ = metadata;
+    flush();
+    if (shards_.size() == 1) {
+      fs::rename(dir_ / shards_[0].first, dir_ / "model.safetensors");
+      return;
+    }
+    nlohmann::json weight_map = nlohmann::json::object();
+    const size_t n = shards_.size();
+    int64_t total = 0;
+    for (size_t i = 0; i < n; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+      fs::rename(dir_ / shards_[i].first, dir_ / name);
+      for (const auto& tensor : shards_[i].second) weight_map[tensor] = name;
+    }
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      if (entry.path().extension() == ".safetensors") total += static_cast<int64_t>(entry.file_size());
+    }
+    write_json(dir_ / "model.safetensors.index.json",
+               {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  }
+
+ private:
+  void flush() {
+    if (pending_.empty()) return;
+    std::vector<TensorToWrite> tensors;
+    std::vector<std::string> names;
+    for (auto& [name, t] : pending_) {
+      TensorToWrite w;
+      w.name = name;
+      w.dtype = t.scalar_type() == at::kBFloat16 ? DType::BF16 : DType::F32;
+      w.shape = t.sizes().vec();
+      w.data = t.data_ptr();
+      w.nbytes = static_cast<size_t>(t.numel() * t.element_size());
+      tensors.push_back(w);
+      names.push_back(name);
+    }
+    const std::string file = "shard-" + std::to_string(shards_.size()) + ".safetensors";
+    write_safetensors((dir_ / file).string(), tensors, metadata_);
+    shards_.emplace_back(file, names);
+    pending_.clear();
+    pending_bytes_ = 0;
+  }
+
+  fs::path dir_;
+  int64_t max_bytes_;
+  std::vector<std::pair<std::string, at::Tensor>> pending_;
+  int64_t pending_bytes_ = 0;
+  std::vector<std::pair<std::string, std::vector<std::string>>> shards_;
+  std::map<std::string, std::string> metadata_ = {{"format", "pt"}};
+};
+
+}  // namespace
+
+std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std::string& out_dir,
+                                           const SyntheticModelOptions& options) {
+  if (fs::exists(out_dir)) throw UsageError("--out: '" + out_dir + "' already exists; choose a new directory");
+  const ModelConfig& c = config;
+  at::ScalarType dtype = at::kFloat;
+  if (options.weight_dtype == "bfloat16") {
+    dtype = at::kBFloat16;
+  } else if (options.weight_dtype == "auto") {
+    dtype = c.parameter_count() >= 100'000'000 ? at::kBFloat16 : at::kFloat;
+  } else if (options.weight_dtype != "float32") {
+    throw UsageError("--weight-dtype: expected auto, float32 or bfloat16, got '" + options.weight_dtype + "'");
+  }
+  if (options.num_outlier_channels < 0 || options.num_outlier_channels > c.hidden_size) {
+    throw UsageError("--outliers must be in [0, hidden_size]");
+  }
+
+  const fs::path final_dir(out_dir);
+  const fs::path tmp_dir = final_dir.string() + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+  try {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    const double std_dev = 0.02;
+    auto normal = [&](std::vector<int64_t> shape, double s) {
+      return at::normal(0.0, s, shape, gen, at::TensorOptions().dtype(at::kFloat));
+    };
+    // Planted outliers: channel -> gain in [20, 100], applied to the embedding columns and to the
+    // rows of o_proj/down_proj that write that channel, so the residual stream keeps them.
+    std::vector<int64_t> channels;
+    std::vector<double> gains;
+    {
+      uint64_t state = options.seed ^ 0x071e5ULL;
+      while (static_cast<int64_t>(channels.size()) < options.num_outlier_channels) {
+        const int64_t ch = static_cast<int64_t>(splitmix64(state) % c.hidden_size);
+        if (std::find(channels.begin(), channels.end(), ch) != channels.end()) continue;
+        channels.push_back(ch);
+        gains.push_back(20.0 + 80.0 * static_cast<double>(splitmix64(state) % 1000) / 999.0);
+      }
+    }
+    auto plant_columns = [&](at::Tensor t) {
+      for (size_t i = 0; i < channels.size(); ++i) t.select(1, channels[i]).mul_(gains[i]);
+      return t;
+    };
+    auto plant_rows = [&](at::Tensor t) {
+      for (size_t i = 0; i < channels.size(); ++i) t.select(0, channels[i]).mul_(gains[i]);
+      return t;
+    };
+
+    ShardWriter writer(tmp_dir, options.max_shard_bytes);
+    const int64_t d = c.hidden_size, ffn = c.intermediate_size;
+    writer.add("model.embed_tokens.weight", plant_columns(normal({c.vocab_size, d}, std_dev)).to(dtype));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      if (c.num_layers >= 8) spdlog::info("make-model: layer {}/{}", i + 1, c.num_layers);
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      writer.add(p + "input_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+      writer.add(p + "post_attention_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+      writer.add(p + "self_attn.q_proj.weight", normal({c.q_size(), d}, std_dev).to(dtype));
+      writer.add(p + "self_attn.k_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
+      writer.add(p + "self_attn.v_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
+      if (c.qkv_bias) {
+        writer.add(p + "self_attn.q_proj.bias", normal({c.q_size()}, 0.1).to(dtype));
+        writer.add(p + "self_attn.k_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
+        writer.add(p + "self_attn.v_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
+      }
+      writer.add(p + "self_attn.o_proj.weight", plant_rows(normal({d, c.q_size()}, std_dev)).to(dtype));
+      if (c.o_bias) writer.add(p + "self_attn.o_proj.bias", normal({d}, 0.02).to(dtype));
+      writer.add(p + "mlp.gate_proj.weight", normal({ffn, d}, std_dev).to(dtype));
+      writer.add(p + "mlp.up_proj.weight", normal({ffn, d}, std_dev).to(dtype));
+      writer.add(p + "mlp.down_proj.weight", plant_rows(normal({d, ffn}, std_dev)).to(dtype));
+      if (c.mlp_bias) {
+        writer.add(p + "mlp.gate_proj.bias", normal({ffn}, 0.02).to(dtype));
+        writer.add(p + "mlp.up_proj.bias", normal({ffn}, 0.02).to(dtype));
+        writer.add(p + "mlp.down_proj.bias", normal({d}, 0.02).to(dtype));
+      }
+    }
+    writer.add("model.norm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+    if (!c.tie_word_embeddings) writer.add("lm_head.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
+    writer.finish({{"format", "pt"}, {"resq_synthetic_seed", std::to_string(options.seed)}});
+
+    ModelConfig saved = c;
+    saved.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";
+    write_json(tmp_dir / "config.json", model_config_to_json(saved));
+    nlohmann::json gen_cfg = nlohmann::json::object();
+    if (c.bos_token_id) gen_cfg["bos_token_id"] = *c.bos_token_id;
+    if (c.eos_token_id) gen_cfg["eos_token_id"] = *c.eos_token_id;
+    write_json(tmp_dir / "generation_config.json", gen_cfg);
+
+    if (!options.tokenizer_dir.empty()) {
+      bool copied = false;
+      for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
+        const fs::path src = fs::path(options.tokenizer_dir) / f;
+        if (fs::exists(src)) {
+          fs::copy_file(src, tmp_dir / f);
+          copied |= std::string(f) == "tokenizer.json" || std::string(f) == "tokenizer.model";
+        }
+      }
+      if (!copied) throw IoError(options.tokenizer_dir + ": no tokenizer.json or tokenizer.model to copy");
+    } else {
+      const int64_t vocab = options.tokenizer_vocab > 0 ? options.tokenizer_vocab : std::min<int64_t>(c.vocab_size, 512);
+      if (vocab > c.vocab_size) throw UsageError("--tokenizer-vocab exceeds the model's vocab_size");
+      if (!c.bos_token_id || *c.bos_token_id != 1) {
+        // The trained SentencePiece model puts BOS at id 1; keep config.json consistent with it.
+        ModelConfig fixed = saved;
+        fixed.bos_token_id = 1;
+        fixed.eos_token_id = 2;
+        write_json(tmp_dir / "config.json", model_config_to_json(fixed));
+      }
+      train_sentencepiece(tmp_dir, vocab, options.seed);
+    }
+    fs::rename(tmp_dir, final_dir);
+    return channels;
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
+}
+
+}  // namespace resq

@@ -1,0 +1,90 @@
+// A C-ABI shim around libsentencepiece, built as a loadable module and dlopen()ed with
+// RTLD_LOCAL | RTLD_DEEPBIND. Why: Debian's libsentencepiece embeds and exports its own copy of
+// protobuf-lite, which clashes with the libprotobuf that libtorch loads (crash during static
+// initialisation when both are in the global symbol scope). Loaded privately, each keeps its own.
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+void set_error(char* err, size_t len, const std::string& msg) {
+  if (err && len) {
+    std::strncpy(err, msg.c_str(), len - 1);
+    err[len - 1] = '\0';
+  }
+}
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) void* resq_spm_load(const char* path, char* err, size_t err_len) {
+  auto* p = new sentencepiece::SentencePieceProcessor();
+  const auto status = p->Load(path);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    delete p;
+    return nullptr;
+  }
+  return p;
+}
+
+__attribute__((visibility("default"))) void resq_spm_free(void* handle) {
+  delete static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+}
+
+// ids: malloc()ed array of *count ints, freed by resq_spm_free_buffer. Returns 0 on success.
+__attribute__((visibility("default"))) int resq_spm_encode(void* handle, const char* text, size_t len, int** ids,
+                                                           size_t* count, char* err, size_t err_len) {
+  std::vector<int> out;
+  const auto status =
+      static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Encode(std::string(text, len), &out);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    return 1;
+  }
+  *count = out.size();
+  *ids = static_cast<int*>(std::malloc(sizeof(int) * (out.empty() ? 1 : out.size())));
+  if (!out.empty()) std::memcpy(*ids, out.data(), sizeof(int) * out.size());
+  return 0;
+}
+
+__attribute__((visibility("default"))) int resq_spm_decode(void* handle, const int* ids, size_t count, char** text,
+                                                           size_t* len, char* err, size_t err_len) {
+  std::string out;
+  const auto status = static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Decode(
+      std::vector<int>(ids, ids + count), &out);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    return 1;
+  }
+  *len = out.size();
+  *text = static_cast<char*>(std::malloc(out.size() + 1));
+  std::memcpy(*text, out.data(), out.size());
+  (*text)[out.size()] = '\0';
+  return 0;
+}
+
+__attribute__((visibility("default"))) void resq_spm_free_buffer(void* buffer) { std::free(buffer); }
+
+__attribute__((visibility("default"))) int resq_spm_piece_size(void* handle) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->GetPieceSize();
+}
+
+__attribute__((visibility("default"))) int resq_spm_bos_id(void* handle) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->bos_id();
+}
+
+__attribute__((visibility("default"))) int resq_spm_train(const char* args, char* err, size_t err_len) {
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    return 1;
+  }
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,110 @@
+// SentencePiece tokenizer and dataset helpers against the shared fixtures (ids from the official
+// SentencePiece library) and the shared WikiText-2 files.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/test_util.h"
+#include "resq/common/error.h"
+#include "resq/text/dataset.h"
+#include "resq/text/tokenizer.h"
+
+namespace resq {
+namespace {
+
+using test::read_file;
+using test::shared_path;
+
+nlohmann::json load_fixture(const std::string& name) {
+  return nlohmann::json::parse(read_file(shared_path("fixtures/" + name)));
+}
+
+TEST(WikitextJoin, EqualsHfDatasetTextByteForByte) {
+  const std::string raw = read_text_file(shared_path("data/wikitext-2-raw/wiki.test.raw"));
+  const std::string expected = read_file(shared_path("data/wikitext-2-raw/test.hf_join.txt"));
+  const std::string joined = wikitext_join(raw);
+  ASSERT_EQ(joined.size(), expected.size());
+  EXPECT_TRUE(joined == expected);
+}
+
+TEST(WikitextJoin, SmallCases) {
+  EXPECT_EQ(wikitext_join(""), "");
+  EXPECT_EQ(wikitext_join(" \n = A = \n \n"), std::string("\n\n = A = \n\n\n"));
+  EXPECT_EQ(wikitext_join("x"), "x");
+  EXPECT_EQ(wikitext_join("a\n\t \nb\n"), std::string("a\n\n\n\n\nb\n"));
+}
+
+TEST(SentencePiece, Stories260KWikitextIdsMatchFixture) {
+  const auto fixture = load_fixture("stories260K.wikitext2-test.json");
+  auto tok = load_tokenizer(shared_path("models/stories260K"));
+  EXPECT_EQ(tok->kind(), "sentencepiece");
+  EXPECT_EQ(tok->vocab_size(), 512);
+  ASSERT_TRUE(tok->bos_id().has_value());
+  EXPECT_EQ(*tok->bos_id(), 1);
+  EXPECT_TRUE(tok->adds_bos());
+  const std::string text = read_file(shared_path("data/wikitext-2-raw/test.hf_join.txt"));
+  const auto ids = tokenize_for_eval(*tok, text, true);
+  EXPECT_EQ(static_cast<int64_t>(ids.size()), fixture["num_tokens"].get<int64_t>());
+  const auto first = fixture["first_64_ids"].get<std::vector<int32_t>>();
+  ASSERT_GE(ids.size(), first.size());
+  EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.begin() + first.size()), first);
+}
+
+TEST(SentencePiece, Stories260KTinyStoriesIdsMatchFixture) {
+  const auto fixture = load_fixture("stories260K.tinystories-valid.json");
+  auto tok = load_tokenizer(shared_path("models/stories260K"));
+  const std::string text = read_file(shared_path("data/tinystories/valid_head.txt"));
+  const auto ids = tokenize_for_eval(*tok, text, true);
+  EXPECT_EQ(static_cast<int64_t>(ids.size()), fixture["num_tokens"].get<int64_t>());
+  const auto first = fixture["first_64_ids"].get<std::vector<int32_t>>();
+  EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.begin() + first.size()), first);
+}
+
+TEST(SentencePiece, DecodeRoundTripAndErrors) {
+  auto tok = load_tokenizer(shared_path("models/stories260K"));
+  const std::string text = "Once upon a time, there was a little girl named Lily.";
+  EXPECT_EQ(tok->decode(tok->encode(text)), text);
+  EXPECT_THROW(tok->decode({5, 100000}), UsageError);
+  EXPECT_THROW(tok->decode({-1}), UsageError);
+}
+
+TEST(Tokenizer, MissingFilesGiveClearErrors) {
+  test::TempDir dir;
+  try {
+    load_tokenizer(dir.path());
+    FAIL() << "expected IoError";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.path()), std::string::npos);
+  }
+  EXPECT_THROW(load_tokenizer(dir.file("does-not-exist")), IoError);
+  test::write_file(dir.file("tokenizer.model"), "not a sentencepiece model");
+  EXPECT_THROW(load_tokenizer(dir.path()), IoError);
+}
+
+TEST(Dataset, WindowsAndCalibrationSampling) {
+  EXPECT_EQ(num_windows(1024, 512), 2);
+  EXPECT_EQ(num_windows(1023, 512), 1);
+  EXPECT_THROW(num_windows(10, 1), UsageError);
+  const auto a = sample_calibration_offsets(10000, 512, 64, 7);
+  const auto b = sample_calibration_offsets(10000, 512, 64, 7);
+  const auto c = sample_calibration_offsets(10000, 512, 64, 8);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  for (int64_t o : a) {
+    EXPECT_GE(o, 0);
+    EXPECT_LE(o, 10000 - 512);
+  }
+  // Exactly-one-window text: every offset must be 0.
+  for (int64_t o : sample_calibration_offsets(512, 512, 5, 1)) EXPECT_EQ(o, 0);
+  EXPECT_THROW(sample_calibration_offsets(100, 512, 4, 1), UsageError);
+  EXPECT_THROW(sample_calibration_offsets(1000, 512, 0, 1), UsageError);
+}
+
+TEST(Dataset, Fnv1aKnownValues) {
+  // Published FNV-1a 64 test vectors.
+  EXPECT_EQ(fnv1a_hex(""), "cbf29ce484222325");
+  EXPECT_EQ(fnv1a_hex("a"), "af63dc4c8601ec8c");
+}
+
+}  // namespace
+}  // namespace resq

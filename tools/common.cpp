@@ -1,0 +1,68 @@
+// Shared option declarations and helpers for the resq subcommands.
+#include "common.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "resq/common/error.h"
+
+namespace resq::tools {
+
+void add_model_option(CLI::App* cmd, CommonOptions& o, bool required) {
+  auto* opt = cmd->add_option("--model,-m", o.model, "HuggingFace model directory (config.json, *.safetensors, tokenizer)");
+  if (required) opt->required();
+}
+
+void add_runtime_options(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype, "compute dtype: float32, bfloat16 or float64")->capture_default_str();
+  cmd->add_option("--threads", o.threads, "intra-op threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+}
+
+void add_seed_option(CLI::App* cmd, CommonOptions& o, uint64_t default_seed) {
+  o.seed = default_seed;
+  cmd->add_option("--seed", o.seed, "random seed")->capture_default_str();
+}
+
+void add_json_option(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("--json", o.json_out, "also write the results as JSON to this file");
+}
+
+void apply_runtime_options(const CommonOptions& o) {
+  const auto level = spdlog::level::from_str(o.log_level);
+  if (level == spdlog::level::off && o.log_level != "off") {
+    throw UsageError("--log-level: expected trace, debug, info, warn, error or off, got '" + o.log_level + "'");
+  }
+  spdlog::set_level(level);
+  if (o.threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(o.threads));
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+}
+
+void write_json_file(const std::string& path, const nlohmann::json& value) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw IoError(path + ": cannot write JSON output (" + tmp + ")");
+    out << value.dump(2) << "\n";
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw IoError(path + ": write failed");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw IoError(path + ": cannot rename " + tmp + " into place: " + ec.message());
+  }
+}
+
+}  // namespace resq::tools

@@ -1,0 +1,44 @@
+// Options shared by every subcommand (declared once here) and small helpers for the tools.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace resq::tools {
+
+struct CommonOptions {
+  std::string model;             // --model DIR
+  std::string device = "cpu";    // --device cpu|cuda
+  std::string dtype = "float32"; // --dtype float32|bfloat16|float64
+  int threads = 0;               // --threads (0 = all cores)
+  uint64_t seed = 0;             // --seed
+  std::string log_level = "info";// --log-level
+  std::string json_out;          // --json FILE
+};
+
+// Each adds the named shared options to a subcommand.
+void add_model_option(CLI::App* cmd, CommonOptions& o, bool required = true);
+void add_runtime_options(CLI::App* cmd, CommonOptions& o);  // --device --dtype --threads --log-level
+void add_seed_option(CLI::App* cmd, CommonOptions& o, uint64_t default_seed);
+void add_json_option(CLI::App* cmd, CommonOptions& o);
+
+// Applies --threads and --log-level (call first thing in a subcommand).
+void apply_runtime_options(const CommonOptions& o);
+
+// Writes JSON to `path` atomically (temporary name, then rename). Throws IoError.
+void write_json_file(const std::string& path, const nlohmann::json& value);
+
+// Registration of each subcommand (one file each under tools/).
+void register_eval(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_make_model(CLI::App& app);
+void register_demo(CLI::App& app);
+
+// Version banner for `resq --version`.
+std::string version_text();
+
+}  // namespace resq::tools
