@@ -3,12 +3,18 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
+
 #include <iostream>
 
 #include "common.h"
 #include "resq/common/error.h"
 
 int main(int argc, char** argv) {
+  // Keep large freed blocks in the heap: forward passes allocate and free the same multi-MiB
+  // activations every layer, and returning them to the kernel each time costs page faults.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   // Logs and progress go to stderr; results go to stdout.
   auto logger = spdlog::stderr_color_mt("resq");
   spdlog::set_default_logger(logger);

@@ -211,11 +211,17 @@ void gemm_avx2(const format::QuantizedActivationsView& x, const format::PackedLi
   // Register tiles of 8 accumulators: 2x4 for batches, 1x8 for a single token.
   const int mr_main = M >= 2 ? 2 : 1;
   const int nr_main = mr_main == 1 ? 8 : 4;
+  // Cache blocks (per task): ~256 KiB of weight rows, swept by up to 256 tokens whose prepared
+  // rows take ~512 KiB, so both stay in a 1 MiB L2 while consecutive tasks of a thread reuse the
+  // token block; the N block shrinks until there are enough tasks to balance the threads.
   const int64_t w_row_bytes = std::max<int64_t>(1, rb + w.dims.K8);
   int64_t nb = std::max<int64_t>(16, (int64_t{256} << 10) / w_row_bytes / 16 * 16);
-  const int64_t mb = std::min<int64_t>(M, 64);
+  const int64_t x_block_rows = (int64_t{512} << 10) / std::max<int64_t>(p.stride, 1) / 16 * 16;
+  const int64_t mb = std::min<int64_t>(M, std::clamp<int64_t>(x_block_rows, 16, 256));
   const int64_t m_blocks = (M + mb - 1) / mb;
-  while (nb > 16 && m_blocks * ((N + nb - 1) / nb) < 16) nb = std::max<int64_t>(16, nb / 2 / 16 * 16);
+  while (nb > 16 && m_blocks * ((N + nb - 1) / nb) < 16) {
+    nb = std::max<int64_t>(16, nb / 2 / 16 * 16);
+  }
   const int64_t n_blocks = (N + nb - 1) / nb;
   const int64_t tasks = m_blocks * n_blocks;
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
@@ -271,7 +277,9 @@ RESQ_TARGET_AVX2 void quantize_part_avx2(const float* x, int64_t K, int bits, fl
     if (bits == 8) {
       for (int i = 0; i < 8; ++i) out[k + i] = static_cast<uint8_t>(q[i]);
     } else {
-      for (int i = 0; i < 4; ++i) out[k / 2 + i] = static_cast<uint8_t>(q[2 * i] | (q[2 * i + 1] << 4));
+      for (int i = 0; i < 4; ++i) {
+        out[k / 2 + i] = static_cast<uint8_t>(q[2 * i] | (q[2 * i + 1] << 4));
+      }
     }
   }
   if (bits == 4 && k < K) {

@@ -9,8 +9,9 @@
 
 #include "cpu/isa_internal.h"
 
-// GCC 12's avx512fintrin.h builds many intrinsics on _mm512_undefined_*(), which -Wuninitialized
-// reports at every use (GCC bug 105593, fixed in GCC 13); the values are write-only masks.
+// GCC 12's avx512fintrin.h passes _mm512_undefined_*() as the pass-through operand of masked
+// builtins (never read under an all-ones mask), and -Wuninitialized reports it at every inlined
+// use (GCC bug 105593, fixed in GCC 13).
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -238,13 +239,17 @@ void gemm_avx512_vnni(const format::QuantizedActivationsView& x,
   // Register tiles: 4x4 for batches, 2x8 / 1x16 for one or two tokens (16 accumulators each).
   const int mr_main = M >= 4 ? 4 : static_cast<int>(M);
   const int nr_main = mr_main == 1 ? 16 : mr_main == 2 ? 8 : 4;
-  // Cache blocks: ~256 KiB of weight rows per block (L2-resident while the M block sweeps it),
-  // at most 64 tokens per block; shrink the N block until there are enough tasks for the threads.
+  // Cache blocks (per task): ~256 KiB of weight rows, swept by up to 256 tokens whose prepared
+  // rows take ~512 KiB, so both stay in a 1 MiB L2 while consecutive tasks of a thread reuse the
+  // token block; the N block shrinks until there are enough tasks to balance the threads.
   const int64_t w_row_bytes = std::max<int64_t>(1, rb + w.dims.K8);
   int64_t nb = std::max<int64_t>(16, (int64_t{256} << 10) / w_row_bytes / 16 * 16);
-  const int64_t mb = std::min<int64_t>(M, 64);
+  const int64_t x_block_rows = (int64_t{512} << 10) / std::max<int64_t>(p.stride, 1) / 16 * 16;
+  const int64_t mb = std::min<int64_t>(M, std::clamp<int64_t>(x_block_rows, 16, 256));
   const int64_t m_blocks = (M + mb - 1) / mb;
-  while (nb > 16 && m_blocks * ((N + nb - 1) / nb) < 16) nb = std::max<int64_t>(16, nb / 2 / 16 * 16);
+  while (nb > 16 && m_blocks * ((N + nb - 1) / nb) < 16) {
+    nb = std::max<int64_t>(16, nb / 2 / 16 * 16);
+  }
   const int64_t n_blocks = (N + nb - 1) / nb;
   const int64_t tasks = m_blocks * n_blocks;
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)

@@ -3,7 +3,6 @@
 #include "resq/linalg/rotation.h"
 
 #include <Eigen/QR>
-#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -65,7 +64,9 @@ void apply_online_hadamard_impl(const OnlineHadamard& t, T* x, int64_t rows, int
   // B^T [block, block] in T with the 1/sqrt(pow2) normalization folded in.
   RowMajorT mix(m, m);
   for (int64_t b = 0; b < m; ++b) {
-    for (int64_t d = 0; d < m; ++d) mix(d, b) = static_cast<T>(t.block_matrix[b * m + d] * inv_sqrt_p);
+    for (int64_t d = 0; d < m; ++d) {
+      mix(d, b) = static_cast<T>(t.block_matrix[b * m + d] * inv_sqrt_p);
+    }
   }
   RowMajorT mixed(m > 1 ? m : 0, m > 1 ? p : 0);
 

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "resq/common/error.h"
@@ -105,6 +106,16 @@ RopeTables Decoder::rope_tables(int64_t seq_len) const {
   }
   rope_cache_.cos = angles.cos().to(device_, dtype_);
   rope_cache_.sin = angles.sin().to(device_, dtype_);
+  // Additive attention mask [T, T]: 0 where key j is visible from query i (j <= i, and within the
+  // sliding window if any), -inf elsewhere.
+  at::Tensor positions = at::arange(seq_len, at::TensorOptions().dtype(at::kLong));
+  at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // i - j
+  at::Tensor hidden = distance < 0;
+  if (config_.sliding_window) hidden = at::logical_or(hidden, distance >= *config_.sliding_window);
+  const auto mask_type = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
+  rope_cache_.mask = at::zeros({seq_len, seq_len}, at::TensorOptions().dtype(mask_type))
+                         .masked_fill(hidden, -std::numeric_limits<double>::infinity())
+                         .to(device_);
   rope_len_ = seq_len;
   return rope_cache_;
 }
@@ -165,15 +176,15 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
     v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
   }
-  // scores [B, H, T, T]; softmax in float32 (float64 for float64 models).
+  // scores [B*H, T, T] = mask + q·kᵀ/√hd in one baddbmm; softmax in float32 (float64 for float64
+  // models). The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
   const auto stat_type = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).to(stat_type) / std::sqrt(static_cast<double>(hd));
-  at::Tensor positions = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device_));
-  at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // i - j  [T, T]
-  at::Tensor masked = distance < 0;
-  if (c.sliding_window) masked = at::logical_or(masked, distance >= *c.sliding_window);
-  scores = scores.masked_fill(masked, -std::numeric_limits<double>::infinity());
-  at::Tensor probs = at::softmax(scores, -1).to(dtype_);
+  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type);
+  at::Tensor q3 = q.reshape({B * H, T, hd}).to(stat_type);
+  at::Tensor k3 = k.reshape({B * H, T, hd}).to(stat_type);
+  at::Tensor scores = at::baddbmm(mask.unsqueeze(0), q3, k3.transpose(1, 2), /*beta=*/1.0,
+                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
+  at::Tensor probs = at::softmax(scores, -1).to(dtype_).view({B, H, T, T});
   at::Tensor attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
   if (observer) observer->on_linear_input({index, LinearKind::kO}, attn);
   at::Tensor h = hidden + layer.o->forward(attn);

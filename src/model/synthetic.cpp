@@ -146,11 +146,11 @@ void train_sentencepiece(const fs::path& dir, int64_t vocab, uint64_t seed) {
   }
   const std::string args = "--input=" + corpus.string() + " --model_prefix=" + (dir / "tokenizer").string() +
                            " --vocab_size=" + std::to_string(vocab) +
-                           " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
+                           " --model_type=bpe --character_coverage=1.0"
                            " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --hard_vocab_limit=false"
-                           " --num_threads=1 --minloglevel=2 --random_seed=" + std::to_string(seed % 1000000);
+                           " --num_threads=1 --minloglevel=2";
   try {
-    spm::train(args);
+    spm::train(args, static_cast<unsigned int>(seed % 1000003));
   } catch (...) {
     fs::remove(corpus);
     throw;

@@ -158,6 +158,187 @@ std::string get_type(const json& object, const std::string& where) {
   return it->get<std::string>();
 }
 
+// tokenizer.json reader: a DOM of everything except model.vocab and model.merges, which are
+// streamed into flat lists (a DOM of a 150k-entry object costs more than the tokenizer itself).
+class TokenizerJsonReader : public nlohmann::json_sax<json> {
+ public:
+  TokenizerJsonReader(std::string file, size_t json_size) : file_(std::move(file)) {
+    merge_spans.reserve(json_size / 24);  // a merge takes >= 24 bytes of JSON in practice
+    merge_text.reserve(json_size / 3);
+  }
+
+  json root;
+  bool has_vocab = false;
+  bool has_merges = false;
+  std::vector<std::pair<std::string, int32_t>> vocab;
+  // Merge i is merge_text[offset, +left) and the next `right` bytes: {offset, left, right}.
+  std::string merge_text;
+  std::vector<std::array<uint32_t, 3>> merge_spans;
+
+  size_t merge_count() const { return merge_spans.size(); }
+  std::string_view merge_left(size_t i) const {
+    return std::string_view(merge_text).substr(merge_spans[i][0], merge_spans[i][1]);
+  }
+  std::string_view merge_right(size_t i) const {
+    return std::string_view(merge_text).substr(merge_spans[i][0] + merge_spans[i][1],
+                                               merge_spans[i][2]);
+  }
+
+  bool null() override { return value(json()); }
+  bool boolean(bool v) override { return value(json(v)); }
+  bool number_integer(number_integer_t v) override { return integer(v, json(v)); }
+  bool number_unsigned(number_unsigned_t v) override {
+    return integer(v > static_cast<number_unsigned_t>(kMaxTokenId) ? -1 : static_cast<int64_t>(v),
+                   json(v));
+  }
+  bool number_float(number_float_t v, const string_t&) override { return value(json(v)); }
+  bool string(string_t& v) override {
+    if (mode_ == Mode::kMerges) {
+      const size_t space = v.find(' ');
+      if (space == std::string::npos) {
+        throw ConfigError(merge_where() + ": '" + v + "' is not of the form \"left right\"");
+      }
+      add_merge(std::string_view(v).substr(0, space), std::string_view(v).substr(space + 1));
+      return true;
+    }
+    if (mode_ == Mode::kMergePair) {
+      pair_.push_back(std::move(v));
+      return true;
+    }
+    return value(json(std::move(v)));
+  }
+  bool binary(binary_t& v) override { return value(json(std::move(v))); }
+  bool start_object(std::size_t) override {
+    if (mode_ == Mode::kDom && is_model_field("vocab")) {
+      place(json::object());  // placeholder; the entries go to `vocab`
+      has_vocab = true;
+      vocab.clear();
+      mode_ = Mode::kVocab;
+      return true;
+    }
+    if (mode_ != Mode::kDom) return unexpected("an object");
+    stack_.push_back({place(json::object()), true, std::string()});
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (mode_ == Mode::kVocab) {
+      vocab_key_ = std::move(k);
+    } else {
+      stack_.back().key = std::move(k);
+    }
+    return true;
+  }
+  bool end_object() override {
+    if (mode_ == Mode::kVocab) {
+      mode_ = Mode::kDom;
+    } else {
+      stack_.pop_back();
+    }
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    if (mode_ == Mode::kDom && is_model_field("merges")) {
+      place(json::array());  // placeholder; the pairs go to `merges`
+      has_merges = true;
+      merge_text.clear();
+      merge_spans.clear();
+      mode_ = Mode::kMerges;
+      return true;
+    }
+    if (mode_ == Mode::kMerges) {
+      mode_ = Mode::kMergePair;
+      pair_.clear();
+      return true;
+    }
+    if (mode_ != Mode::kDom) return unexpected("an array");
+    stack_.push_back({place(json::array()), false, std::string()});
+    return true;
+  }
+  bool end_array() override {
+    if (mode_ == Mode::kMergePair) {
+      if (pair_.size() != 2) return unexpected("an array of " + std::to_string(pair_.size()));
+      add_merge(pair_[0], pair_[1]);
+      mode_ = Mode::kMerges;
+    } else if (mode_ == Mode::kMerges) {
+      mode_ = Mode::kDom;
+    } else {
+      stack_.pop_back();
+    }
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    throw FormatError(file_ + ": invalid JSON: " + e.what());
+  }
+
+ private:
+  enum class Mode { kDom, kVocab, kMerges, kMergePair };
+  struct Frame {
+    json* value;
+    bool is_object;
+    std::string key;
+  };
+
+  // True when the container being opened is root.model.<field>.
+  bool is_model_field(const char* field) const {
+    return stack_.size() == 2 && stack_[0].is_object && stack_[0].key == "model" &&
+           stack_[1].is_object && stack_[1].key == field;
+  }
+  std::string merge_where() const {
+    return file_ + ": model.merges[" + std::to_string(merge_spans.size()) + "]";
+  }
+  bool unexpected(const std::string& what) {
+    if (mode_ == Mode::kVocab) {
+      throw ConfigError(file_ + ": model.vocab['" + vocab_key_ +
+                        "']: expected an integer id in [0, " + std::to_string(kMaxTokenId) +
+                        "], got " + what);
+    }
+    throw ConfigError(merge_where() +
+                      ": expected \"left right\" or [\"left\", \"right\"], got " + what);
+  }
+  void add_merge(std::string_view left, std::string_view right) {
+    if (merge_text.size() + left.size() + right.size() > UINT32_MAX) {
+      throw ConfigError(file_ + ": model.merges: too large");
+    }
+    merge_spans.push_back({static_cast<uint32_t>(merge_text.size()),
+                           static_cast<uint32_t>(left.size()), static_cast<uint32_t>(right.size())});
+    merge_text.append(left);
+    merge_text.append(right);
+  }
+  bool integer(int64_t id, json v) {
+    if (mode_ != Mode::kVocab) return value(std::move(v));
+    if (id < 0 || id > kMaxTokenId) return unexpected(v.dump());
+    vocab.emplace_back(std::move(vocab_key_), static_cast<int32_t>(id));
+    return true;
+  }
+  bool value(json v) {
+    if (mode_ != Mode::kDom) return unexpected(dump_short(v));
+    place(std::move(v));
+    return true;
+  }
+  // Stores a value at the current position of the DOM; returns where it lives. Pointers to
+  // open containers stay valid: a parent only grows after its open child is closed.
+  json* place(json v) {
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    Frame& top = stack_.back();
+    if (top.is_object) {
+      json& slot = (*top.value)[top.key];
+      slot = std::move(v);
+      return &slot;
+    }
+    top.value->push_back(std::move(v));
+    return &top.value->back();
+  }
+
+  std::string file_;
+  Mode mode_ = Mode::kDom;
+  std::vector<Frame> stack_;
+  std::string vocab_key_;
+  std::vector<std::string> pair_;
+};
+
 // ---------------------------------------------------------------- merges table
 
 // (left id, right id) -> (rank, merged id), open addressing on a 64-bit key.
@@ -250,11 +431,6 @@ class VocabTable {
   size_t size() const { return size_; }
   const std::string& text(int32_t id) const { return text_[static_cast<size_t>(id)]; }
 
- private:
-  struct Slot {
-    uint32_t tag = 0;
-    int32_t id = -1;
-  };
   static uint64_t hash(std::string_view s) {  // FNV-1a, then a final mix
     uint64_t h = 0xcbf29ce484222325ULL;
     for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
@@ -263,10 +439,77 @@ class VocabTable {
     h ^= h >> 32;
     return h;
   }
+
+ private:
+  struct Slot {
+    uint32_t tag = 0;
+    int32_t id = -1;
+  };
   std::vector<std::string> text_;
   std::vector<Slot> slots_;
   size_t mask_ = 0;
   size_t size_ = 0;
+};
+
+// BPE word cache: byte-level word -> ids, open addressing with keys and ids in two arenas
+// (offsets, so arena growth is harmless). Stops accepting words at kCacheCapacity.
+class WordCache {
+ public:
+  // Appends the cached ids of `word` to `ids`; false if the word is not cached.
+  bool lookup(std::string_view word, uint64_t hash, std::vector<int32_t>& ids) const {
+    if (slots_.empty()) return false;
+    for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
+      const Slot& slot = slots_[i];
+      if (slot.key_len == kEmpty) return false;
+      if (slot.hash == hash && key(slot) == word) {
+        ids.insert(ids.end(), ids_.begin() + slot.ids_offset,
+                   ids_.begin() + slot.ids_offset + slot.ids_len);
+        return true;
+      }
+    }
+  }
+  void insert(std::string_view word, uint64_t hash, const int32_t* ids, size_t n) {
+    if (size_ >= kCacheCapacity || word.size() >= kEmpty) return;
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    size_t i = hash & mask_;
+    for (; slots_[i].key_len != kEmpty; i = (i + 1) & mask_) {
+      if (slots_[i].hash == hash && key(slots_[i]) == word) return;  // already cached
+    }
+    slots_[i] = Slot{hash, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(word.size()),
+                     static_cast<uint32_t>(ids_.size()), static_cast<uint32_t>(n)};
+    keys_.append(word);
+    ids_.insert(ids_.end(), ids, ids + n);
+    ++size_;
+  }
+
+ private:
+  static constexpr uint32_t kEmpty = ~uint32_t{0};
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t key_offset = 0;
+    uint32_t key_len = kEmpty;
+    uint32_t ids_offset = 0;
+    uint32_t ids_len = 0;
+  };
+  std::string_view key(const Slot& slot) const {
+    return std::string_view(keys_).substr(slot.key_offset, slot.key_len);
+  }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(old.empty() ? 1024 : 2 * old.size(), Slot{});
+    mask_ = slots_.size() - 1;
+    for (const Slot& slot : old) {
+      if (slot.key_len == kEmpty) continue;
+      size_t i = slot.hash & mask_;
+      while (slots_[i].key_len != kEmpty) i = (i + 1) & mask_;
+      slots_[i] = slot;
+    }
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+  std::string keys_;
+  std::vector<int32_t> ids_;
 };
 
 // ---------------------------------------------------------------- added tokens
@@ -488,15 +731,19 @@ struct BpeTokenizer::Impl {
   bool adds_bos = false;
 
   mutable std::mutex cache_mutex;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable WordCache cache;
 
   // ---- encoding pipeline
 
   std::vector<Segment> split_added(std::string_view s, const AddedTrie& trie) const;
   std::string normalize(std::string_view s) const;
-  void pre_tokenize_piece(std::string_view s, std::vector<std::string>& words) const;
-  void encode_word(const std::string& word, std::vector<int32_t>& ids) const;
-  void merge_word(const std::string& word, std::vector<int32_t>& ids) const;
+  void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+  void merge_word(std::string_view word, std::vector<int32_t>& ids) const;
+
+  // Pre-tokenizer steps [step, end) on one piece; each final non-empty word goes to on_word
+  // as soon as it is made (no list of the whole text's words is built).
+  template <typename OnWord>
+  void pre_tokenize_piece(size_t step, std::string_view piece, OnWord& on_word) const;
 
   // Runs the whole pipeline; on_token(id) for added tokens, on_word(word) for model input.
   template <typename OnToken, typename OnWord>
@@ -509,7 +756,6 @@ struct BpeTokenizer::Impl {
                         " at byte offset " + std::to_string(at) + " of " +
                         std::to_string(text.size()));
     }
-    std::vector<std::string> words;
     for (const Segment& raw : split_added(text, raw_trie)) {
       if (raw.token_id >= 0) {
         on_token(raw.token_id);
@@ -522,10 +768,8 @@ struct BpeTokenizer::Impl {
           on_token(seg.token_id);
           continue;
         }
-        words.clear();
-        pre_tokenize_piece(std::string_view(normalized).substr(seg.begin, seg.end - seg.begin),
-                           words);
-        for (const std::string& w : words) on_word(w);
+        pre_tokenize_piece(0, std::string_view(normalized).substr(seg.begin, seg.end - seg.begin),
+                           on_word);
       }
     }
   }
@@ -580,66 +824,64 @@ std::string BpeTokenizer::Impl::normalize(std::string_view s) const {
   return out;
 }
 
-// Runs the pre-tokenizer steps on one piece; appends the non-empty words (HF drops empty
-// splits after every step).
-void BpeTokenizer::Impl::pre_tokenize_piece(std::string_view s,
-                                            std::vector<std::string>& words) const {
-  std::vector<std::string> pieces;
-  if (!s.empty()) pieces.emplace_back(s);
-  std::vector<std::string> next;
-  const ByteLevelTable& table = byte_level_table();
-  for (const PreTokenizerStep& step : pre_tokenizers) {
-    next.clear();
-    next.reserve(pieces.size());
-    for (std::string& piece : pieces) {
-      if (step.kind == PreTokenizerStep::Kind::kByteLevel) {
-        if (step.add_prefix_space && piece[0] != ' ') piece.insert(piece.begin(), ' ');
-        std::vector<std::pair<size_t, size_t>> parts;
-        if (step.regex) {
-          for (const Span& span : cover_with_matches(step.regex->find_all(piece), piece.size())) {
-            parts.emplace_back(span.begin, span.end);
-          }
-        } else {
-          parts.emplace_back(0, piece.size());
-        }
-        for (const auto& part : parts) {
-          if (part.first == part.second) continue;
-          std::string mapped;
-          mapped.reserve(2 * (part.second - part.first));
-          for (size_t i = part.first; i < part.second; ++i) {
-            mapped += table.byte_to_utf8[static_cast<unsigned char>(piece[i])];
-          }
-          next.push_back(std::move(mapped));
-        }
-        continue;
-      }
-      // Split.
-      std::vector<std::pair<size_t, size_t>> matches;
-      if (step.regex) {
-        matches = step.regex->find_all(piece);
-      } else if (!step.literal.empty()) {
-        for (size_t pos = piece.find(step.literal); pos != std::string::npos;
-             pos = piece.find(step.literal, pos + step.literal.size())) {
-          matches.emplace_back(pos, pos + step.literal.size());
-        }
-      }
-      std::vector<Span> spans = cover_with_matches(matches, piece.size());
-      if (step.invert) {
-        for (Span& span : spans) span.is_match = !span.is_match;
-      }
-      for (const Span& span : apply_behavior(std::move(spans), step.behavior)) {
-        if (span.is_match || span.begin == span.end) continue;  // removed or empty
-        next.emplace_back(piece, span.begin, span.end - span.begin);
-      }
-    }
-    pieces.swap(next);
+// HF drops empty splits after every step; ByteLevel maps bytes to characters last.
+template <typename OnWord>
+void BpeTokenizer::Impl::pre_tokenize_piece(size_t step_index, std::string_view piece,
+                                            OnWord& on_word) const {
+  if (piece.empty()) return;
+  if (step_index == pre_tokenizers.size()) {
+    on_word(piece);
+    return;
   }
-  for (std::string& piece : pieces) {
-    if (!piece.empty()) words.push_back(std::move(piece));
+  const PreTokenizerStep& step = pre_tokenizers[step_index];
+  if (step.kind == PreTokenizerStep::Kind::kByteLevel) {
+    std::string prefixed;
+    if (step.add_prefix_space && piece[0] != ' ') {
+      prefixed.reserve(piece.size() + 1);
+      prefixed += ' ';
+      prefixed.append(piece);
+      piece = prefixed;
+    }
+    const ByteLevelTable& table = byte_level_table();
+    std::string mapped;
+    const auto emit = [&](size_t begin, size_t end) {
+      if (begin == end) return;
+      mapped.clear();
+      for (size_t i = begin; i < end; ++i) {
+        mapped += table.byte_to_utf8[static_cast<unsigned char>(piece[i])];
+      }
+      pre_tokenize_piece(step_index + 1, mapped, on_word);
+    };
+    if (step.regex) {
+      for (const Span& span : cover_with_matches(step.regex->find_all(piece), piece.size())) {
+        emit(span.begin, span.end);
+      }
+    } else {
+      emit(0, piece.size());
+    }
+    return;
+  }
+  // Split.
+  std::vector<std::pair<size_t, size_t>> matches;
+  if (step.regex) {
+    matches = step.regex->find_all(piece);
+  } else if (!step.literal.empty()) {
+    for (size_t pos = piece.find(step.literal); pos != std::string_view::npos;
+         pos = piece.find(step.literal, pos + step.literal.size())) {
+      matches.emplace_back(pos, pos + step.literal.size());
+    }
+  }
+  std::vector<Span> spans = cover_with_matches(matches, piece.size());
+  if (step.invert) {
+    for (Span& span : spans) span.is_match = !span.is_match;
+  }
+  for (const Span& span : apply_behavior(std::move(spans), step.behavior)) {
+    if (span.is_match) continue;  // removed
+    pre_tokenize_piece(step_index + 1, piece.substr(span.begin, span.end - span.begin), on_word);
   }
 }
 
-void BpeTokenizer::Impl::encode_word(const std::string& word, std::vector<int32_t>& ids) const {
+void BpeTokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& ids) const {
   if (ignore_merges) {
     const int32_t id = vocab.find(word);
     if (id >= 0) {
@@ -647,27 +889,21 @@ void BpeTokenizer::Impl::encode_word(const std::string& word, std::vector<int32_
       return;
     }
   }
+  const uint64_t hash = VocabTable::hash(word);
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    auto it = cache.find(word);
-    if (it != cache.end()) {
-      ids.insert(ids.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    if (cache.lookup(word, hash, ids)) return;
   }
   const size_t first = ids.size();
   merge_word(word, ids);
   std::lock_guard<std::mutex> lock(cache_mutex);
-  if (cache.size() < kCacheCapacity) {
-    cache.emplace(word, std::vector<int32_t>(ids.begin() + static_cast<std::ptrdiff_t>(first),
-                                             ids.end()));
-  }
+  cache.insert(word, hash, ids.data() + first, ids.size() - first);
 }
 
 // HF BPE::merge_word + Word::merge_all: characters -> initial symbols (with unk / byte
 // fallback), then merges applied lowest rank first (ties: leftmost), with a priority queue whose
 // stale entries are skipped when popped.
-void BpeTokenizer::Impl::merge_word(const std::string& word, std::vector<int32_t>& ids) const {
+void BpeTokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>& ids) const {
   struct Symbol {
     int32_t id;
     int32_t prev;
@@ -919,12 +1155,14 @@ void parse_post_processor(const json& node, const std::string& where,
 }
 
 std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw IoError(path + ": cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw IoError(path + ": read failed");
-  return ss.str();
+  const std::streamoff size = in.tellg();
+  if (size < 0) throw IoError(path + ": cannot determine the file size");
+  std::string text(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  if (!in.read(text.data(), size)) throw IoError(path + ": read failed");
+  return text;
 }
 
 }  // namespace
@@ -938,12 +1176,9 @@ std::unique_ptr<BpeTokenizer::Impl> build_impl(const std::string& tokenizer_json
   auto impl = std::make_unique<Impl>();
   const std::string file = origin + "/tokenizer.json";
   impl->origin = file;
-  json root;
-  try {
-    root = json::parse(tokenizer_json);
-  } catch (const json::parse_error& e) {
-    throw FormatError(file + ": invalid JSON: " + e.what());
-  }
+  TokenizerJsonReader reader(file, tokenizer_json.size());
+  json::sax_parse(tokenizer_json, &reader);
+  const json& root = reader.root;
   if (!root.is_object()) throw FormatError(file + ": expected a JSON object at the top level");
   if (auto v = root.find("version"); v != root.end() && !(v->is_string() && *v == "1.0")) {
     throw UnsupportedError(file + ": version " + dump_short(*v) + " (expected \"1.0\")");
@@ -975,27 +1210,21 @@ std::unique_ptr<BpeTokenizer::Impl> build_impl(const std::string& tokenizer_json
                            ": BPE dropout is random; only null is supported");
   }
 
-  // ---- model vocabulary
+  // ---- model vocabulary (ids validated by the reader)
+  if (!reader.has_vocab) throw ConfigError(mw + ".vocab: missing or not an object of token -> id");
   int64_t max_id = -1;
-  for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-        it.value().get<int64_t>() > kMaxTokenId) {
-      throw ConfigError(mw + ".vocab['" + it.key() + "']: expected an integer id in [0, " +
-                        std::to_string(kMaxTokenId) + "], got " + dump_short(it.value()));
-    }
-    max_id = std::max(max_id, it.value().get<int64_t>());
-  }
+  for (const auto& entry : reader.vocab) max_id = std::max<int64_t>(max_id, entry.second);
   if (max_id < 0) throw ConfigError(mw + ".vocab is empty");
   {
     std::vector<std::string> texts(static_cast<size_t>(max_id + 1));
     std::vector<uint8_t> present(static_cast<size_t>(max_id + 1), 0);
-    for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
-      const auto id = static_cast<size_t>(it.value().get<int64_t>());
+    for (auto& [text, id_value] : reader.vocab) {
+      const auto id = static_cast<size_t>(id_value);
       if (present[id]) {
         throw ConfigError(mw + ".vocab: id " + std::to_string(id) + " is given to both '" +
-                          texts[id] + "' and '" + it.key() + "'");
+                          texts[id] + "' and '" + text + "'");
       }
-      texts[id] = it.key();
+      texts[id] = std::move(text);
       present[id] = 1;
     }
     impl->token_text = texts;
@@ -1101,37 +1330,26 @@ std::unique_ptr<BpeTokenizer::Impl> build_impl(const std::string& tokenizer_json
     impl->byte_fallback_ids[static_cast<size_t>(b)] = impl->vocab.find(name);
   }
 
-  // ---- merges: "a b" strings or ["a", "b"] pairs; rank = position
-  const json& merges = *merges_it;
-  impl->merges.reserve(merges.size());
+  // ---- merges: "a b" strings or ["a", "b"] pairs (split by the reader); rank = position
+  if (!reader.has_merges) throw ConfigError(mw + ".merges: missing or not an array");
+  impl->merges.reserve(reader.merge_count());
   const size_t prefix_len = impl->continuing_subword_prefix.size();
-  std::string left, right, joined;
-  for (size_t i = 0; i < merges.size(); ++i) {
-    const json& m = merges[i];
-    const std::string where = mw + ".merges[" + std::to_string(i) + "]";
-    if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
-      const size_t space = s.find(' ');
-      if (space == std::string::npos) {
-        throw ConfigError(where + ": '" + s + "' is not of the form \"left right\"");
-      }
-      left.assign(s, 0, space);
-      right.assign(s, space + 1, std::string::npos);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      throw ConfigError(where + ": expected \"left right\" or [\"left\", \"right\"], got " +
-                        dump_short(m));
-    }
+  std::string joined;
+  for (size_t i = 0; i < reader.merge_count(); ++i) {
+    const std::string_view left = reader.merge_left(i), right = reader.merge_right(i);
+    const auto where = [&] { return mw + ".merges[" + std::to_string(i) + "]"; };
     const int32_t l = impl->vocab.find(left);
-    if (l < 0) throw ConfigError(where + ": token '" + left + "' is not in model.vocab");
+    if (l < 0) {
+      throw ConfigError(where() + ": token '" + std::string(left) + "' is not in model.vocab");
+    }
     const int32_t r = impl->vocab.find(right);
-    if (r < 0) throw ConfigError(where + ": token '" + right + "' is not in model.vocab");
-    joined = left;
-    joined.append(right, std::min(prefix_len, right.size()), std::string::npos);
+    if (r < 0) {
+      throw ConfigError(where() + ": token '" + std::string(right) + "' is not in model.vocab");
+    }
+    joined.assign(left);
+    joined.append(right.substr(std::min(prefix_len, right.size())));
     const int32_t j = impl->vocab.find(joined);
-    if (j < 0) throw ConfigError(where + ": merged token '" + joined + "' is not in model.vocab");
+    if (j < 0) throw ConfigError(where() + ": merged token '" + joined + "' is not in model.vocab");
     impl->merges.insert(l, r, static_cast<int32_t>(i), j);
   }
 
@@ -1248,7 +1466,7 @@ std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const {
   ids.reserve(text.size() / 3 + 4);
   impl_->run(
       text, [&](int32_t id) { ids.push_back(id); },
-      [&](const std::string& word) { impl_->encode_word(word, ids); });
+      [&](std::string_view word) { impl_->encode_word(word, ids); });
   return ids;
 }
 
@@ -1256,7 +1474,7 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
   std::vector<std::string> words;
   impl_->run(
       text, [&](int32_t id) { words.push_back(impl_->token_text[static_cast<size_t>(id)]); },
-      [&](const std::string& word) { words.push_back(word); });
+      [&](std::string_view word) { words.emplace_back(word); });
   return words;
 }
 

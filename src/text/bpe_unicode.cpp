@@ -86,10 +86,26 @@ std::string utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+namespace {
+
+// utf8proc on one run of valid UTF-8.
+void normalize_run(std::string_view run, utf8proc_option_t options, const std::string& form,
+                   std::string& out) {
+  utf8proc_uint8_t* result = nullptr;
+  const utf8proc_ssize_t n =
+      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(run.data()),
+                   static_cast<utf8proc_ssize_t>(run.size()), &result, options);
+  if (n < 0) {
+    throw FormatError(std::string("unicode normalization (") + form +
+                      ") failed: " + utf8proc_errmsg(n));
+  }
+  out.append(reinterpret_cast<const char*>(result), static_cast<size_t>(n));
+  std::free(result);
+}
+
+}  // namespace
+
 std::string unicode_normalize(std::string_view text, const std::string& form) {
-  bool ascii = true;
-  for (char c : text) ascii &= static_cast<unsigned char>(c) < 0x80;
-  if (ascii) return std::string(text);  // every normalization form leaves ASCII unchanged
   int options = UTF8PROC_STABLE;
   if (form == "NFC") {
     options |= UTF8PROC_COMPOSE;
@@ -103,17 +119,28 @@ std::string unicode_normalize(std::string_view text, const std::string& form) {
     throw UnsupportedError("unicode normalization form '" + form +
                            "' (expected NFC, NFD, NFKC or NFKD)");
   }
-  utf8proc_uint8_t* result = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                   static_cast<utf8proc_ssize_t>(text.size()), &result,
-                   static_cast<utf8proc_option_t>(options));
-  if (n < 0) {
-    throw FormatError(std::string("unicode normalization (") + form +
-                      ") failed: " + utf8proc_errmsg(n));
+  // ASCII is unchanged by every form, never combines with what precedes it, and blocks
+  // reordering; so only the non-ASCII runs (with the ASCII character just before each, which a
+  // following combining mark may compose with) go through utf8proc. Mostly-ASCII text stays fast.
+  std::string out;
+  out.reserve(text.size());
+  const auto opts = static_cast<utf8proc_option_t>(options);
+  size_t pos = 0;
+  while (pos < text.size()) {
+    if (static_cast<unsigned char>(text[pos]) < 0x80) {
+      out += text[pos++];
+      continue;
+    }
+    size_t begin = pos;
+    if (begin > 0 && static_cast<unsigned char>(text[begin - 1]) < 0x80) {
+      --begin;
+      out.pop_back();
+    }
+    size_t end = pos;
+    while (end < text.size() && static_cast<unsigned char>(text[end]) >= 0x80) ++end;
+    normalize_run(text.substr(begin, end - begin), opts, form, out);
+    pos = end;
   }
-  std::string out(reinterpret_cast<const char*>(result), static_cast<size_t>(n));
-  std::free(result);
   return out;
 }
 

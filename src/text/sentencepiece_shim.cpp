@@ -1,4 +1,4 @@
-// Loads the SentencePiece shim module privately (RTLD_LOCAL | RTLD_DEEPBIND) and forwards calls.
+// Loads the SentencePiece shim module in its own link-map namespace (dlmopen) and forwards calls.
 #include "resq/text/sentencepiece_shim.h"
 
 #include <dlfcn.h>
@@ -22,7 +22,7 @@ struct Api {
   void (*free_buffer)(void*);
   int (*piece_size)(void*);
   int (*bos_id)(void*);
-  int (*train)(const char*, char*, size_t);
+  int (*train)(const char*, unsigned int, char*, size_t);
 };
 
 std::string executable_dir() {
@@ -51,7 +51,9 @@ const Api& api() {
         errors += "\n  " + path + ": not found";
         continue;
       }
-      lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      // A separate link-map namespace: the shim gets its own copies of libsentencepiece (with
+      // its embedded protobuf-lite) and of libstdc++, isolated from libtorch's libprotobuf.
+      lib = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (lib) break;
       errors += "\n  " + path + ": " + ::dlerror();
     }
@@ -112,9 +114,9 @@ std::string Model::decode(const std::vector<int>& ids) const {
 int Model::piece_size() const { return api().piece_size(handle_); }
 int Model::bos_id() const { return api().bos_id(handle_); }
 
-void train(const std::string& args) {
+void train(const std::string& args, unsigned int seed) {
   char err[1024] = {0};
-  if (api().train(args.c_str(), err, sizeof err) != 0) throw Error(std::string("SentencePiece training failed: ") + err);
+  if (api().train(args.c_str(), seed, err, sizeof err) != 0) throw Error(std::string("SentencePiece training failed: ") + err);
 }
 
 }  // namespace resq::spm

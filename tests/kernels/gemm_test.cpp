@@ -191,7 +191,8 @@ TEST_P(GemmIsa, BitExactWithOddK4AndGarbagePadNibbles) {
         // Also break the weight pad nibble; the format says writers leave it 0, and the kernels
         // must not depend on it either way.
         for (int64_t n = 0; n < N; ++n) p.w.w4[n * packed4_row_bytes(K4) + K4 / 2] |= 0x90;
-        check(p, "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K4=" + std::to_string(K4));
+        check(p, "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                     " K4=" + std::to_string(K4));
         if (HasFatalFailure()) return;
       }
     }
@@ -201,7 +202,8 @@ TEST_P(GemmIsa, BitExactWithOddK4AndGarbagePadNibbles) {
 TEST_P(GemmIsa, ExtremeValuesDoNotSaturate) {
   // x = 15/255 against w = -8/-128 or 7/127 everywhere: u8*s8 pair sums reach 2*255*128 > 32767,
   // which an int16-saturating instruction would clip. Large K makes every int32 sum big.
-  for (Fill fill : {Fill::kMinWeightsMaxActs, Fill::kMaxWeightsMaxActs, Fill::kMinWeightsZeroActs}) {
+  for (Fill fill :
+       {Fill::kMinWeightsMaxActs, Fill::kMaxWeightsMaxActs, Fill::kMinWeightsZeroActs}) {
     for (auto [K4, K8] : {std::pair<int64_t, int64_t>{0, 4096}, {8192, 1024}, {130, 72}}) {
       const Problem p = make_problem(5, 11, K4, K8, 77, fill);
       check(p, "fill=" + std::to_string(static_cast<int>(fill)) + " K4=" + std::to_string(K4) +

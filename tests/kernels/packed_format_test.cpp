@@ -85,7 +85,9 @@ TEST(PackedFormat, PackUnpackRoundTripAndRowSumsOnRaggedShapes) {
         const int64_t K = K4 + K8;
         std::vector<int8_t> q(N * K);
         for (int64_t n = 0; n < N; ++n) {
-          for (int64_t k = 0; k < K; ++k) q[n * K + k] = static_cast<int8_t>(k < K4 ? d4(rng) : d8(rng));
+          for (int64_t k = 0; k < K; ++k) {
+            q[n * K + k] = static_cast<int8_t>(k < K4 ? d4(rng) : d8(rng));
+          }
         }
         std::vector<uint8_t> w4(N * packed4_row_bytes(K4));
         std::vector<int8_t> w8(N * K8);
@@ -154,16 +156,19 @@ TEST(PackedFormat, QuantizeActivationValueRoundsHalfToEvenAndClamps) {
 TEST(PackedFormat, EpilogueValueHandExample) {
   // acc4 = 100, zx4 = 3, rs4 = 10 -> d4 = 70; sx4*sw4 = 0.5*0.25 = 0.125 -> t4 = 8.75.
   // acc8 = -40, zx8 = 2, rs8 = -5 -> d8 = -30; sx8*sw8 = 0.5*2 = 1 -> t8 = -30. y = -21.25 + 1.5.
-  EXPECT_EQ(epilogue_value(true, 100, 0.5f, 3, 0.25f, 10, true, -40, 0.5f, 2, 2.0f, -5, true, 1.5f),
-            -19.75f);
-  EXPECT_EQ(epilogue_value(true, 100, 0.5f, 3, 0.25f, 10, true, -40, 0.5f, 2, 2.0f, -5, false, 1.5f),
-            -21.25f);
-  // Empty parts drop their term even when the inputs are garbage.
-  EXPECT_EQ(epilogue_value(false, 7, 1e30f, 9, 1e30f, 9, true, -40, 0.5f, 2, 2.0f, -5, false, 0.0f),
+  const auto y = [](bool has4, bool has8, bool has_bias) {
+    return epilogue_value(has4, 100, 0.5f, 3, 0.25f, 10, has8, -40, 0.5f, 2, 2.0f, -5, has_bias,
+                          1.5f);
+  };
+  EXPECT_EQ(y(true, true, true), -19.75f);
+  EXPECT_EQ(y(true, true, false), -21.25f);
+  // Empty parts drop their term: only t8, only t4, only the bias.
+  EXPECT_EQ(y(false, true, false), -30.0f);
+  EXPECT_EQ(y(true, false, false), 8.75f);
+  EXPECT_EQ(y(false, false, true), 1.5f);
+  // ... even when the dropped part's inputs are garbage.
+  EXPECT_EQ(epilogue_value(false, 7, 1e30f, 9, 1e30f, 9, true, -40, 0.5f, 2, 2.0f, -5, false, 0),
             -30.0f);
-  EXPECT_EQ(epilogue_value(true, 100, 0.5f, 3, 0.25f, 10, false, 1, 1e30f, 1, 1e30f, 1, false, 0.0f),
-            8.75f);
-  EXPECT_EQ(epilogue_value(false, 1, 1.0f, 1, 1.0f, 1, false, 1, 1.0f, 1, 1.0f, 1, true, 2.0f), 2.0f);
   // The largest accumulators the format allows stay exact: K8 = 65536, xq - zx = 255, q = -128.
   const int32_t acc8 = 65536 * 255 * -128;
   EXPECT_EQ(epilogue_value(false, 0, 0, 0, 0, 0, true, acc8, 1.0f, 0, 1.0f, 0, false, 0.0f),

@@ -254,7 +254,8 @@ TEST(OnlineHadamard, StridedRowsTransformOnlyTheSlice) {
 
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> wf = wide.cast<float>();
     apply_online_hadamard(t, wf.data() + first, rows, width);
-    EXPECT_LT((wf.cast<double>().middleCols(first, n) - expected_slice).cwiseAbs().maxCoeff(), 1e-5);
+    const MatrixXdR wf_slice = wf.cast<double>().middleCols(first, n);
+    EXPECT_LT((wf_slice - expected_slice).cwiseAbs().maxCoeff(), 1e-5);
     EXPECT_TRUE(wf.leftCols(first) == wide.leftCols(first).cast<float>());
     EXPECT_THROW(apply_online_hadamard(t, out.data(), rows, n - 1), ShapeError);
   }

@@ -133,7 +133,9 @@ TEST(Decoder, BatchedWindowsEqualSingleWindows) {
   at::Tensor batched = decoder.forward(ids);
   for (int64_t b = 0; b < 3; ++b) {
     at::Tensor single = decoder.forward(ids.narrow(0, b, 1));
-    EXPECT_LT((single.squeeze(0) - batched[b]).abs().max().item<float>(), 1e-5);
+    // Different GEMM shapes sum in different orders: equal to float32 rounding, not bitwise.
+    const float scale = std::max(1.0f, batched[b].abs().max().item<float>());
+    EXPECT_LT((single.squeeze(0) - batched[b]).abs().max().item<float>(), 1e-5 * scale);
   }
 }
 

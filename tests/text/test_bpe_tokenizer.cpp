@@ -1,6 +1,7 @@
 // Unit tests of the byte-level BPE tokenizer on small hand-built tokenizer.json files: merge
 // order, model options, added-token options, pre-tokenizer behaviors, errors, UTF-8 helpers.
 #include <gtest/gtest.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -20,6 +21,7 @@ namespace {
 using nlohmann::json;
 using bpe_detail::find_invalid_utf8;
 using bpe_detail::onig_to_pcre2;
+using bpe_detail::unicode_normalize;
 using bpe_detail::Regex;
 using bpe_detail::utf8_lossy;
 
@@ -414,6 +416,63 @@ TEST(BpeErrors, InvalidUtf8InputIsRejectedWithItsOffset) {
   expect_error<FormatError>([&] { t->encode("\xF4\x90\x80\x80"); }, {"byte offset 0"});  // > U+10FFFF
 }
 
+// Random bytes: valid UTF-8 (by utf8proc's own decoder) round-trips through a byte-level
+// tokenizer, anything else is refused with FormatError; nothing crashes.
+TEST(BpeErrors, RandomBytesRoundTripOrFormatError) {
+  // The 256 byte characters of GPT-2's table, plus a few merges.
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    static int next = 0x100;
+    const int cp = printable ? b : next++;
+    std::string utf8;
+    if (cp < 0x80) {
+      utf8 += static_cast<char>(cp);
+    } else {
+      utf8 += static_cast<char>(0xC0 | (cp >> 6));
+      utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    tokens.push_back(utf8);
+  }
+  tokens.push_back("ab");
+  tokens.push_back("\xC4\xA0" "a");
+  json j = make_tokenizer(tokens, {"a b", "\xC4\xA0 a"});
+  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false},
+                        {"trim_offsets", true}, {"use_regex", true}};
+  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                  {"use_regex", true}};
+  auto t = build(j);
+  std::mt19937 rng(99);
+  int valid = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string bytes;
+    const size_t n = rng() % 24;
+    for (size_t i = 0; i < n; ++i) {
+      // Mostly ASCII and UTF-8 lead/continuation bytes, so that some strings are valid.
+      const unsigned r = rng() % 4;
+      bytes += static_cast<char>(r == 0 ? 0x20 + rng() % 0x60 : r == 1 ? 0x80 + rng() % 0x40
+                                 : r == 2 ? 0xC2 + rng() % 0x33 : rng() % 256);
+    }
+    bool is_valid = true;
+    for (size_t pos = 0; pos < bytes.size() && is_valid;) {
+      utf8proc_int32_t cp = 0;
+      const utf8proc_ssize_t len = utf8proc_iterate(
+          reinterpret_cast<const utf8proc_uint8_t*>(bytes.data() + pos),
+          static_cast<utf8proc_ssize_t>(bytes.size() - pos), &cp);
+      if (len <= 0) is_valid = false;
+      else pos += static_cast<size_t>(len);
+    }
+    if (is_valid) {
+      ++valid;
+      EXPECT_EQ(t->decode(t->encode(bytes)), bytes) << json::binary({bytes.begin(), bytes.end()}).dump();
+    } else {
+      EXPECT_THROW(t->encode(bytes), FormatError);
+      EXPECT_EQ(find_invalid_utf8(bytes).has_value(), true);
+    }
+  }
+  EXPECT_GT(valid, 100);  // both branches were exercised (226 valid of 3000 with this seed)
+}
+
 // ---------------------------------------------------------------- helpers
 
 TEST(BpeUtf8, FindInvalidAndLossyDecoding) {
@@ -430,6 +489,37 @@ TEST(BpeUtf8, FindInvalidAndLossyDecoding) {
   EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), r + r + r);         // surrogate
   EXPECT_EQ(utf8_lossy("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
   EXPECT_EQ(utf8_lossy("\xC3\xA9\xE2\x82\xAC"), "\xC3\xA9\xE2\x82\xAC");
+}
+
+// unicode_normalize hands only the non-ASCII runs to utf8proc; the result must equal utf8proc's
+// normalization of the whole string.
+TEST(BpeUnicode, RunWiseNormalizationEqualsWholeString) {
+  const std::vector<std::string> pieces = {
+      "a", "e", " ", "x1", "\xCC\x81" /* U+0301 */, "\xCC\xA3" /* U+0323 */, "\xCC\x82",
+      "\xE1\x84\x80" /* jamo L */, "\xE1\x85\xA1" /* jamo V */, "\xE1\x86\xA8" /* jamo T */,
+      "\xEF\xAC\x81" /* fi ligature */, "\xE2\x84\xAB" /* Angstrom */, "\xC3\xA9", "\xE4\xBD\xA0",
+      "\xC2\xB2", "\xE2\x85\xA7", "\xEF\xBC\xA1" /* fullwidth A */};
+  std::mt19937 rng(77);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string s;
+    const size_t n = rng() % 12;
+    for (size_t i = 0; i < n; ++i) s += pieces[rng() % pieces.size()];
+    for (const std::string form : {"NFC", "NFD", "NFKC", "NFKD"}) {
+      utf8proc_uint8_t* whole =
+          form == "NFC"    ? utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()))
+          : form == "NFD"  ? utf8proc_NFD(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()))
+          : form == "NFKC" ? utf8proc_NFKC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()))
+                           : utf8proc_NFKD(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()));
+      ASSERT_NE(whole, nullptr);
+      const std::string expected(reinterpret_cast<const char*>(whole));
+      std::free(whole);
+      ASSERT_EQ(unicode_normalize(s, form), expected) << form << " of " << json(s).dump();
+    }
+  }
+  // Known values: decomposed e + acute composes; Angstrom sign becomes A-ring.
+  EXPECT_EQ(unicode_normalize("cafe\xCC\x81", "NFC"), "caf\xC3\xA9");
+  EXPECT_EQ(unicode_normalize("\xE2\x84\xAB", "NFC"), "\xC3\x85");
+  EXPECT_THROW(unicode_normalize("a", "NFX"), UnsupportedError);
 }
 
 TEST(BpeRegex, OnigurumaTranslation) {

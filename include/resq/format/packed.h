@@ -229,13 +229,13 @@ RESQ_HOST_DEVICE inline RESQ_NO_FP_CONTRACT float epilogue_value(
   RESQ_NO_FP_CONTRACT_BODY
   float y = 0.0f;
   if (has4) {
-    const int32_t d4 = static_cast<int32_t>(static_cast<uint32_t>(acc4) -
-                                            static_cast<uint32_t>(zx4) * static_cast<uint32_t>(rs4));
+    const uint32_t zr4 = static_cast<uint32_t>(zx4) * static_cast<uint32_t>(rs4);
+    const int32_t d4 = static_cast<int32_t>(static_cast<uint32_t>(acc4) - zr4);
     y = mul_rn(mul_rn(sx4, sw4), static_cast<float>(d4));
   }
   if (has8) {
-    const int32_t d8 = static_cast<int32_t>(static_cast<uint32_t>(acc8) -
-                                            static_cast<uint32_t>(zx8) * static_cast<uint32_t>(rs8));
+    const uint32_t zr8 = static_cast<uint32_t>(zx8) * static_cast<uint32_t>(rs8);
+    const int32_t d8 = static_cast<int32_t>(static_cast<uint32_t>(acc8) - zr8);
     const float t8 = mul_rn(mul_rn(sx8, sw8), static_cast<float>(d8));
     y = has4 ? add_rn(y, t8) : t8;
   }

@@ -36,7 +36,9 @@ struct OnlineHadamard {
   int64_t block = 1;  // n / pow2
   std::vector<double> block_matrix{1.0};  // [block, block] row-major, orthogonal
   std::vector<float> signs{1.0f};         // [n], +-1, applied to x before the transform
-  std::string construction;               // e.g. "paley2(q=13)", "random_orthogonal(43)", "identity"
+  // e.g. "sylvester(4096)", "kron(paley2(q=13), sylvester(128))",
+  // "kron(random_orthogonal(43), sylvester(4))"
+  std::string construction;
 };
 
 // Builds the transform for n >= 1 (ShapeError otherwise).

@@ -54,10 +54,12 @@ struct LoadOptions {
   bool load_layers = true;        // false: layers are loaded on demand with load_layer()
 };
 
-// Cos/sin tables for RoPE in the HF rotate_half convention: [T, head_dim] each.
+// Cos/sin tables for RoPE in the HF rotate_half convention: [T, head_dim] each, and the additive
+// causal attention mask [T, T] (0 or -inf) for the same length.
 struct RopeTables {
   at::Tensor cos;
   at::Tensor sin;
+  at::Tensor mask;
 };
 
 class Decoder {

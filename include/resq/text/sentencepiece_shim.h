@@ -22,7 +22,8 @@ class Model {
   void* handle_ = nullptr;
 };
 
-// SentencePieceTrainer::Train(args); throws resq::Error with the trainer's message.
-void train(const std::string& args);
+// SentencePieceTrainer::Train(args) after seeding its random generator; throws resq::Error with
+// the trainer's message.
+void train(const std::string& args, unsigned int seed);
 
 }  // namespace resq::spm

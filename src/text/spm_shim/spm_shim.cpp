@@ -1,7 +1,9 @@
-// A C-ABI shim around libsentencepiece, built as a loadable module and dlopen()ed with
-// RTLD_LOCAL | RTLD_DEEPBIND. Why: Debian's libsentencepiece embeds and exports its own copy of
+// A C-ABI shim around libsentencepiece, built as a loadable module and loaded with
+// dlmopen(LM_ID_NEWLM). Why: Debian's libsentencepiece embeds and exports its own copy of
 // protobuf-lite, which clashes with the libprotobuf that libtorch loads (crash during static
-// initialisation when both are in the global symbol scope). Loaded privately, each keeps its own.
+// initialisation when both share a symbol scope; RTLD_DEEPBIND instead breaks libstdc++'s
+// std::cerr copy relocation inside the trainer). In its own namespace each keeps its own.
+// Only C types cross the boundary; buffers are freed by the side that allocated them.
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -78,7 +80,9 @@ __attribute__((visibility("default"))) int resq_spm_bos_id(void* handle) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->bos_id();
 }
 
-__attribute__((visibility("default"))) int resq_spm_train(const char* args, char* err, size_t err_len) {
+__attribute__((visibility("default"))) int resq_spm_train(const char* args, unsigned int seed, char* err,
+                                                         size_t err_len) {
+  sentencepiece::SetRandomGeneratorSeed(seed);
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
   if (!status.ok()) {
     set_error(err, err_len, status.ToString());
