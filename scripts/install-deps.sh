@@ -45,3 +45,11 @@ if [[ "${blas_link}" != *openblas* ]]; then
   echo "install-deps: ERROR: libblas.so.3 is not OpenBLAS" >&2
   exit 1
 fi
+
+# Node.js runs HuggingFace's own `tokenizers` (npm) in the BPE differential test.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing nodejs npm" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+fi
+"$(dirname "$0")/install-node-deps.sh"

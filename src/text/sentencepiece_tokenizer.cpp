@@ -91,8 +91,17 @@ std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& dir) 
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   if (!fs::is_directory(dir)) throw IoError(dir + ": not a directory (expected a model or tokenizer directory)");
-  if (fs::exists(dir + "/tokenizer.json")) return load_bpe_tokenizer(dir);
-  if (fs::exists(dir + "/tokenizer.model")) return load_sentencepiece_tokenizer(dir);
+  const bool has_sentencepiece = fs::exists(dir + "/tokenizer.model");
+  if (fs::exists(dir + "/tokenizer.json")) {
+    try {
+      return load_bpe_tokenizer(dir);
+    } catch (const UnsupportedError&) {
+      // Llama-2-style directories ship a Metaspace tokenizer.json next to tokenizer.model: the
+      // SentencePiece model is the original and gives the same ids.
+      if (!has_sentencepiece) throw;
+    }
+  }
+  if (has_sentencepiece) return load_sentencepiece_tokenizer(dir);
   throw IoError(dir + ": no tokenizer.json or tokenizer.model found");
 }
 

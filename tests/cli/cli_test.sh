@@ -1,1 +1,89 @@
-exit 0
+#!/usr/bin/env bash
+# End-to-end tests of the resq CLI as a user runs it: exit codes, error messages, stdout/JSON results.
+# Usage: cli_test.sh PATH/TO/resq   (RESQ_SHARED_DIR points at the shared data)
+set -u
+RESQ="$1"
+SHARED="${RESQ_SHARED_DIR:-$(dirname "$0")/../../../shared}"
+MODEL="$SHARED/models/stories260K"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+passed=0
+failed=0
+
+check() {  # check NAME EXPECTED_RC PATTERN -- command...
+  local name="$1" want_rc="$2" pattern="$3"
+  shift 4
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local rc=$?
+  if [ "$want_rc" = "nonzero" ]; then
+    [ "$rc" -ne 0 ] && rc_ok=1 || rc_ok=0
+  else
+    [ "$rc" -eq "$want_rc" ] && rc_ok=1 || rc_ok=0
+  fi
+  if [ "$rc_ok" = 1 ] && grep -qE -- "$pattern" "$WORK/out" "$WORK/err"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $name (rc=$rc, want $want_rc, pattern '$pattern')"
+    echo "--- stdout"; head -20 "$WORK/out"; echo "--- stderr"; head -20 "$WORK/err"
+  fi
+}
+
+json_get() {  # json_get FILE EXPR  (python3 expression over `j`)
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+check "version" 0 "^resq [0-9]+\.[0-9]+\.[0-9]+ \((Release|Debug|RelWithDebInfo|MinSizeRel) build\)" -- "$RESQ" --version
+check "no subcommand" nonzero "subcommand" -- "$RESQ"
+check "eval needs --model" nonzero "model" -- "$RESQ" eval --data "$SHARED/data/tinystories/valid_head.txt"
+check "eval missing model dir" 1 "nowhere: not a directory" -- "$RESQ" eval --model "$WORK/nowhere" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 16
+check "eval both data flags" 2 "exactly one of --data" -- "$RESQ" eval --model "$MODEL" --data a --wikitext2 b
+check "eval bad seqlen" 2 "seqlen must be >= 2" -- "$RESQ" eval --model "$MODEL" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 1
+check "eval missing data file" 1 "nofile.txt: cannot open" -- "$RESQ" eval --model "$MODEL" --data "$WORK/nofile.txt" --seqlen 16
+printf 'tiny text' > "$WORK/short.txt"
+check "eval text shorter than a window" 2 "fewer than one window" -- "$RESQ" eval --model "$MODEL" --data "$WORK/short.txt" --seqlen 512
+check "eval bad dtype" 2 "dtype" -- "$RESQ" eval --model "$MODEL" --data "$WORK/short.txt" --seqlen 4 --dtype int8
+check "eval bad device" 2 "device" -- "$RESQ" eval --model "$MODEL" --data "$WORK/short.txt" --seqlen 4 --device tpu
+
+# Real evaluation: the in-domain fixture's first windows, through --json.
+check "eval tinystories" 0 "ppl: [0-9.]+ ± [0-9.]+" -- "$RESQ" eval --model "$MODEL" \
+  --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 512 --max-windows 6 --json "$WORK/eval.json"
+if python3 - "$WORK/eval.json" "$SHARED/fixtures/stories260K.tinystories-valid.json" <<'PY'
+import json, sys
+got = json.load(open(sys.argv[1])); ref = json.load(open(sys.argv[2]))
+assert got["num_windows"] == 6 and got["seqlen"] == 512 and got["num_tokens"] == ref["num_tokens"], got
+for a, b in zip(got["window_nll"], ref["window_nll"][:6]):
+    assert abs(a - b) <= 1e-5 * abs(b), (a, b)
+for key in ["ppl", "nll", "nll_stderr", "num_windows", "num_tokens", "seqlen", "seconds", "tokens_per_second", "model", "data", "window_nll"]:
+    assert key in got, key
+PY
+then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: eval JSON vs fixture"; fi
+
+# Tokenize: ids, JSON, BOS, decode round trip, file read verbatim.
+check "tokenize text" 0 "^[0-9]+( [0-9]+)*$" -- "$RESQ" tokenize --model "$MODEL" --text "Once upon a time"
+check "tokenize bos" 0 "^1 " -- "$RESQ" tokenize --model "$MODEL" --text "Once upon a time" --bos
+ids="$("$RESQ" tokenize --model "$MODEL" --text "Once upon a time, a cat sat." 2>/dev/null)"
+check "tokenize decode round trip" 0 "^Once upon a time, a cat sat\.$" -- "$RESQ" tokenize --model "$MODEL" --decode "$ids"
+printf 'Lily saw a dog.\n' > "$WORK/t.txt"
+check "tokenize file json" 0 '^\{"ids":\[[0-9,]+\]\}$' -- "$RESQ" tokenize --model "$MODEL" --file "$WORK/t.txt" --json
+check "tokenize bad id" 2 "outside the vocabulary" -- "$RESQ" tokenize --model "$MODEL" --decode "3 99999"
+check "tokenize non-integer id" 2 "not an integer" -- "$RESQ" tokenize --model "$MODEL" --decode "3 x"
+check "tokenize two sources" 2 "exactly one of" -- "$RESQ" tokenize --model "$MODEL" --text a --file "$WORK/t.txt"
+
+# make-model + eval on the made model; errors.
+check "make-model qwen2" 0 "wrote .*tiny-qwen2" -- "$RESQ" make-model --shape tiny-qwen2 --out "$WORK/q" --seed 3
+check "make-model existing dir" 2 "already exists" -- "$RESQ" make-model --shape tiny-qwen2 --out "$WORK/q"
+check "make-model unknown shape" 2 "unknown shape 'gpt5'" -- "$RESQ" make-model --shape gpt5 --out "$WORK/g"
+[ ! -e "$WORK/g" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: failed make-model left a directory"; }
+check "eval made model" 0 "ppl: " -- "$RESQ" eval --model "$WORK/q" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 64 --max-windows 3
+
+# A truncated checkpoint is rejected with the file named, exit 1.
+mkdir -p "$WORK/broken"
+cp "$MODEL/config.json" "$MODEL/tokenizer.model" "$WORK/broken/"
+head -c 100000 "$MODEL/model.safetensors" > "$WORK/broken/model.safetensors"
+check "eval truncated weights" 1 "model.safetensors" -- "$RESQ" eval --model "$WORK/broken" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 64
+
+check "demo" 0 "demo finished" -- "$RESQ" demo
+
+echo "cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
