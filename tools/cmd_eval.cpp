@@ -11,6 +11,7 @@
 #include "resq/common/error.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
+#include "resq/quant/pipeline.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
 
@@ -47,7 +48,8 @@ void run_eval(const EvalOptions& o) {
   LoadOptions load;
   load.dtype = o.common.dtype;
   load.device = o.common.device;
-  Decoder decoder = Decoder::load(o.common.model, load);
+  Decoder decoder = load_model_for_eval(o.common.model, load);
+  const bool quantized = is_quantized_model_dir(o.common.model);
   const auto& c = decoder.config();
   spdlog::info("model {}: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {:.2f} M parameters, dtype {}",
                o.common.model, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size,
@@ -59,7 +61,7 @@ void run_eval(const EvalOptions& o) {
   po.batch = o.batch;
   const PerplexityResult r = evaluate_perplexity(decoder, ids, po);
 
-  std::printf("model: %s\n", o.common.model.c_str());
+  std::printf("model: %s%s\n", o.common.model.c_str(), quantized ? " (resq quantized, simulated arithmetic)" : "");
   std::printf("data: %s%s\n", text_path.c_str(), o.wikitext2.empty() ? "" : " (WikiText-2 rows joined with \"\\n\\n\")");
   std::printf("protocol: %s BOS, seqlen %lld, %lld non-overlapping windows (tail dropped), %lld predictions, "
               "%lld tokens in text\n",
@@ -80,6 +82,7 @@ void run_eval(const EvalOptions& o) {
     j["device"] = o.common.device;
     j["threads"] = at::get_num_threads();
     j["tokenizer"] = tokenizer->kind();
+    j["mode"] = quantized ? "simulate" : "fp";
     write_json_file(o.common.json_out, j);
   }
 }

@@ -258,8 +258,10 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
     auto normal = [&](std::vector<int64_t> shape, double s) {
       return at::normal(0.0, s, shape, gen, at::TensorOptions().dtype(at::kFloat));
     };
-    // Planted outliers: channel -> gain in [20, 100], applied to the embedding columns and to the
-    // rows of o_proj/down_proj that write that channel, so the residual stream keeps them.
+    // Planted outliers: channel -> gain in [20, 100], applied to the rows of o_proj/down_proj that
+    // write that channel, so from the first layer on the residual stream carries a few channels at
+    // 20-100x the typical scale. The embedding is left alone: with tied embeddings, scaled columns
+    // would also scale the logits (NLL in the hundreds).
     std::vector<int64_t> channels;
     std::vector<double> gains;
     {
@@ -271,10 +273,6 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
         gains.push_back(20.0 + 80.0 * static_cast<double>(splitmix64(state) % 1000) / 999.0);
       }
     }
-    auto plant_columns = [&](at::Tensor t) {
-      for (size_t i = 0; i < channels.size(); ++i) t.select(1, channels[i]).mul_(gains[i]);
-      return t;
-    };
     auto plant_rows = [&](at::Tensor t) {
       for (size_t i = 0; i < channels.size(); ++i) t.select(0, channels[i]).mul_(gains[i]);
       return t;
@@ -282,7 +280,7 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
 
     ShardWriter writer(tmp_dir, options.max_shard_bytes);
     const int64_t d = c.hidden_size, ffn = c.intermediate_size;
-    writer.add("model.embed_tokens.weight", plant_columns(normal({c.vocab_size, d}, std_dev)).to(dtype));
+    writer.add("model.embed_tokens.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
     for (int64_t i = 0; i < c.num_layers; ++i) {
       if (c.num_layers >= 8) spdlog::info("make-model: layer {}/{}", i + 1, c.num_layers);
       const std::string p = "model.layers." + std::to_string(i) + ".";

@@ -1,0 +1,133 @@
+// ResQ quantizers: mixed 4/8-bit weight quantization (RTN and GPTQ, one pass over K with a per-column
+// bit width), per-token activation fake quantization and per-(token, head) KV-cache fake quantization.
+// Number conventions are exactly those of resq/format/packed.h, so packing the result and running the
+// integer kernels reproduces these dequantized values (up to fp32 GEMM rounding).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "resq/model/decoder.h"
+
+namespace resq {
+
+// Bit widths accepted by every quantizer here: 2..8 quantize, >= 16 means "leave this part in
+// floating point". Anything else throws ConfigError naming `what`.
+void check_quant_bits(int bits, const char* what);
+
+// ------------------------------------------------------------------ high-precision masks
+
+// Validates a high mask for a K-wide tensor (defined, 1-D bool of length K; `what` names the
+// caller and tensor in the ShapeError) and returns it as a host vector [K].
+std::vector<bool> high_mask_to_vector(const at::Tensor& high_mask, int64_t K, const char* what);
+
+// [K] bool, true on the last r columns [K - r, K) (q/k/v, gate/up; r = 0 -> all false).
+// Throws ShapeError unless 0 <= r <= K.
+at::Tensor high_mask_last(int64_t K, int64_t r);
+
+// [num_heads * head_dim] bool, true on the last r_h channels of every head: head h occupies
+// [h * head_dim, (h + 1) * head_dim) and its high part is [h * head_dim + head_dim - r_h, ...) (o_proj).
+// Throws ShapeError unless num_heads >= 0, head_dim >= 0 and 0 <= r_h <= head_dim.
+at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h);
+
+// ------------------------------------------------------------------ weights
+
+// Result of quantizing one linear weight W [N, K]. Column k belongs to the high part when
+// high_mask[k] is true (bits_high), to the low part otherwise (bits_low).
+//   dequant[n, k] = scale_part(k)[n] * float(q[n, k])     (fp32 product, as the packed runtime computes)
+// A part with bits >= 16 is not quantized: its dequant columns hold the (GPTQ-updated) float weights,
+// its q columns are 0 and its scale is 1. A part with no columns has scale 1.
+struct QuantizedWeight {
+  at::Tensor dequant;     // [N, K] float32
+  at::Tensor q;           // [N, K] int8, in [-2^(b-1), 2^(b-1) - 1] of the column's part
+  at::Tensor scale_low;   // [N] float32
+  at::Tensor scale_high;  // [N] float32
+  at::Tensor high_mask;   // [K] bool (CPU)
+  int bits_low = 4;
+  int bits_high = 8;
+  double damp_fraction = 0.0;  // GPTQ only: the dampening actually used (after any retries)
+};
+
+// Symmetric per-output-channel scales of each part, computed from w [N, K] (any float dtype, on any
+// device) in float32 exactly as format/quantize_weights_rtn_reference does:
+//   scale = (max_{k in part} |w[n, k]| * c) / (2^(b-1) - 1),  scale = 1 for an all-zero/empty part.
+// c = clip_ratio when mse_clip is false. When mse_clip is true, c is searched per row and part over
+// the 21 candidates c_i = 1 - 0.025 i (i = 0..20, i.e. [0.5, 1] in 20 steps) minimizing
+// sum_k |w - ŵ|^2.4 over the part (GPTQ/QuaRot find_params(mse=True) with norm 2.4); clip_ratio is
+// then ignored. Returns {scale_low [N], scale_high [N]} float32 on w's device.
+std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::Tensor& high_mask,
+                                                int bits_low, int bits_high, double clip_ratio,
+                                                bool mse_clip);
+
+// Round-to-nearest: q = clamp(round_half_even(w / scale), -2^(b-1), 2^(b-1) - 1) with the scales of
+// weight_scales. w [N, K] float (float32/float64/bf16; computed in float32 on w's device),
+// high_mask [K] bool. Throws ShapeError on bad shapes, ConfigError on bad bits / clip_ratio.
+QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_mask, int bits_low,
+                                    int bits_high, double clip_ratio, bool mse_clip);
+
+// GPTQ (Frantar et al. 2023) with groupsize -1 and no act-order, mixed precision along K in ONE pass:
+// column k is rounded on the grid of its part. w [N, K]; hessian [K, K] symmetric PSD, any positive
+// multiple of X^T X (e.g. 2/n sum x^T x or the unnormalized X^T X: only relative damping is used).
+//   - scales: weight_scales() of the ORIGINAL w, computed once before the loop;
+//   - dead columns (H[k, k] == 0): w[:, k] = 0 and H[k, k] = 1;
+//   - H += percdamp * mean(diag H) * I; U = upper Cholesky factor of H^-1; on a failed Cholesky the
+//     damping is multiplied by 10 and retried (up to 6 times), then resq::Error is thrown;
+//   - lazy batch updates in blocks of `blocksize` columns.
+// Precision: H, its inverse and Cholesky factor in float64; the column loop (weights, errors and
+// updates) in float32 like the reference implementation, on w's device. Rounding itself is the fp32
+// formula of rtn_quantize_weight, so dequant == scale * q exactly.
+// Throws ShapeError on bad shapes, ConfigError on bad bits / clip / percdamp / blocksize.
+QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
+                                     const at::Tensor& high_mask, int bits_low, int bits_high,
+                                     double percdamp, int64_t blocksize, double clip_ratio,
+                                     bool mse_clip);
+
+// ------------------------------------------------------------------ activations and KV cache
+
+// Per-token asymmetric fake quantization over the last dim, separately for the columns where
+// high_mask is false (bits_low) and true (bits_high); a mask with no true entry gives one group, and
+// equal bit widths still give two groups (two scales) when both parts are non-empty. Per token and part,
+// in float32 exactly as format::activation_scale_zero / quantize_activation_value:
+//   lo = min(min x, 0) * c; hi = max(max x, 0) * c; s = (hi - lo) / (2^b - 1); z = rne(-lo / s)
+//   (s == 0 -> s = 1, z = 0); q = clamp(rne(x / s) + z, 0, 2^b - 1); x̂ = s * (q - z).
+// x [..., K] any float dtype on any device (float64/bf16 are quantized in float32 and cast back);
+// high_mask [K] bool; returns x̂ with x's shape and dtype. A part with bits >= 16 passes through.
+// Throws ShapeError on a mask length != K, ConfigError on bad bits or clip outside (0, 1].
+at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
+                                int bits_high, double clip_ratio);
+
+// TensorTransform wrapper of fake_quant_per_token with a fixed mask (for linear inputs).
+class ActivationFakeQuant : public TensorTransform {
+ public:
+  ActivationFakeQuant(at::Tensor high_mask, int bits_low, int bits_high, double clip_ratio);
+  // x [..., K] -> same shape and dtype.
+  at::Tensor apply(const at::Tensor& x) const override;
+  const at::Tensor& high_mask() const { return high_mask_; }
+
+ private:
+  at::Tensor high_mask_;  // [K] bool (CPU; moved to x's device on use)
+  int bits_low_;
+  int bits_high_;
+  double clip_ratio_;
+};
+
+// KV-cache fake quantization: x [B, H, T, head_dim]; one group per (b, h, t) over head_dim, split
+// into the first head_dim - r_h channels (bits_low) and the last r_h channels (bits_high);
+// r_h = 0 -> one group at bits_low. Same formulas as fake_quant_per_token.
+class KvFakeQuant : public TensorTransform {
+ public:
+  KvFakeQuant(int64_t head_dim, int64_t r_h, int bits_low, int bits_high, double clip_ratio);
+  at::Tensor apply(const at::Tensor& x) const override;
+
+ private:
+  int64_t head_dim_;
+  at::Tensor high_mask_;  // [head_dim] bool
+  int bits_low_;
+  int bits_high_;
+  double clip_ratio_;
+};
+
+}  // namespace resq

@@ -1,0 +1,69 @@
+// Quantization recipes: JSON files in configs/ parsed into a validated struct (unknown keys and bad
+// values are errors naming the file and the key). Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace resq {
+
+struct RotationRecipe {
+  // "resq": PCA bases + random rotations inside the low/high subspaces (the paper);
+  // "quarot": every basis the identity and every rotation a full randomized Hadamard;
+  // "none": no rotation at all.
+  std::string method = "resq";
+  double high_fraction = 0.125;    // r = round(high_fraction * dim): 8-bit subspace size
+  bool center_embeddings = false;  // QuaRot/official ResQ embedding mean subtraction (changes the function)
+  bool online_down_hadamard = true;  // U_D before down_proj
+  bool qk_rotation = true;           // U_C on q/k after RoPE
+  double pca_damping = 0.01;         // fraction of mean(diag) added before the eigendecomposition
+};
+
+struct WeightRecipe {
+  std::string method = "gptq";  // "gptq" | "rtn" | "none"
+  int bits_low = 4;
+  int bits_high = 8;     // for the r high-variance input columns (q/k/v, gate/up, o_proj per head)
+  bool down_high = false;  // down_proj: all bits_low (paper) unless true
+  double percdamp = 0.01;  // GPTQ dampening, fraction of mean(diag(H))
+  int64_t blocksize = 128; // GPTQ lazy-batch block
+  bool mse_clip = false;   // grid-search a per-channel clip ratio minimizing the MSE
+  double clip_ratio = 1.0; // fixed clip ratio when mse_clip is false
+};
+
+struct ActivationRecipe {
+  bool enabled = true;
+  int bits_low = 4;
+  int bits_high = 8;
+  double clip_ratio = 1.0;      // QuaRot-style clipping of the per-token range (0 < c <= 1)
+  bool down_high = false;       // down_proj input: all bits_low (paper) unless true
+};
+
+struct KvRecipe {
+  bool enabled = true;
+  int bits_low = 4;
+  int bits_high = 8;  // the last r_h channels of each head
+  double k_clip_ratio = 1.0;
+  double v_clip_ratio = 1.0;
+};
+
+struct Recipe {
+  std::string name;
+  std::string description;
+  RotationRecipe rotation;
+  WeightRecipe weights;
+  ActivationRecipe activations;
+  KvRecipe kv;
+  // Effective bits per element of a mixed site with r/dim high channels (e.g. 4.5 for 4/8 at 1/8).
+  double mixed_bits(int low, int high) const {
+    return low * (1.0 - rotation.high_fraction) + high * rotation.high_fraction;
+  }
+};
+
+// Parses and validates; `source` names the file in messages. Throws ConfigError.
+Recipe parse_recipe(const nlohmann::json& json, const std::string& source);
+Recipe load_recipe(const std::string& path);
+nlohmann::json recipe_to_json(const Recipe& recipe);
+
+}  // namespace resq
