@@ -3,12 +3,17 @@
 #include "resq/quant/quantizers.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include <string>
 #include <tuple>
 #include <utility>
 
 #include "resq/common/error.h"
+#include "resq/format/packed.h"
 
 namespace resq {
 namespace {
@@ -127,9 +132,58 @@ at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h) 
 
 // ------------------------------------------------------------------ weights
 
-std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::Tensor& high_mask,
-                                                int bits_low, int bits_high, double clip_ratio,
-                                                bool mse_clip) {
+namespace {
+
+// CPU path of weight_scales for one part of w32 [N, K] (contiguous float32): the same fp32 scale
+// formula, the MSE search with the error summed in double -> [N] float32.
+at::Tensor part_scale_cpu(const at::Tensor& w32, const std::vector<int64_t>& cols, int bits,
+                          double clip, bool mse) {
+  const int64_t N = w32.size(0);
+  const int64_t K = w32.size(1);
+  at::Tensor out = at::empty({N}, w32.options());
+  const float* wp = w32.data_ptr<float>();
+  float* sp = out.data_ptr<float>();
+  const float qmax_pos = static_cast<float>((1 << (bits - 1)) - 1);
+  const float qmin = -static_cast<float>(1 << (bits - 1));
+  const auto scale_for = [&](float amax, double c) {
+    const float sc = (amax * static_cast<float>(c)) / qmax_pos;
+    return sc == 0.0f ? 1.0f : sc;
+  };
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 12) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const float* row = wp + n * K;
+      float amax = 0.0f;
+      for (int64_t k : cols) amax = std::max(amax, std::fabs(row[k]));
+      if (!mse) {
+        sp[n] = scale_for(amax, clip);
+        continue;
+      }
+      double best_err = 0.0;
+      float best = 1.0f;
+      for (int i = 0; i <= 20; ++i) {
+        const float sc = scale_for(amax, 1.0 - 0.025 * i);
+        double err = 0.0;
+        for (int64_t k : cols) {
+          float q = format::round_half_even(row[k] / sc);
+          q = std::min(std::max(q, qmin), qmax_pos);
+          err += std::pow(std::fabs(static_cast<double>(row[k] - sc * q)), 2.4);
+        }
+        if (i == 0 || err < best_err) {
+          best_err = err;
+          best = sc;
+        }
+      }
+      sp[n] = best;
+    }
+  });
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> weight_scales_impl(const at::Tensor& w,
+                                                     const at::Tensor& high_mask, int bits_low,
+                                                     int bits_high, double clip_ratio,
+                                                     bool mse_clip, bool cpu_fast_path) {
   const char* fn = "weight_scales";
   check_weight(w, fn);
   check_quant_bits(bits_low, "weight quantizer (bits_low)");
@@ -144,6 +198,16 @@ std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::T
   at::Tensor ones = at::ones({N}, opts);
   if (K == 0) return {ones, ones.clone()};
 
+  if (cpu_fast_path && w.device().is_cpu()) {
+    at::Tensor w32 = w.to(at::kFloat).contiguous();
+    std::vector<int64_t> cols[2];
+    for (int64_t k = 0; k < K; ++k) cols[mask[static_cast<size_t>(k)] ? 1 : 0].push_back(k);
+    auto part = [&](int p, int bits) {
+      if (cols[p].empty() || !quantized(bits)) return ones.clone();
+      return part_scale_cpu(w32, cols[p], bits, clip_ratio, mse_clip);
+    };
+    return {part(0, bits_low), part(1, bits_high)};
+  }
   at::Tensor w32 = w.to(at::kFloat);
   at::Tensor absw = w32.abs();
   at::Tensor m = high_mask.to(w.device());
@@ -157,6 +221,23 @@ std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::T
   };
   return {part_scale(n_high < K, not_low, bits_low), part_scale(n_high > 0, not_high, bits_high)};
 }
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::Tensor& high_mask,
+                                                int bits_low, int bits_high, double clip_ratio,
+                                                bool mse_clip) {
+  return weight_scales_impl(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip, true);
+}
+
+namespace detail {
+std::pair<at::Tensor, at::Tensor> weight_scales_torch(const at::Tensor& w,
+                                                      const at::Tensor& high_mask, int bits_low,
+                                                      int bits_high, double clip_ratio,
+                                                      bool mse_clip) {
+  return weight_scales_impl(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip, false);
+}
+}  // namespace detail
 
 QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_mask, int bits_low,
                                     int bits_high, double clip_ratio, bool mse_clip) {
@@ -210,10 +291,55 @@ std::pair<at::Tensor, at::Tensor> asym_scale_zero(const at::Tensor& x32, const a
   return {s, z};
 }
 
+// CPU fast path of fake_quant_per_token: x32 [M, K] contiguous float32 on the CPU, one pass per
+// token with the scalar functions of packed.h (bit-identical to the torch path by construction).
+at::Tensor fake_quant_rows_cpu(const at::Tensor& x32, const std::vector<bool>& mask, int bits_low,
+                               int bits_high, float clip) {
+  const int64_t M = x32.size(0);
+  const int64_t K = x32.size(1);
+  std::vector<int64_t> cols[2];  // [0]: low columns, [1]: high columns
+  for (int64_t k = 0; k < K; ++k) cols[mask[static_cast<size_t>(k)] ? 1 : 0].push_back(k);
+  const int bits[2] = {bits_low, bits_high};
+  at::Tensor out = at::empty_like(x32);
+  const float* xp = x32.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float* xr = xp + m * K;
+      float* orow = op + m * K;
+      for (int p = 0; p < 2; ++p) {
+        const std::vector<int64_t>& c = cols[p];
+        if (c.empty()) continue;
+        if (!quantized(bits[p])) {
+          for (int64_t k : c) orow[k] = xr[k];
+          continue;
+        }
+        const int qmax = (1 << bits[p]) - 1;
+        float mn = 0.0f, mx = 0.0f;
+        for (int64_t k : c) {
+          mn = std::min(mn, xr[k]);
+          mx = std::max(mx, xr[k]);
+        }
+        float scale;
+        int32_t zero;
+        format::activation_scale_zero(mn, mx, clip, qmax, &scale, &zero);
+        for (int64_t k : c) {
+          const int q = format::quantize_activation_value(xr[k], scale, zero, qmax);
+          orow[k] = scale * static_cast<float>(q - zero);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
-                                int bits_high, double clip_ratio) {
+namespace {
+
+at::Tensor fake_quant_impl(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
+                           int bits_high, double clip_ratio, bool cpu_fast_path) {
   const char* fn = "fake_quant_per_token";
   if (!x.defined() || x.dim() < 1 || !at::isFloatingType(x.scalar_type())) {
     throw ShapeError(std::string(fn) + ": x must be a floating-point tensor [..., K]");
@@ -231,6 +357,13 @@ at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask
   const bool q_high = has_high && quantized(bits_high);
   if (x.numel() == 0 || (!q_low && !q_high)) return x.clone();
 
+  if (cpu_fast_path && x.device().is_cpu()) {
+    at::Tensor x32 = x.to(at::kFloat).contiguous();
+    at::Tensor out = fake_quant_rows_cpu(x32.view({-1, K}), mask, bits_low, bits_high,
+                                         static_cast<float>(clip_ratio));
+    return out.view(x.sizes()).to(x.scalar_type());
+  }
+  // Device path: the same formulas as whole-tensor torch ops (IEEE fp32, round = half to even).
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor m = high_mask.to(x.device());
   at::Tensor not_low = has_high ? m : at::Tensor();
@@ -268,6 +401,20 @@ at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask
   if (has_high && !q_high) out = at::where(m, x32, out);
   return out.to(x.scalar_type());
 }
+
+}  // namespace
+
+at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
+                                int bits_high, double clip_ratio) {
+  return fake_quant_impl(x, high_mask, bits_low, bits_high, clip_ratio, /*cpu_fast_path=*/true);
+}
+
+namespace detail {
+at::Tensor fake_quant_per_token_torch(const at::Tensor& x, const at::Tensor& high_mask,
+                                      int bits_low, int bits_high, double clip_ratio) {
+  return fake_quant_impl(x, high_mask, bits_low, bits_high, clip_ratio, /*cpu_fast_path=*/false);
+}
+}  // namespace detail
 
 ActivationFakeQuant::ActivationFakeQuant(at::Tensor high_mask, int bits_low, int bits_high,
                                          double clip_ratio)

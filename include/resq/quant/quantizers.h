@@ -62,6 +62,15 @@ std::pair<at::Tensor, at::Tensor> weight_scales(const at::Tensor& w, const at::T
                                                 int bits_low, int bits_high, double clip_ratio,
                                                 bool mse_clip);
 
+namespace detail {
+// weight_scales as whole-tensor torch ops (the path for non-CPU tensors; CPU tensors take a per-row
+// loop). Same fp32 formula; the MSE search may break near-ties differently (float vs double sums).
+std::pair<at::Tensor, at::Tensor> weight_scales_torch(const at::Tensor& w,
+                                                      const at::Tensor& high_mask, int bits_low,
+                                                      int bits_high, double clip_ratio,
+                                                      bool mse_clip);
+}  // namespace detail
+
 // Round-to-nearest: q = clamp(round_half_even(w / scale), -2^(b-1), 2^(b-1) - 1) with the scales of
 // weight_scales. w [N, K] float (float32/float64/bf16; computed in float32 on w's device),
 // high_mask [K] bool. Throws ShapeError on bad shapes, ConfigError on bad bits / clip_ratio.
@@ -98,6 +107,14 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
 // Throws ShapeError on a mask length != K, ConfigError on bad bits or clip outside (0, 1].
 at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
                                 int bits_high, double clip_ratio);
+
+namespace detail {
+// fake_quant_per_token as whole-tensor torch ops (the path taken for non-CPU tensors; CPU tensors
+// take a per-token loop over packed.h's scalar functions). Exposed so that the tests can check on
+// the CPU that both paths agree bit for bit.
+at::Tensor fake_quant_per_token_torch(const at::Tensor& x, const at::Tensor& high_mask,
+                                      int bits_low, int bits_high, double clip_ratio);
+}  // namespace detail
 
 // TensorTransform wrapper of fake_quant_per_token with a fixed mask (for linear inputs).
 class ActivationFakeQuant : public TensorTransform {
