@@ -1,17 +1,22 @@
-// `resq demo`: the main job end to end with no download — makes the tiny model in a temporary
-// directory, tokenizes generated text with its tokenizer and evaluates perplexity.
+// `resq demo`: the main job end to end with no download — makes the tiny model (random init, planted
+// outlier channels) in a temporary directory, quantizes it with each recipe of configs/ and prints
+// recipe | bits | ppl | KL divergence vs fp | seconds.
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include "common.h"
+#include "resq/common/error.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
+#include "resq/quant/pipeline.h"
+#include "resq/quant/recipe.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
 
@@ -21,6 +26,8 @@ namespace {
 struct DemoOptions {
   CommonOptions common;
   bool keep = false;
+  std::string configs = RESQ_DEFAULT_CONFIG_DIR;
+  std::vector<std::string> recipes = {"fp", "rtn-w4a4kv4", "quarot", "resq-rtn", "resq"};
 };
 
 void run_demo(const DemoOptions& o) {
@@ -46,31 +53,61 @@ void run_demo(const DemoOptions& o) {
   const auto channels = write_synthetic_model(config, model_dir, synthetic);
   spdlog::info("demo: wrote random-init tiny model ({:.2f} M parameters, {} planted outlier channels) to {}",
                config.parameter_count() / 1e6, channels.size(), model_dir);
-
+  const std::string calib_path = (work / "calib.txt").string();
+  {
+    std::ofstream(calib_path) << synthetic_text(o.common.seed + 2, 40000);
+  }
   auto tokenizer = load_tokenizer(model_dir);
-  const std::string text = synthetic_text(o.common.seed + 1, 60000);
+  const std::string text = synthetic_text(o.common.seed + 1, 30000);
   const auto ids = tokenize_for_eval(*tokenizer, text, tokenizer->adds_bos());
+  const int64_t seqlen = 256;
 
-  Decoder decoder = Decoder::load(model_dir);
+  Decoder fp = Decoder::load(model_dir);
   PerplexityOptions po;
-  po.seqlen = 256;
-  const PerplexityResult r = evaluate_perplexity(decoder, ids, po);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  po.seqlen = seqlen;
+  po.progress = false;
 
-  std::printf("resq demo: random-init 'tiny' Llama (%lld layers, hidden %lld, %lld heads / %lld kv heads, vocab %lld)\n",
+  std::printf("resq demo: random-init 'tiny' Llama (%lld layers, hidden %lld, %lld heads / %lld kv heads, "
+              "FFN %lld, vocab %lld) with %zu planted outlier channels\n",
               static_cast<long long>(config.num_layers), static_cast<long long>(config.hidden_size),
               static_cast<long long>(config.num_heads), static_cast<long long>(config.num_kv_heads),
-              static_cast<long long>(config.vocab_size));
-  std::printf("%-10s | %-5s | %-22s | %s\n", "recipe", "bits", "ppl (seqlen 256)", "seconds");
-  std::printf("%-10s | %-5s | %10.3f ± %-9.3f | %.2f\n", "fp", "32", r.ppl, r.ppl_stderr, r.seconds);
-  std::printf("(%lld windows, %lld tokens; a random-init model predicts near-uniformly: ppl ~ tokenizer vocab %d)\n",
-              static_cast<long long>(r.num_windows), static_cast<long long>(r.num_windows * r.seqlen),
+              static_cast<long long>(config.intermediate_size), static_cast<long long>(config.vocab_size),
+              channels.size());
+  std::printf("calibration: 16 x %lld tokens of generated text; evaluation: %lld windows of %lld tokens\n",
+              static_cast<long long>(seqlen), static_cast<long long>(static_cast<int64_t>(ids.size()) / seqlen),
+              static_cast<long long>(seqlen));
+  std::printf("%-12s | %-14s | %-10s | %-16s | %s\n", "recipe", "bits W/A/KV", "ppl", "KL vs fp (nats)", "seconds");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& name : o.recipes) {
+    const auto t = std::chrono::steady_clock::now();
+    QuantizeOptions q;
+    q.model_dir = model_dir;
+    q.out_dir = (work / ("q-" + name)).string();
+    q.recipe = load_recipe(o.configs + "/" + name + ".json");
+    q.recipe_path = o.configs + "/" + name + ".json";
+    q.calib_path = calib_path;
+    q.nsamples = 16;
+    q.seqlen = seqlen;
+    q.seed = o.common.seed;
+    const nlohmann::json report = quantize_model(q);
+    Decoder model = load_model_for_eval(q.out_dir, LoadOptions{});
+    const PerplexityResult r = evaluate_perplexity(model, ids, po);
+    const KlResult kl = evaluate_kl_divergence(fp, model, ids, seqlen, 4);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+    char bits[64];
+    std::snprintf(bits, sizeof bits, "%g/%g/%g", report["bits"]["weights"].get<double>(),
+                  report["bits"]["activations"].get<double>(), report["bits"]["kv"].get<double>());
+    std::printf("%-12s | %-14s | %-10.3f | %-16.6f | %.2f\n", name.c_str(), bits, r.ppl, kl.kl_mean, seconds);
+    rows.push_back({{"recipe", name}, {"bits", report["bits"]}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
+                    {"kl", kl.kl_mean}, {"seconds", seconds}});
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("(a random-init model predicts near-uniformly: ppl ~ tokenizer vocab %d; the KL divergence from the "
+              "fp model is the quantization error)\n",
               tokenizer->vocab_size());
-  std::printf("demo finished in %.1f s%s\n", seconds, o.keep ? (", model kept in " + model_dir).c_str() : "");
+  std::printf("demo finished in %.1f s%s\n", seconds, o.keep ? (", files kept in " + work.string()).c_str() : "");
   if (!o.common.json_out.empty()) {
-    nlohmann::json j = {{"model", "tiny"}, {"seconds", seconds}, {"rows", {{{"recipe", "fp"}, {"ppl", r.ppl},
-                                                                              {"ppl_stderr", r.ppl_stderr}}}}};
-    write_json_file(o.common.json_out, j);
+    write_json_file(o.common.json_out, {{"model", "tiny"}, {"seed", o.common.seed}, {"seconds", seconds}, {"rows", rows}});
   }
 }
 
@@ -78,11 +115,14 @@ void run_demo(const DemoOptions& o) {
 
 void register_demo(CLI::App& app) {
   auto o = std::make_shared<DemoOptions>();
-  auto* cmd = app.add_subcommand("demo", "make a tiny random model and evaluate it end to end (no download)");
+  auto* cmd = app.add_subcommand("demo", "make a tiny random model, quantize it with each recipe, report ppl and KL");
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
-  cmd->add_flag("--keep", o->keep, "keep the temporary model directory");
+  cmd->add_option("--configs", o->configs, "directory of recipe JSON files")->capture_default_str();
+  cmd->add_option("--recipes", o->recipes, "recipes to run (file names in --configs without .json)")
+      ->capture_default_str();
+  cmd->add_flag("--keep", o->keep, "keep the temporary directory");
   add_json_option(cmd, o->common);
   cmd->callback([o] { run_demo(*o); });
 }

@@ -90,6 +90,27 @@ PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t
   return r;
 }
 
+KlResult evaluate_kl_divergence(Decoder& reference, Decoder& candidate, const std::vector<int32_t>& ids,
+                                int64_t seqlen, int64_t max_windows) {
+  if (seqlen < 2) throw UsageError("--seqlen must be >= 2, got " + std::to_string(seqlen));
+  int64_t windows = static_cast<int64_t>(ids.size()) / seqlen;
+  if (max_windows >= 0) windows = std::min(windows, max_windows);
+  if (windows == 0) throw UsageError("the text has fewer tokens than one window of " + std::to_string(seqlen));
+  at::NoGradGuard no_grad;
+  double total = 0.0;
+  for (int64_t w = 0; w < windows; ++w) {
+    at::Tensor x = at::empty({1, seqlen}, at::TensorOptions().dtype(at::kLong));
+    for (int64_t j = 0; j < seqlen; ++j) x[0][j] = ids[w * seqlen + j];
+    at::Tensor lp = at::log_softmax(reference.forward(x).to(at::kDouble), -1);  // [1, T, V]
+    at::Tensor lq = at::log_softmax(candidate.forward(x).to(at::kDouble), -1);
+    total += (lp.exp() * (lp - lq)).sum().item<double>();
+  }
+  KlResult r;
+  r.num_positions = windows * seqlen;
+  r.kl_mean = total / static_cast<double>(r.num_positions);
+  return r;
+}
+
 nlohmann::json perplexity_to_json(const PerplexityResult& r) {
   return {{"ppl", r.ppl},
           {"nll", r.nll},

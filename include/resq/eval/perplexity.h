@@ -38,6 +38,15 @@ struct PerplexityResult {
 PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t>& ids,
                                      const PerplexityOptions& options);
 
+// Mean KL divergence KL(P_reference || P_candidate) of the next-token distributions over every
+// position of the first `max_windows` (< 0: all) windows of `seqlen` tokens of ids.
+struct KlResult {
+  double kl_mean = 0.0;
+  int64_t num_positions = 0;
+};
+KlResult evaluate_kl_divergence(Decoder& reference, Decoder& candidate, const std::vector<int32_t>& ids,
+                                int64_t seqlen, int64_t max_windows);
+
 // {"ppl", "nll", "nll_stderr", ..., "window_nll": [...]}.
 nlohmann::json perplexity_to_json(const PerplexityResult& result);
 
