@@ -2,7 +2,8 @@
 # Reproduces the stories260K tables of docs/RESULTS.md: every recipe x seed, calibrated and evaluated
 # on WikiText-2 (valid -> test) and on TinyStories (train head -> valid head), seqlen 512.
 # Usage: scripts/results-stories260k.sh [OUT_DIR] ; env: SEEDS="0 1 2", WINDOWS=200 (0 = all),
-# NSAMPLES=64, RECIPES="fp rtn-w4a4kv4 quarot resq-rtn resq".
+# NSAMPLES=64, RECIPES="fp rtn-w4a4kv4 quarot resq-rtn resq", DOMAINS="wikitext2 tinystories".
+# Finished runs (their JSON exists in OUT_DIR) are skipped, so the script can be resumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-results/stories260k}"
@@ -12,6 +13,7 @@ SEEDS="${SEEDS:-0 1 2}"
 WINDOWS="${WINDOWS:-200}"
 NSAMPLES="${NSAMPLES:-64}"
 RECIPES="${RECIPES:-fp rtn-w4a4kv4 quarot resq-rtn resq}"
+DOMAINS="${DOMAINS:-wikitext2 tinystories}"
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$OUT"
 max_windows=()
@@ -34,14 +36,22 @@ run() {  # run DOMAIN CALIB_FLAG CALIB_FILE EVAL_FLAG EVAL_FILE
   done
 }
 
-run wikitext2 --calib-wikitext2 "$SHARED/data/wikitext-2-raw/wiki.valid.raw" --wikitext2 "$SHARED/data/wikitext-2-raw/wiki.test.raw"
-run tinystories --calib "$SHARED/data/tinystories/train_head.txt" --data "$SHARED/data/tinystories/valid_head.txt"
+for domain in $DOMAINS; do
+  case "$domain" in
+    wikitext2) run wikitext2 --calib-wikitext2 "$SHARED/data/wikitext-2-raw/wiki.valid.raw" \
+                 --wikitext2 "$SHARED/data/wikitext-2-raw/wiki.test.raw" ;;
+    tinystories) run tinystories --calib "$SHARED/data/tinystories/train_head.txt" \
+                   --data "$SHARED/data/tinystories/valid_head.txt" ;;
+    *) echo "unknown domain $domain" >&2; exit 2 ;;
+  esac
+done
 
 # Table: mean ppl over seeds (± std over seeds), mean per-window stderr.
 python3 - "$OUT" "$RECIPES" "$SEEDS" <<'PY'
 import json, sys, statistics as st, os
 out, recipes, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 for domain in ["wikitext2", "tinystories"]:
+    if not any(f.startswith(domain + "-") for f in os.listdir(out)): continue
     print(f"\n### {domain}\n")
     print("| recipe | bits W/A/KV | ppl (mean over seeds) | std over seeds | mean ± stderr per run | seeds |")
     print("| --- | --- | --- | --- | --- | --- |")

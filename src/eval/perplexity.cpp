@@ -15,14 +15,13 @@ namespace resq {
 
 namespace {
 
-// Windows per forward pass: the largest intermediate is the attention scores [B*H, T, T]; keeping it
-// (and the logits [B, T, V]) near 32 MiB (at most that size) lets glibc serve them from the heap instead of fresh mmap()s
-// whose page faults otherwise dominate (measured: 4.5 of 10.5 CPU-minutes in the kernel at B=16).
+// Windows per forward pass: attention is chunked inside the decoder, so the largest intermediates
+// are the logits [B, T, V] (float32, and their log-softmax). Keeping them under ~16 MiB lets glibc
+// serve them from the heap instead of fresh mmap()s whose page faults otherwise dominate.
 int64_t choose_batch(const ModelConfig& c, int64_t seqlen) {
-  const double scores = 4.0 * static_cast<double>(c.num_heads) * seqlen * seqlen;
-  const double logits = 4.0 * static_cast<double>(seqlen) * c.vocab_size;
-  const double budget = 32.0 * 1024 * 1024;
-  return std::max<int64_t>(1, std::min<int64_t>(16, static_cast<int64_t>(budget / std::max(scores, logits))));
+  const double logits = 4.0 * static_cast<double>(seqlen) * std::max(c.vocab_size, c.intermediate_size);
+  const double budget = 16.0 * 1024 * 1024;
+  return std::max<int64_t>(1, std::min<int64_t>(8, static_cast<int64_t>(budget / logits)));
 }
 
 }  // namespace

@@ -176,16 +176,27 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
     v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
   }
-  // scores [B*H, T, T] = mask + q·kᵀ/√hd in one baddbmm; softmax in float32 (float64 for float64
-  // models). The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
+  // Attention in chunks of (batch, head) rows: scores [rows, T, T] = mask + q·kᵀ/√hd (one baddbmm),
+  // softmax in float32 (float64 for float64 models), then · v. Chunks keep each scores buffer under
+  // ~16 MiB so glibc reuses heap memory instead of mmap()ing (and page-faulting) a fresh buffer for
+  // every layer: measured 6x faster on stories260K than one [B*H, T, T] buffer above the threshold.
+  // The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
   const auto stat_type = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type);
-  at::Tensor q3 = q.reshape({B * H, T, hd}).to(stat_type);
-  at::Tensor k3 = k.reshape({B * H, T, hd}).to(stat_type);
-  at::Tensor scores = at::baddbmm(mask.unsqueeze(0), q3, k3.transpose(1, 2), /*beta=*/1.0,
-                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
-  at::Tensor probs = at::softmax(scores, -1).to(dtype_).view({B, H, T, T});
-  at::Tensor attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
+  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type).unsqueeze(0);
+  at::Tensor q3 = q.reshape({B * H, T, hd});
+  at::Tensor k3 = k.reshape({B * H, T, hd});
+  at::Tensor v3 = v.reshape({B * H, T, hd});
+  at::Tensor out3 = at::empty({B * H, T, hd}, q3.options());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (T * T * 8));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (int64_t r0 = 0; r0 < B * H; r0 += chunk) {
+    const int64_t rows = std::min(chunk, B * H - r0);
+    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
+                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
+    at::Tensor probs = at::softmax(scores, -1).to(dtype_);
+    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
+  }
+  at::Tensor attn = out3.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
   if (observer) observer->on_linear_input({index, LinearKind::kO}, attn);
   at::Tensor h = hidden + layer.o->forward(attn);
 
