@@ -66,7 +66,7 @@ const char* const kWords[] = {
 
 std::vector<std::string> synthetic_shape_names() {
   return {"tiny", "llama-3.2-1b", "llama-3-8b", "llama-2-7b", "qwen2.5-0.5b", "qwen2.5-7b",
-          "tiny-qwen2", "tiny-gqa-tied"};
+          "tiny-qwen2", "tiny-gqa-tied", "tiny-llama3"};
 }
 
 ModelConfig synthetic_shape_config(const std::string& name) {
@@ -78,6 +78,14 @@ ModelConfig synthetic_shape_config(const std::string& name) {
     c = base_config("qwen2", 64, 160, 2, 4, 2, 300, 1e6, false);
   } else if (name == "tiny-gqa-tied") {
     c = base_config("llama", 64, 172, 2, 8, 2, 300, 10000.0, true);
+  } else if (name == "tiny-llama3") {
+    // Llama-3 vocabulary and RoPE scaling at toy width: pairs with ../shared/tokenizers/llama3.
+    c = base_config("llama", 64, 192, 2, 4, 2, 128256, 500000.0, true);
+    c.rope_scaling.type = RopeScaling::Type::kLlama3;
+    c.rope_scaling.factor = 32.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
   } else if (name == "llama-3.2-1b") {
     c = base_config("llama", 2048, 8192, 16, 32, 8, 128256, 500000.0, true);
     c.rope_scaling.type = RopeScaling::Type::kLlama3;

@@ -77,6 +77,19 @@ check "make-model unknown shape" 2 "unknown shape 'gpt5'" -- "$RESQ" make-model 
 [ ! -e "$WORK/g" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: failed make-model left a directory"; }
 check "eval made model" 0 "ppl: " -- "$RESQ" eval --model "$WORK/q" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 64 --max-windows 3
 
+# Byte-level BPE end to end: a Llama-3-shaped model with the real Llama-3 tokenizer.
+check "make-model llama3 tokenizer" 0 "wrote" -- "$RESQ" make-model --shape tiny-llama3 --tokenizer "$SHARED/tokenizers/llama3" --out "$WORK/l3"
+check "eval llama3 tokenizer" 0 "protocol: 1 BOS, seqlen 128, 2 non-overlapping windows.*289077 tokens in text" -- \
+  "$RESQ" eval --model "$WORK/l3" --wikitext2 "$SHARED/data/wikitext-2-raw/wiki.test.raw" --seqlen 128 --max-windows 2
+check "tokenize llama3 dir" 0 '^128000 9906 1917$' -- "$RESQ" tokenize --model "$SHARED/tokenizers/llama3" --text "Hello world" --bos
+
+# quantize + eval of a quantized directory; errors.
+check "quantize resq-rtn" 0 "wrote .*recipe resq-rtn: W4.50 A4.50 KV4.50" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qr" \
+  --config "$(dirname "$0")/../../configs/resq-rtn.json" --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128
+check "eval quantized" 0 "resq quantized, simulated" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2
+check "quantize bad recipe" 1 "nope.json" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$WORK/nope.json" --calib "$WORK/t.txt"
+check "quantize no calib" 2 "exactly one of --calib" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$(dirname "$0")/../../configs/resq.json"
+
 # A truncated checkpoint is rejected with the file named, exit 1.
 mkdir -p "$WORK/broken"
 cp "$MODEL/config.json" "$MODEL/tokenizer.model" "$WORK/broken/"
