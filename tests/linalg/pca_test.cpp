@@ -15,18 +15,12 @@
 #include "resq/linalg/pca.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
+#include "linalg/linalg_test_util.h"
 
 namespace resq {
 namespace {
 
-MatrixXdR gaussian_matrix(int64_t rows, int64_t cols, uint64_t seed) {
-  Rng rng(seed);
-  MatrixXdR m(rows, cols);
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) m(i, j) = rng.normal();
-  }
-  return m;
-}
+using test::gaussian_matrix;
 
 // Orthonormal Q [n, n] from Eigen's QR of a Gaussian (test input, independent of resq rotations).
 MatrixXdR test_orthonormal(int64_t n, uint64_t seed) {

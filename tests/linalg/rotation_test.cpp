@@ -11,18 +11,12 @@
 #include "resq/linalg/hadamard.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
+#include "linalg/linalg_test_util.h"
 
 namespace resq {
 namespace {
 
-MatrixXdR gaussian_matrix(int64_t rows, int64_t cols, uint64_t seed) {
-  Rng rng(seed);
-  MatrixXdR m(rows, cols);
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) m(i, j) = rng.normal();
-  }
-  return m;
-}
+using test::gaussian_matrix;
 
 bool bitwise_equal(const MatrixXdR& a, const MatrixXdR& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&

@@ -20,11 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RESQ_HOST_DEVICE __host__ __device__
-#else
-#define RESQ_HOST_DEVICE
-#endif
+#include "resq/common/host_device.h"
 
 // The fp32 formulas below must round every product and sum separately (no fused multiply-add) so
 // that the scalar reference, the vectorized CPU code and the GPU agree bit for bit. GCC contracts

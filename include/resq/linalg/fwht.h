@@ -4,11 +4,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RESQ_HOST_DEVICE __host__ __device__
-#else
-#define RESQ_HOST_DEVICE
-#endif
+#include "resq/common/host_device.h"
 
 namespace resq {
 
