@@ -38,6 +38,7 @@ void register_tokenize(CLI::App& app);
 void register_make_model(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_bench(CLI::App& app);
 
 // Version banner for `resq --version`.
 std::string version_text();

@@ -90,6 +90,22 @@ check "eval quantized" 0 "resq quantized, simulated" -- "$RESQ" eval --model "$W
 check "quantize bad recipe" 1 "nope.json" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$WORK/nope.json" --calib "$WORK/t.txt"
 check "quantize no calib" 2 "exactly one of --calib" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$(dirname "$0")/../../configs/resq.json"
 
+# bench --cpu: rows for every backend, JSON written; GPU bench not available yet.
+check "bench cpu" 0 "llama-3.2-1b  down .*resq-w4a4w8a8" -- "$RESQ" bench --cpu --models llama-3.2-1b --m 1 --repeats 1 --warmup 0 --no-bf16 --json "$WORK/bench.json"
+if python3 - "$WORK/bench.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert {"device", "threads", "rows"} <= set(j), j.keys()
+rows = j["rows"]
+assert len(rows) == 8, len(rows)  # 4 layers x (torch-fp32, resq)
+for r in rows:
+    assert {"backend", "M", "N", "K", "us", "gops", "speedup"} <= set(r) and r["us"] > 0, r
+    if r["backend"] == "torch-fp32": assert abs(r["speedup"] - 1.0) < 1e-12
+PY
+then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: bench JSON"; fi
+check "bench without --cpu" 2 "use --cpu" -- "$RESQ" bench
+check "bench unknown model" 2 "unknown model 'gpt5'" -- "$RESQ" bench --cpu --models gpt5
+
 # A truncated checkpoint is rejected with the file named, exit 1.
 mkdir -p "$WORK/broken"
 cp "$MODEL/config.json" "$MODEL/tokenizer.model" "$WORK/broken/"
