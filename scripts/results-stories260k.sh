@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-results/stories260k}"
 SHARED="${RESQ_SHARED_DIR:-../shared}"
+RESQ="${RESQ:-build/resq}"
 MODEL="$SHARED/models/stories260K"
 SEEDS="${SEEDS:-0 1 2}"
 WINDOWS="${WINDOWS:-200}"
@@ -26,9 +27,9 @@ run() {  # run DOMAIN CALIB_FLAG CALIB_FILE EVAL_FLAG EVAL_FILE
       local tag="$domain-$recipe-s$seed" qdir
       qdir="$(mktemp -d)/q"
       [ -f "$OUT/$tag.eval.json" ] && continue
-      build/resq quantize --model "$MODEL" --out "$qdir" --config "configs/$recipe.json" "$calib_flag" "$calib" \
+      "$RESQ" quantize --model "$MODEL" --out "$qdir" --config "configs/$recipe.json" "$calib_flag" "$calib" \
         --nsamples "$NSAMPLES" --seqlen 512 --seed "$seed" --json "$OUT/$tag.quant.json" --log-level warn
-      build/resq eval --model "$qdir" "$eval_flag" "$data" --seqlen 512 "${max_windows[@]}" \
+      "$RESQ" eval --model "$qdir" "$eval_flag" "$data" --seqlen 512 "${max_windows[@]}" \
         --json "$OUT/$tag.eval.json" --log-level warn | grep '^ppl'
       rm -rf "$(dirname "$qdir")"
       echo "$tag done" >&2

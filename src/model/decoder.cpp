@@ -240,7 +240,9 @@ std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i)
 
 }  // namespace
 
-void Decoder::load_layer(int64_t i) {
+void Decoder::load_layer(int64_t i) { load_or_check_layer(i, /*materialize=*/true); }
+
+void Decoder::load_or_check_layer(int64_t i, bool materialize) {
   if (!store_) throw Error("Decoder::load_layer: decoder was not loaded from a model directory");
   if (i < 0 || i >= config_.num_layers) throw ShapeError("layer index " + std::to_string(i) + " out of range");
   const ModelConfig& c = config_;
@@ -248,6 +250,24 @@ void Decoder::load_layer(int64_t i) {
   auto load = [&](const std::string& name, std::vector<int64_t> shape) {
     return tensor_from_view(store_->require(name, shape), dtype_, device_);
   };
+  if (!materialize) {
+    // Presence and shape checks only (no conversion): a broken checkpoint fails before a long run.
+    auto check_linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+      store_->require(name + ".weight", {out, in});
+      if (bias) store_->require(name + ".bias", {out});
+    };
+    const std::string p = layer_prefix(i);
+    store_->require(p + "input_layernorm.weight", {d});
+    store_->require(p + "post_attention_layernorm.weight", {d});
+    check_linear(p + "self_attn.q_proj", c.q_size(), d, c.qkv_bias);
+    check_linear(p + "self_attn.k_proj", c.kv_size(), d, c.qkv_bias);
+    check_linear(p + "self_attn.v_proj", c.kv_size(), d, c.qkv_bias);
+    check_linear(p + "self_attn.o_proj", d, c.q_size(), c.o_bias);
+    check_linear(p + "mlp.gate_proj", ffn, d, c.mlp_bias);
+    check_linear(p + "mlp.up_proj", ffn, d, c.mlp_bias);
+    check_linear(p + "mlp.down_proj", d, ffn, c.mlp_bias);
+    return;
+  }
   auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
     at::Tensor w = load(name + ".weight", {out, in});
     at::Tensor b = bias ? load(name + ".bias", {out}) : at::Tensor();
@@ -301,12 +321,7 @@ Decoder Decoder::load(const std::string& model_dir, const LoadOptions& options) 
   // Validate every layer's tensors up front (presence and shape) even when loading lazily, so a
   // broken checkpoint fails before a long run starts.
   for (int64_t i = 0; i < config.num_layers; ++i) {
-    if (options.load_layers) {
-      decoder.load_layer(i);
-    } else {
-      decoder.load_layer(i);
-      decoder.unload_layer(i);
-    }
+    decoder.load_or_check_layer(i, /*materialize=*/options.load_layers);
   }
   return decoder;
 }

@@ -15,6 +15,7 @@
 
 #include "resq/common/error.h"
 #include "resq/io/safetensors.h"
+#include "resq/model/shard_writer.h"
 #include "resq/text/sentencepiece_shim.h"
 
 namespace resq {
@@ -170,74 +171,6 @@ void train_sentencepiece(const fs::path& dir, int64_t vocab, uint64_t seed) {
               {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
 }
 
-// Accumulates tensors into shards of at most max_bytes and writes them.
-class ShardWriter {
- public:
-  ShardWriter(fs::path dir, int64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
-
-  void add(const std::string& name, at::Tensor t) {
-    t = t.contiguous();
-    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-    if (!pending_.empty() && pending_bytes_ + bytes > max_bytes_) flush();
-    pending_.emplace_back(name, t);
-    pending_bytes_ += bytes;
-  }
-
-  // Writes the last shard and, if there is more than one, renames shards to the HF scheme and
-  // writes model.safetensors.index.json.
-  void finish(const std::map<std::string, std::string>& metadata) {
-    metadata_ = metadata;
-    flush();
-    if (shards_.size() == 1) {
-      fs::rename(dir_ / shards_[0].first, dir_ / "model.safetensors");
-      return;
-    }
-    nlohmann::json weight_map = nlohmann::json::object();
-    const size_t n = shards_.size();
-    int64_t total = 0;
-    for (size_t i = 0; i < n; ++i) {
-      char name[64];
-      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
-      fs::rename(dir_ / shards_[i].first, dir_ / name);
-      for (const auto& tensor : shards_[i].second) weight_map[tensor] = name;
-    }
-    for (const auto& entry : fs::directory_iterator(dir_)) {
-      if (entry.path().extension() == ".safetensors") total += static_cast<int64_t>(entry.file_size());
-    }
-    write_json(dir_ / "model.safetensors.index.json",
-               {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
-  }
-
- private:
-  void flush() {
-    if (pending_.empty()) return;
-    std::vector<TensorToWrite> tensors;
-    std::vector<std::string> names;
-    for (auto& [name, t] : pending_) {
-      TensorToWrite w;
-      w.name = name;
-      w.dtype = t.scalar_type() == at::kBFloat16 ? DType::BF16 : DType::F32;
-      w.shape = t.sizes().vec();
-      w.data = t.data_ptr();
-      w.nbytes = static_cast<size_t>(t.numel() * t.element_size());
-      tensors.push_back(w);
-      names.push_back(name);
-    }
-    const std::string file = "shard-" + std::to_string(shards_.size()) + ".safetensors";
-    write_safetensors((dir_ / file).string(), tensors, metadata_);
-    shards_.emplace_back(file, names);
-    pending_.clear();
-    pending_bytes_ = 0;
-  }
-
-  fs::path dir_;
-  int64_t max_bytes_;
-  std::vector<std::pair<std::string, at::Tensor>> pending_;
-  int64_t pending_bytes_ = 0;
-  std::vector<std::pair<std::string, std::vector<std::string>>> shards_;
-  std::map<std::string, std::string> metadata_ = {{"format", "pt"}};
-};
-
 }  // namespace
 
 std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std::string& out_dir,
@@ -286,7 +219,7 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
       return t;
     };
 
-    ShardWriter writer(tmp_dir, options.max_shard_bytes);
+    ShardWriter writer(tmp_dir.string(), options.max_shard_bytes);
     const int64_t d = c.hidden_size, ffn = c.intermediate_size;
     writer.add("model.embed_tokens.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
     for (int64_t i = 0; i < c.num_layers; ++i) {

@@ -20,6 +20,7 @@
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
+#include "resq/model/shard_writer.h"
 #include "resq/quant/quantizers.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
@@ -126,24 +127,31 @@ at::Tensor bias64(const std::shared_ptr<Linear>& l, const std::string& what) {
 
 // ---------------------------------------------------------------------------- prepare
 
-// Untie lm_head; fold every RMSNorm weight into the linears reading it (norm weight := 1);
-// optionally subtract each embedding row's mean (QuaRot/official ResQ; changes the function).
-void prepare(Decoder& m, const Recipe& recipe) {
-  const at::ScalarType dt = m.dtype();
-  at::Tensor lm = weight64(m.lm_head, "lm_head") * m.final_norm_weight.to(at::kDouble).unsqueeze(0);
-  m.lm_head = std::make_shared<DenseLinear>(lm.to(dt), at::Tensor());
+// Untie lm_head and fold the final RMSNorm weight into it (norm weight := 1); optionally subtract
+// each embedding row's mean (QuaRot/official ResQ; changes the function for RMSNorm models).
+// Elementwise products are done in the compute dtype: one correctly rounded multiply either way.
+void prepare_globals(Decoder& m, const Recipe& recipe) {
+  at::Tensor lm = dense(m.lm_head, "lm_head").weight().clone();  // [V, d]; a copy unties it
+  lm.mul_(m.final_norm_weight.unsqueeze(0));
+  m.lm_head = std::make_shared<DenseLinear>(lm, at::Tensor());
   m.final_norm_weight = at::ones_like(m.final_norm_weight);
-  for (auto& L : m.layers()) {
-    const at::Tensor in_norm = L.input_norm_weight.to(at::kDouble).unsqueeze(0);
-    const at::Tensor post_norm = L.post_attention_norm_weight.to(at::kDouble).unsqueeze(0);
-    for (auto* lin : {&L.q, &L.k, &L.v}) set_dense(*lin, weight64(*lin, "qkv") * in_norm, bias64(*lin, "qkv"), dt);
-    for (auto* lin : {&L.gate, &L.up}) set_dense(*lin, weight64(*lin, "mlp") * post_norm, bias64(*lin, "mlp"), dt);
-    L.input_norm_weight = at::ones_like(L.input_norm_weight);
-    L.post_attention_norm_weight = at::ones_like(L.post_attention_norm_weight);
+  if (recipe.rotation.center_embeddings) {
+    m.embed_weight = (m.embed_weight - m.embed_weight.to(at::kDouble).mean(-1, true).to(m.dtype())).contiguous();
   }
-  at::Tensor emb = m.embed_weight.to(at::kDouble);
-  if (recipe.rotation.center_embeddings) emb = emb - emb.mean(-1, true);
-  m.embed_weight = emb.to(dt).clone();
+}
+
+// Folds a layer's RMSNorm weights into the linears that read them (q/k/v; gate/up), norms := 1.
+void prepare_layer(DecoderLayer& L, at::ScalarType dt) {
+  const at::Tensor in_norm = L.input_norm_weight.unsqueeze(0);
+  const at::Tensor post_norm = L.post_attention_norm_weight.unsqueeze(0);
+  for (auto* lin : {&L.q, &L.k, &L.v}) {
+    *lin = std::make_shared<DenseLinear>(dense(*lin, "qkv").weight() * in_norm, dense(*lin, "qkv").bias());
+  }
+  for (auto* lin : {&L.gate, &L.up}) {
+    *lin = std::make_shared<DenseLinear>(dense(*lin, "mlp").weight() * post_norm, dense(*lin, "mlp").bias());
+  }
+  L.input_norm_weight = at::ones_like(L.input_norm_weight);
+  L.post_attention_norm_weight = at::ones_like(L.post_attention_norm_weight);
 }
 
 // ---------------------------------------------------------------------------- calibration
@@ -200,11 +208,14 @@ void for_each_layer(Decoder& m, at::Tensor& hidden, const RopeTables& rope, int6
   const int64_t N = hidden.size(0);
   const auto start = std::chrono::steady_clock::now();
   for (int64_t l = 0; l < m.config().num_layers; ++l) {
+    m.load_layer(l);
+    prepare_layer(m.layers()[l], m.dtype());
     std::vector<at::Tensor> outs;
     for (int64_t s = 0; s < N; s += chunk) {
       outs.push_back(m.run_layer(l, hidden.narrow(0, s, std::min(chunk, N - s)), rope, obs));
     }
     after_layer(l);
+    m.unload_layer(l);
     hidden = at::cat(outs, 0);
     const double elapsed = seconds_since(start);
     spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s", stage, l + 1, m.config().num_layers,
@@ -270,16 +281,34 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
   return out;
 }
 
-// Fuses U_A, U_B and U_D into the weights (exact in float64), installs U_C/U_D online transforms.
-void fuse_rotations(Decoder& m, const Rotations& R) {
+// rows [R, d] (compute dtype) · U [d, d] (float64), in row chunks so a [V, d] matrix never needs a
+// float64 copy (the lm_head of a 128k vocabulary would be 2 GiB at 1B scale).
+at::Tensor rotate_rows(const at::Tensor& rows, const at::Tensor& u) {
+  at::Tensor out = at::empty_like(rows);
+  const int64_t chunk = 8192;
+  for (int64_t r0 = 0; r0 < rows.size(0); r0 += chunk) {
+    const int64_t n = std::min(chunk, rows.size(0) - r0);
+    out.narrow(0, r0, n).copy_(at::mm(rows.narrow(0, r0, n).to(at::kDouble), u));
+  }
+  return out;
+}
+
+// Fuses U_A into embed_tokens and the lm_head input.
+void fuse_globals(Decoder& m, const Rotations& R) {
+  if (!R.u_a.defined()) return;
+  m.embed_weight = rotate_rows(m.embed_weight, R.u_a);
+  m.lm_head = std::make_shared<DenseLinear>(rotate_rows(dense(m.lm_head, "lm_head").weight(), R.u_a), at::Tensor());
+}
+
+// Fuses U_A, U_B and U_D into one layer's weights (exact, float64) and installs the U_C/U_D online
+// transforms.
+void fuse_layer(Decoder& m, int64_t l, const Rotations& R) {
   if (!R.u_a.defined()) return;
   const ModelConfig& c = m.config();
   const at::ScalarType dt = m.dtype();
   const at::Tensor& ua = R.u_a;
   const int64_t hd = c.head_dim, G = c.num_heads / c.num_kv_heads;
-  m.embed_weight = at::mm(m.embed_weight.to(at::kDouble), ua).to(dt);
-  m.lm_head = std::make_shared<DenseLinear>(at::mm(weight64(m.lm_head, "lm_head"), ua).to(dt), at::Tensor());
-  for (int64_t l = 0; l < c.num_layers; ++l) {
+  {
     DecoderLayer& L = m.layers()[l];
     for (auto* lin : {&L.q, &L.k, &L.gate, &L.up}) set_dense(*lin, at::mm(weight64(*lin, "in"), ua), bias64(*lin, "in"), dt);
     // v_proj: input side U_A, output rows of kv head h by U_B[h]ᵀ (bias too).
@@ -384,70 +413,53 @@ void copy_tokenizer_files(const std::string& from, const fs::path& to) {
   }
 }
 
-void write_output(const Decoder& m, const QuantizeOptions& o, const Rotations& R, int64_t r, int64_t r_h,
-                  const nlohmann::json& provenance) {
-  const ModelConfig& c = m.config();
-  const fs::path final_dir(o.out_dir);
-  const fs::path tmp = final_dir.string() + ".tmp." + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    auto add = [&](const std::string& name, const at::Tensor& t) { tensors.emplace_back(name, t.to(at::kFloat).contiguous().cpu()); };
-    add("model.embed_tokens.weight", m.embed_weight);
-    add("model.norm.weight", m.final_norm_weight);
-    add("lm_head.weight", dense(m.lm_head, "lm_head").weight());
-    for (int64_t l = 0; l < c.num_layers; ++l) {
-      const DecoderLayer& L = m.layers()[l];
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      add(p + "input_layernorm.weight", L.input_norm_weight);
-      add(p + "post_attention_layernorm.weight", L.post_attention_norm_weight);
-      const std::pair<const char*, const std::shared_ptr<Linear>*> linears[] = {
-          {"self_attn.q_proj", &L.q}, {"self_attn.k_proj", &L.k}, {"self_attn.v_proj", &L.v},
-          {"self_attn.o_proj", &L.o}, {"mlp.gate_proj", &L.gate}, {"mlp.up_proj", &L.up}, {"mlp.down_proj", &L.down}};
-      for (const auto& [name, lin] : linears) {
-        const DenseLinear& d = dense(*lin, name);
-        add(p + name + ".weight", d.weight());
-        if (d.bias().defined()) add(p + name + ".bias", d.bias());
-      }
-      if (!R.u_c.empty()) add("resq.layers." + std::to_string(l) + ".qk_rotation", R.u_c[l]);
-    }
-    nlohmann::json online = nlohmann::json::object();
-    if (R.u_d) {
-      add("resq.down_hadamard.signs", at::tensor(at::ArrayRef<float>(R.u_d->signs)));
-      tensors.emplace_back("resq.down_hadamard.block",
-                           at::tensor(at::ArrayRef<double>(R.u_d->block_matrix)).view({R.u_d->block, R.u_d->block}));
-      online["down_hadamard"] = {{"n", R.u_d->n}, {"pow2", R.u_d->pow2}, {"block", R.u_d->block},
-                                 {"construction", R.u_d->construction}};
-    }
-    online["qk_rotation"] = !R.u_c.empty();
-    std::vector<TensorToWrite> out;
-    for (const auto& [name, t] : tensors) {
-      out.push_back({name, t.scalar_type() == at::kDouble ? DType::F64 : DType::F32, t.sizes().vec(), t.data_ptr(),
-                     static_cast<size_t>(t.numel() * t.element_size())});
-    }
-    write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}, {"resq", "simulated"}});
-
-    ModelConfig saved = c;
-    saved.tie_word_embeddings = false;
-    saved.torch_dtype = "float32";
-    std::ofstream(tmp / "config.json") << model_config_to_json(saved).dump(2) << "\n";
-    copy_tokenizer_files(o.model_dir, tmp);
-    nlohmann::json q = {{"format", "resq-simulated"},
-                        {"format_version", kQuantFormatVersion},
-                        {"recipe", recipe_to_json(o.recipe)},
-                        {"r", r},
-                        {"r_h", r_h},
-                        {"online", online},
-                        {"provenance", provenance}};
-    std::ofstream(tmp / kQuantFile) << q.dump(2) << "\n";
-    if (fs::exists(final_dir)) throw UsageError("--out: '" + o.out_dir + "' already exists");
-    fs::rename(tmp, final_dir);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
+// Layer l's tensors (fused, fake-quantized) in HF names, plus its U_C.
+void write_layer_tensors(ShardWriter& writer, const Decoder& m, int64_t l, const Rotations& R) {
+  const DecoderLayer& L = m.layers()[l];
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  auto add = [&](const std::string& name, const at::Tensor& t) { writer.add(name, t.to(at::kFloat)); };
+  add(p + "input_layernorm.weight", L.input_norm_weight);
+  add(p + "post_attention_layernorm.weight", L.post_attention_norm_weight);
+  const std::pair<const char*, const std::shared_ptr<Linear>*> linears[] = {
+      {"self_attn.q_proj", &L.q}, {"self_attn.k_proj", &L.k}, {"self_attn.v_proj", &L.v},
+      {"self_attn.o_proj", &L.o}, {"mlp.gate_proj", &L.gate}, {"mlp.up_proj", &L.up}, {"mlp.down_proj", &L.down}};
+  for (const auto& [name, lin] : linears) {
+    const DenseLinear& d = dense(*lin, name);
+    add(p + name + ".weight", d.weight());
+    if (d.bias().defined()) add(p + name + ".bias", d.bias());
   }
+  if (!R.u_c.empty()) add("resq.layers." + std::to_string(l) + ".qk_rotation", R.u_c[l]);
+}
+
+// Global tensors, shard index, config.json (untied), tokenizer files and resq_quant.json.
+void finish_output(ShardWriter& writer, const fs::path& dir, const Decoder& m, const QuantizeOptions& o,
+                   const Rotations& R, int64_t r, int64_t r_h, const nlohmann::json& provenance) {
+  writer.add("model.embed_tokens.weight", m.embed_weight.to(at::kFloat));
+  writer.add("model.norm.weight", m.final_norm_weight.to(at::kFloat));
+  writer.add("lm_head.weight", dense(m.lm_head, "lm_head").weight().to(at::kFloat));
+  nlohmann::json online = nlohmann::json::object();
+  if (R.u_d) {
+    writer.add("resq.down_hadamard.signs", at::tensor(at::ArrayRef<float>(R.u_d->signs)));
+    writer.add("resq.down_hadamard.block",
+               at::tensor(at::ArrayRef<double>(R.u_d->block_matrix)).view({R.u_d->block, R.u_d->block}));
+    online["down_hadamard"] = {{"n", R.u_d->n}, {"pow2", R.u_d->pow2}, {"block", R.u_d->block},
+                               {"construction", R.u_d->construction}};
+  }
+  online["qk_rotation"] = !R.u_c.empty();
+  writer.finish({{"format", "pt"}, {"resq", "simulated"}});
+  ModelConfig saved = m.config();
+  saved.tie_word_embeddings = false;
+  saved.torch_dtype = "float32";
+  std::ofstream(dir / "config.json") << model_config_to_json(saved).dump(2) << "\n";
+  copy_tokenizer_files(o.model_dir, dir);
+  nlohmann::json q = {{"format", "resq-simulated"},
+                      {"format_version", kQuantFormatVersion},
+                      {"recipe", recipe_to_json(o.recipe)},
+                      {"r", r},
+                      {"r_h", r_h},
+                      {"online", online},
+                      {"provenance", provenance}};
+  std::ofstream(dir / kQuantFile) << q.dump(2) << "\n";
 }
 
 }  // namespace
@@ -517,15 +529,17 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   nlohmann::json stages = nlohmann::json::object();
   at::NoGradGuard no_grad;
 
-  // 1. Load + prepare.
+  // 1. Load the global tensors (layers are loaded one at a time below: memory stays bounded by
+  //    embeddings + lm_head + one layer + the calibration hidden states) and prepare them.
   auto t = std::chrono::steady_clock::now();
   LoadOptions lo;
   lo.dtype = "float32";
+  lo.load_layers = false;
   Decoder m = Decoder::load(o.model_dir, lo);
   const ModelConfig& c = m.config();
   const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
   const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
-  prepare(m, recipe);
+  prepare_globals(m, recipe);
   stages["load_prepare_seconds"] = seconds_since(t);
 
   // 2. Calibration data (tokenized like eval: BOS once, then random windows).
@@ -537,10 +551,12 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   const auto ids = tokenize_for_eval(*tokenizer, text, tokenizer->adds_bos());
   const auto offsets = sample_calibration_offsets(static_cast<int64_t>(ids.size()), o.seqlen, o.nsamples, o.seed);
   at::Tensor calib = at::empty({o.nsamples, o.seqlen}, at::TensorOptions().dtype(at::kLong));
+  int64_t* cp = calib.data_ptr<int64_t>();
   for (int64_t s = 0; s < o.nsamples; ++s)
-    for (int64_t j = 0; j < o.seqlen; ++j) calib[s][j] = ids[offsets[s] + j];
+    for (int64_t j = 0; j < o.seqlen; ++j) cp[s * o.seqlen + j] = ids[offsets[s] + j];
   const RopeTables rope = m.rope_tables(o.seqlen);
-  const int64_t chunk = std::max<int64_t>(1, (32ll << 20) / (4 * c.num_heads * o.seqlen * o.seqlen));
+  // Windows per run_layer call: bounds the per-call activations ([chunk, T, ffn] and friends).
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * o.seqlen * std::max(c.intermediate_size, c.hidden_size)));
 
   std::unique_ptr<CovarianceObserver> cov;
   if (recipe.rotation.method == "resq") {
@@ -550,67 +566,85 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   }
   stages["calibration_seconds"] = seconds_since(t);
 
-  // 3-4. PCA + rotations, fused.
+  // 3. PCA + rotations; U_A into the embeddings and lm_head.
   t = std::chrono::steady_clock::now();
   const Rotations R = build_rotations(m, recipe, cov.get(), o.seed, r, r_h);
   cov.reset();
-  fuse_rotations(m, R);
+  fuse_globals(m, R);
   stages["rotation_seconds"] = seconds_since(t);
   report["spectra"] = R.spectra;
 
-  // 5. Weights.
+  // 4. Layer by layer: load, prepare, fuse, quantize weights (GPTQ Hessians from inputs produced by
+  //    the already-quantized earlier layers), write, unload.
   t = std::chrono::steady_clock::now();
   nlohmann::json layer_errors = nlohmann::json::array();
   const auto& w = recipe.weights;
-  if (w.method != "none") {
-    const SiteMasks s = site_masks(c, r, r_h, recipe, /*for_weights=*/true);
-    const at::ScalarType dt = m.dtype();
-    auto quantize_layer = [&](int64_t l, const std::map<LinearKind, at::Tensor>& H) {
-      DecoderLayer& L = m.layers()[l];
-      auto hess = [&](LinearKind k) { auto it = H.find(k); return it == H.end() ? at::Tensor() : it->second; };
-      nlohmann::json e;
-      e["layer"] = l;
-      e["q_proj"] = quantize_linear(L.q, s.in_mask, w, hess(LinearKind::kQ), dt);
-      e["k_proj"] = quantize_linear(L.k, s.in_mask, w, hess(LinearKind::kQ), dt);
-      e["v_proj"] = quantize_linear(L.v, s.in_mask, w, hess(LinearKind::kQ), dt);
-      e["o_proj"] = quantize_linear(L.o, s.o_mask, w, hess(LinearKind::kO), dt);
-      e["gate_proj"] = quantize_linear(L.gate, s.in_mask, w, hess(LinearKind::kGate), dt);
-      e["up_proj"] = quantize_linear(L.up, s.in_mask, w, hess(LinearKind::kGate), dt);
-      e["down_proj"] = quantize_linear(L.down, s.down_mask, w, hess(LinearKind::kDown), dt);
-      layer_errors.push_back(e);
-    };
-    if (w.method == "gptq") {
-      // Second layer-by-layer pass over the rotated model: each layer's Hessians come from inputs
-      // produced by the already-quantized earlier layers.
-      at::Tensor h = m.embed(calib);
-      const int64_t N = h.size(0);
-      const auto start = std::chrono::steady_clock::now();
-      for (int64_t l = 0; l < c.num_layers; ++l) {
+  const SiteMasks masks = site_masks(c, r, r_h, recipe, /*for_weights=*/true);
+  const at::ScalarType dt = m.dtype();
+  auto quantize_layer = [&](int64_t l, const std::map<LinearKind, at::Tensor>& H) {
+    DecoderLayer& L = m.layers()[l];
+    auto hess = [&](LinearKind k) { auto it = H.find(k); return it == H.end() ? at::Tensor() : it->second; };
+    nlohmann::json e;
+    e["layer"] = l;
+    e["q_proj"] = quantize_linear(L.q, masks.in_mask, w, hess(LinearKind::kQ), dt);
+    e["k_proj"] = quantize_linear(L.k, masks.in_mask, w, hess(LinearKind::kQ), dt);
+    e["v_proj"] = quantize_linear(L.v, masks.in_mask, w, hess(LinearKind::kQ), dt);
+    e["o_proj"] = quantize_linear(L.o, masks.o_mask, w, hess(LinearKind::kO), dt);
+    e["gate_proj"] = quantize_linear(L.gate, masks.in_mask, w, hess(LinearKind::kGate), dt);
+    e["up_proj"] = quantize_linear(L.up, masks.in_mask, w, hess(LinearKind::kGate), dt);
+    e["down_proj"] = quantize_linear(L.down, masks.down_mask, w, hess(LinearKind::kDown), dt);
+    layer_errors.push_back(e);
+  };
+  const fs::path final_dir(o.out_dir);
+  const fs::path tmp = final_dir.string() + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  nlohmann::json provenance;
+  try {
+    ShardWriter writer(tmp.string(), int64_t{2} << 30);
+    at::Tensor h;
+    if (w.method == "gptq") h = m.embed(calib);
+    const int64_t N = o.nsamples;
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      m.load_layer(l);
+      prepare_layer(m.layers()[l], dt);
+      fuse_layer(m, l, R);
+      if (w.method == "gptq") {
         HessianObserver obs;
         for (int64_t st = 0; st < N; st += chunk) m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope, &obs);
         quantize_layer(l, obs.hessians);
         std::vector<at::Tensor> outs;
         for (int64_t st = 0; st < N; st += chunk) outs.push_back(m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope));
         h = at::cat(outs, 0);
-        const double elapsed = seconds_since(start);
-        spdlog::info("gptq: layer {}/{} | ETA {:.0f} s", l + 1, c.num_layers, elapsed / (l + 1) * (c.num_layers - l - 1));
+      } else if (w.method == "rtn") {
+        quantize_layer(l, {});
       }
-    } else {
-      for (int64_t l = 0; l < c.num_layers; ++l) quantize_layer(l, {});
+      write_layer_tensors(writer, m, l, R);
+      m.unload_layer(l);
+      const double elapsed = seconds_since(start);
+      spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s", w.method, l + 1, c.num_layers,
+                   elapsed / (l + 1) * (c.num_layers - l - 1));
     }
-  }
-  stages["weight_quantization_seconds"] = seconds_since(t);
-  report["weight_relative_error"] = layer_errors;
+    stages["weight_quantization_seconds"] = seconds_since(t);
+    report["weight_relative_error"] = layer_errors;
 
-  // 6. Write.
-  t = std::chrono::steady_clock::now();
-  nlohmann::json provenance = {{"tool", std::string("resq ") + RESQ_VERSION},
-                               {"source_model", o.model_dir},
-                               {"recipe_file", o.recipe_path},
-                               {"seed", o.seed},
-                               {"calibration", {{"file", o.calib_path}, {"fnv1a", text_hash}, {"wikitext2_join", o.calib_wikitext2},
-                                                {"nsamples", o.nsamples}, {"seqlen", o.seqlen}}}};
-  write_output(m, o, R, r, r_h, provenance);
+    // 5. Global tensors, config, provenance; then the directory is renamed into place.
+    t = std::chrono::steady_clock::now();
+    provenance = {{"tool", std::string("resq ") + RESQ_VERSION},
+                  {"source_model", o.model_dir},
+                  {"recipe_file", o.recipe_path},
+                  {"seed", o.seed},
+                  {"calibration", {{"file", o.calib_path}, {"fnv1a", text_hash}, {"wikitext2_join", o.calib_wikitext2},
+                                   {"nsamples", o.nsamples}, {"seqlen", o.seqlen}}}};
+    finish_output(writer, tmp, m, o, R, r, r_h, provenance);
+    if (fs::exists(final_dir)) throw UsageError("--out: '" + o.out_dir + "' already exists");
+    fs::rename(tmp, final_dir);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
   stages["write_seconds"] = seconds_since(t);
   stages["total_seconds"] = seconds_since(t_start);
   report["stages"] = stages;

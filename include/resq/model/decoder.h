@@ -97,6 +97,8 @@ class Decoder {
   std::shared_ptr<Linear> lm_head; // [vocab, d]
 
  private:
+  void load_or_check_layer(int64_t layer, bool materialize);
+
   ModelConfig config_;
   at::ScalarType dtype_;
   at::Device device_;
