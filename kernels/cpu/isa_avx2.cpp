@@ -211,19 +211,8 @@ void gemm_avx2(const format::QuantizedActivationsView& x, const format::PackedLi
   // Register tiles of 8 accumulators: 2x4 for batches, 1x8 for a single token.
   const int mr_main = M >= 2 ? 2 : 1;
   const int nr_main = mr_main == 1 ? 8 : 4;
-  // Cache blocks (per task): ~256 KiB of weight rows, swept by up to 256 tokens whose prepared
-  // rows take ~512 KiB, so both stay in a 1 MiB L2 while consecutive tasks of a thread reuse the
-  // token block; the N block shrinks until there are enough tasks to balance the threads.
-  const int64_t w_row_bytes = std::max<int64_t>(1, rb + w.dims.K8);
-  int64_t nb = std::max<int64_t>(16, (int64_t{256} << 10) / w_row_bytes / 16 * 16);
-  const int64_t x_block_rows = (int64_t{512} << 10) / std::max<int64_t>(p.stride, 1) / 16 * 16;
-  const int64_t mb = std::min<int64_t>(M, std::clamp<int64_t>(x_block_rows, 16, 256));
-  const int64_t m_blocks = (M + mb - 1) / mb;
-  while (nb > 16 && m_blocks * ((N + nb - 1) / nb) < 16) {
-    nb = std::max<int64_t>(16, nb / 2 / 16 * 16);
-  }
-  const int64_t n_blocks = (N + nb - 1) / nb;
-  const int64_t tasks = m_blocks * n_blocks;
+  const GemmBlocking blocks = choose_gemm_blocking(M, N, rb + w.dims.K8, p.stride);
+  const int64_t mb = blocks.mb, nb = blocks.nb, n_blocks = blocks.n_blocks, tasks = blocks.tasks();
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t mi = t / n_blocks, ni = t % n_blocks;

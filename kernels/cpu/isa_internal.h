@@ -2,6 +2,7 @@
 // ISA-specific kernels (isa_avx2.cpp, isa_avx512.cpp). Not part of the public API.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "resq/format/packed.h"
@@ -37,5 +38,27 @@ void quantize_part_avx512(const float* x, int64_t K, int bits, float clip, uint8
                           float* scale, int32_t* zero);
 void quantize_part_avx2(const float* x, int64_t K, int bits, float clip, uint8_t* out,
                         float* scale, int32_t* zero);
+
+// Cache blocking shared by the AVX2 and AVX-512 GEMMs: per task ~256 KiB of weight rows, swept by
+// up to 256 tokens whose prepared rows take ~512 KiB, so both stay in a 1 MiB L2 while consecutive
+// tasks of a thread reuse the token block; the N block shrinks until there are >= 16 tasks to
+// balance the threads. Task t covers tokens [mi*mb, ...) x outputs [ni*nb, ...), mi = t / n_blocks.
+struct GemmBlocking {
+  int64_t mb = 1, nb = 16, m_blocks = 1, n_blocks = 1;
+  int64_t tasks() const { return m_blocks * n_blocks; }
+};
+
+inline GemmBlocking choose_gemm_blocking(int64_t M, int64_t N, int64_t w_row_bytes, int64_t x_row_stride) {
+  GemmBlocking b;
+  b.nb = std::max<int64_t>(16, (int64_t{256} << 10) / std::max<int64_t>(w_row_bytes, 1) / 16 * 16);
+  const int64_t x_block_rows = (int64_t{512} << 10) / std::max<int64_t>(x_row_stride, 1) / 16 * 16;
+  b.mb = std::min<int64_t>(M, std::clamp<int64_t>(x_block_rows, 16, 256));
+  b.m_blocks = (M + b.mb - 1) / b.mb;
+  while (b.nb > 16 && b.m_blocks * ((N + b.nb - 1) / b.nb) < 16) {
+    b.nb = std::max<int64_t>(16, b.nb / 2 / 16 * 16);
+  }
+  b.n_blocks = (N + b.nb - 1) / b.nb;
+  return b;
+}
 
 }  // namespace resq::cpu::detail

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernel_test_util.h"
 #include "cpu/gemm.h"
 #include "cpu/quantize.h"
 #include "resq/common/error.h"
@@ -129,16 +130,8 @@ std::vector<CpuKernel> all_kernels() {
   return {CpuKernel::kReference, CpuKernel::kAvx2, CpuKernel::kVnni};
 }
 
-class GemmIsa : public ::testing::TestWithParam<CpuKernel> {
+class GemmIsa : public resq::test::IsaTest {
  protected:
-  void SetUp() override {
-    if (!resq::cpu::cpu_kernel_available(GetParam())) {
-      GTEST_SKIP() << "this CPU lacks the instructions of kernel '"
-                   << resq::cpu::cpu_kernel_name(GetParam()) << "' (has: "
-                   << resq::cpu::cpu_features_string() << ")";
-    }
-  }
-
   // Runs reference and GetParam() on p; checks accumulators against the integer expectation and
   // the fp32 output bit for bit against the reference.
   void check(const Problem& p, const std::string& what) {

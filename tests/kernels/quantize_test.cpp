@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/kernel_test_util.h"
 #include "cpu/quantize.h"
 #include "resq/common/error.h"
 
@@ -43,16 +44,7 @@ QuantOut run_quant(const std::vector<float>& x, int64_t M, int64_t K4, int64_t K
   return o;
 }
 
-class QuantizeIsa : public ::testing::TestWithParam<CpuKernel> {
- protected:
-  void SetUp() override {
-    if (!resq::cpu::cpu_kernel_available(GetParam())) {
-      GTEST_SKIP() << "this CPU lacks the instructions of kernel '"
-                   << resq::cpu::cpu_kernel_name(GetParam()) << "' (has: "
-                   << resq::cpu::cpu_features_string() << ")";
-    }
-  }
-};
+class QuantizeIsa : public resq::test::IsaTest {};
 
 TEST_P(QuantizeIsa, HandComputedExample) {
   // Token 0, 4-bit part x = [-1, 0.5, 2, 0.25]: min -1, max 2, s = 3/15 = 0.2, z = round(5) = 5.
