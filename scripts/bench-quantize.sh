@@ -11,14 +11,15 @@ NSAMPLES="${2:-32}"
 SEQLEN="${3:-2048}"
 RECIPE="${4:-resq}"
 WORK="${WORK:-/tmp/resq-bench-quantize}"
+RESQ="${RESQ_BIN:-build/resq}"  # e.g. RESQ_BIN=build-perf/resq for another build directory
 SHARED="${RESQ_SHARED_DIR:-../shared}"
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$WORK"
 if [ ! -d "$WORK/$SHAPE" ]; then
-  build/resq make-model --shape "$SHAPE" --out "$WORK/$SHAPE" --seed 0
+  "$RESQ" make-model --shape "$SHAPE" --out "$WORK/$SHAPE" --seed 0
 fi
 rm -rf "$WORK/$SHAPE-$RECIPE"
-/usr/bin/time -v build/resq quantize --model "$WORK/$SHAPE" --out "$WORK/$SHAPE-$RECIPE" \
+/usr/bin/time -v "$RESQ" quantize --model "$WORK/$SHAPE" --out "$WORK/$SHAPE-$RECIPE" \
   --config "configs/$RECIPE.json" --calib-wikitext2 "$SHARED/data/wikitext-2-raw/wiki.valid.raw" \
   --nsamples "$NSAMPLES" --seqlen "$SEQLEN" --json "$WORK/$SHAPE-$RECIPE.report.json" 2> "$WORK/$SHAPE-$RECIPE.stderr"
 grep -E "Elapsed|Maximum resident" "$WORK/$SHAPE-$RECIPE.stderr"

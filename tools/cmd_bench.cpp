@@ -1,5 +1,6 @@
 // `resq bench`: GEMM benchmarks. `--cpu`: the packed W4A4+W8A8 CPU kernels vs libtorch matmul.
-// (The CUDA benchmark against cuBLAS comes with the CUDA kernels.)
+// Default (GPU): the CUDA W4A4+W8A8 kernels vs cuBLASLt bf16 and int8 (needs a CUDA build and a
+// device; otherwise a clear error with exit code 2 that points at --cpu).
 #include <ATen/Parallel.h>
 
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include "common.h"
 #include "resq/bench/cpu_gemm_bench.h"
 #include "resq/common/error.h"
+#include "resq/cuda/bench.h"
 
 namespace resq::tools {
 namespace {
@@ -17,6 +19,12 @@ struct BenchOptions {
   bool cpu = false;
   CpuBenchOptions bench;
   bool no_bf16 = false;
+  bool no_int8 = false;
+  bool no_flush_l2 = false;
+  // Set when the flag was given (the GPU benchmark has its own defaults otherwise).
+  CLI::Option* m_opt = nullptr;
+  CLI::Option* warmup_opt = nullptr;
+  CLI::Option* repeats_opt = nullptr;
 };
 
 void print_row(const nlohmann::json& r) {
@@ -28,10 +36,66 @@ void print_row(const nlohmann::json& r) {
   std::fflush(stdout);
 }
 
+struct GpuHeader {
+  int warmup = 0;
+  int repeats = 0;
+  bool flush_l2 = false;
+  bool printed = false;
+} gpu_header;
+
+void print_gpu_row(const nlohmann::json& r) {
+  if (!gpu_header.printed) {
+    std::printf("resq bench (GPU) | build %s | warm-up %d, median of %d repeats%s\n", RESQ_BUILD_TYPE,
+                gpu_header.warmup, gpu_header.repeats, gpu_header.flush_l2 ? ", L2 flushed before every timed call" : "");
+    std::printf("(resq-gemm: pre-quantized activations; resq-quant+gemm: bf16 input quantized on the fly; "
+                "bf16 output; speedups = cuBLASLt time / time)\n");
+    std::printf("%-13s %-8s %5s %6s %6s | %-16s | %10s | %8s | %8s | %7s | %7s\n", "model", "layer", "M", "N", "K",
+                "backend", "us", "TFLOP/s", "GB/s", "vs bf16", "vs int8");
+    gpu_header.printed = true;
+  }
+  auto ratio = [](double v) {
+    char buf[32];
+    if (v > 0) {
+      std::snprintf(buf, sizeof(buf), "%6.2fx", v);
+    } else {
+      std::snprintf(buf, sizeof(buf), "%7s", "n/a");
+    }
+    return std::string(buf);
+  };
+  std::printf("%-13s %-8s %5lld %6lld %6lld | %-16s | %10.1f | %8.2f | %8.1f | %s | %s\n",
+              r["model"].get<std::string>().c_str(), r["layer"].get<std::string>().c_str(),
+              static_cast<long long>(r["M"].get<int64_t>()), static_cast<long long>(r["N"].get<int64_t>()),
+              static_cast<long long>(r["K"].get<int64_t>()), r["backend"].get<std::string>().c_str(),
+              r["us"].get<double>(), r["tflops"].get<double>(), r["gbps"].get<double>(),
+              ratio(r["speedup_vs_bf16"].get<double>()).c_str(), ratio(r["speedup_vs_int8"].get<double>()).c_str());
+  std::fflush(stdout);
+}
+
+void run_gpu_bench(BenchOptions& o) {
+  CudaBenchOptions b;
+  if (o.m_opt->count() > 0) b.ms = o.bench.ms;
+  if (o.warmup_opt->count() > 0) b.warmup = o.bench.warmup;
+  if (o.repeats_opt->count() > 0) b.repeats = o.bench.repeats;
+  b.models = o.bench.models;
+  b.seed = o.common.seed;
+  b.int8_baseline = !o.no_int8;
+  b.flush_l2 = !o.no_flush_l2;
+  // Column titles come with the first row, so that a missing device fails before any output.
+  gpu_header = {b.warmup, b.repeats, b.flush_l2, false};
+  const nlohmann::json result = run_cuda_gemm_bench(b, &print_gpu_row);
+  std::printf("device: %s (%s, %d SMs, %d MHz, memory %d MHz, L2 %d bytes), CUDA runtime %d, kernel path: %s\n",
+              result["device"].get<std::string>().c_str(), result["sm"].get<std::string>().c_str(),
+              result["sm_count"].get<int>(), result["clock_mhz"].get<int>(), result["mem_clock_mhz"].get<int>(),
+              result["l2_bytes"].get<int>(), result["cuda_runtime"].get<int>(),
+              result["gemm_path"].get<std::string>().c_str());
+  if (!o.common.json_out.empty()) write_json_file(o.common.json_out, result);
+}
+
 void run_bench(BenchOptions& o) {
   apply_runtime_options(o.common);
   if (!o.cpu) {
-    throw UsageError("resq bench: the CUDA benchmark needs the CUDA kernels, which are not built yet; use --cpu");
+    run_gpu_bench(o);
+    return;
   }
   o.bench.bf16_baseline = !o.no_bf16;
   o.bench.seed = o.common.seed;
@@ -50,13 +114,19 @@ void run_bench(BenchOptions& o) {
 
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
-  auto* cmd = app.add_subcommand("bench", "GEMM benchmarks (--cpu: packed integer kernels vs libtorch)");
+  auto* cmd = app.add_subcommand(
+      "bench", "GEMM benchmarks (default: CUDA kernels vs cuBLASLt; --cpu: packed integer kernels vs libtorch)");
   cmd->add_flag("--cpu", o->cpu, "benchmark the CPU kernels");
-  cmd->add_option("--m", o->bench.ms, "token counts M")->capture_default_str();
+  o->m_opt = cmd->add_option("--m", o->bench.ms, "token counts M (GPU default: 1 16 128 2048 4096)")
+                 ->capture_default_str();
   cmd->add_option("--models", o->bench.models, "llama-3.2-1b, llama-3-8b, llama-2-7b, qwen2.5-7b (default: all)");
-  cmd->add_option("--warmup", o->bench.warmup, "warm-up calls")->capture_default_str();
-  cmd->add_option("--repeats", o->bench.repeats, "timed calls (median reported)")->capture_default_str();
-  cmd->add_flag("--no-bf16", o->no_bf16, "skip the libtorch bf16 baseline");
+  o->warmup_opt = cmd->add_option("--warmup", o->bench.warmup, "warm-up calls (GPU default: 3)")->capture_default_str();
+  o->repeats_opt =
+      cmd->add_option("--repeats", o->bench.repeats, "timed calls, median reported (GPU default: 20)")
+          ->capture_default_str();
+  cmd->add_flag("--no-bf16", o->no_bf16, "skip the libtorch bf16 baseline (--cpu)");
+  cmd->add_flag("--no-int8", o->no_int8, "skip the cuBLASLt int8 baseline (GPU)");
+  cmd->add_flag("--no-flush-l2", o->no_flush_l2, "do not flush L2 between timed calls (GPU)");
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();

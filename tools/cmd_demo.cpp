@@ -17,6 +17,7 @@
 #include "resq/model/synthetic.h"
 #include "resq/quant/pipeline.h"
 #include "resq/quant/recipe.h"
+#include "resq/runtime/packed_model.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
 

@@ -6,12 +6,13 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "common.h"
 #include "resq/common/error.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
-#include "resq/quant/pipeline.h"
+#include "resq/runtime/packed_model.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
 
@@ -26,6 +27,7 @@ struct EvalOptions {
   int64_t max_windows = -1;
   int64_t batch = 0;
   bool no_bos = false;
+  std::string mode;  // "" = packed for a packed checkpoint
 };
 
 void run_eval(const EvalOptions& o) {
@@ -48,8 +50,12 @@ void run_eval(const EvalOptions& o) {
   LoadOptions load;
   load.dtype = o.common.dtype;
   load.device = o.common.device;
-  Decoder decoder = load_model_for_eval(o.common.model, load);
   const bool quantized = is_quantized_model_dir(o.common.model);
+  std::optional<ExecutionMode> mode;
+  if (!o.mode.empty()) mode = parse_execution_mode(o.mode);
+  Decoder decoder = load_model_for_eval(o.common.model, load, mode);
+  const std::string mode_name = quantized ? execution_mode_name(mode.value_or(ExecutionMode::kPacked)) : "fp";
+  if (quantized) spdlog::info("packed checkpoint, mode {} (linears: {})", mode_name, decoder.layers()[0].q->implementation());
   const auto& c = decoder.config();
   spdlog::info("model {}: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {:.2f} M parameters, dtype {}",
                o.common.model, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size,
@@ -61,7 +67,8 @@ void run_eval(const EvalOptions& o) {
   po.batch = o.batch;
   const PerplexityResult r = evaluate_perplexity(decoder, ids, po);
 
-  std::printf("model: %s%s\n", o.common.model.c_str(), quantized ? " (resq quantized, simulated arithmetic)" : "");
+  std::printf("model: %s%s\n", o.common.model.c_str(),
+              !quantized ? "" : mode_name == "packed" ? " (resq packed checkpoint, integer kernels)" : " (resq packed checkpoint, simulated arithmetic)");
   std::printf("data: %s%s\n", text_path.c_str(), o.wikitext2.empty() ? "" : " (WikiText-2 rows joined with \"\\n\\n\")");
   std::printf("protocol: %s BOS, seqlen %lld, %lld non-overlapping windows (tail dropped), %lld predictions, "
               "%lld tokens in text\n",
@@ -82,7 +89,7 @@ void run_eval(const EvalOptions& o) {
     j["device"] = o.common.device;
     j["threads"] = at::get_num_threads();
     j["tokenizer"] = tokenizer->kind();
-    j["mode"] = quantized ? "simulate" : "fp";
+    j["mode"] = mode_name;
     write_json_file(o.common.json_out, j);
   }
 }
@@ -98,6 +105,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--seqlen", o->seqlen, "window length in tokens")->capture_default_str();
   cmd->add_option("--max-windows", o->max_windows, "evaluate only the first K windows (default: all)");
   cmd->add_option("--batch", o->batch, "windows per forward pass (0 = automatic)")->capture_default_str();
+  cmd->add_option("--mode", o->mode, "packed checkpoints: packed (integer kernels, default) or simulate (fake quantization)");
   cmd->add_flag("--no-bos", o->no_bos, "do not prepend BOS even if the tokenizer config asks for it");
   add_runtime_options(cmd, o->common);
   add_json_option(cmd, o->common);

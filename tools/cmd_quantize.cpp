@@ -1,4 +1,5 @@
-// `resq quantize`: ResQ (or baseline) quantization of a HF model directory with simulated arithmetic.
+// `resq quantize`: ResQ (or baseline) quantization of a HF model directory into a packed mixed 4/8-bit
+// checkpoint (docs/FORMAT.md), reported against its bit budget.
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -20,6 +21,7 @@ struct QuantizeCliOptions {
   std::string calib_wikitext2;
   int64_t nsamples = 128;
   int64_t seqlen = 2048;
+  std::string globals_dtype;
 };
 
 void run_quantize(const QuantizeCliOptions& o) {
@@ -39,6 +41,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.nsamples = o.nsamples;
   q.seqlen = o.seqlen;
   q.seed = o.common.seed;
+  q.globals_dtype = o.globals_dtype;
   spdlog::info("quantize: {} with recipe '{}' ({}), {} x {} calibration tokens, seed {}", q.model_dir, q.recipe.name,
                o.config, q.nsamples, q.seqlen, q.seed);
   const nlohmann::json report = quantize_model(q);
@@ -52,6 +55,18 @@ void run_quantize(const QuantizeCliOptions& o) {
               st["rotation_seconds"].get<double>(), st["weight_quantization_seconds"].get<double>(),
               st["write_seconds"].get<double>(), st["total_seconds"].get<double>(),
               report["peak_rss_gib"].get<double>());
+  const auto& ck = report["checkpoint"];
+  if (ck["quantized_weights"].get<int64_t>() > 0) {
+    std::printf("checkpoint: %.2f MiB on disk, %.2fx smaller than bf16; %lld packed weights: %.4f bits/weight on disk "
+                "(integers + scales), budget %.4f bits/weight (recipe %.2f + per-channel scales)\n",
+                ck["file_bytes"].get<double>() / (1 << 20), ck["compression_vs_bf16"].get<double>(),
+                static_cast<long long>(ck["quantized_weights"].get<int64_t>()),
+                ck["bits_per_quantized_weight"].get<double>(), ck["budget_bits_per_quantized_weight"].get<double>(),
+                report["bits"]["weights"].get<double>());
+  } else {
+    std::printf("checkpoint: %.2f MiB on disk, no packed weights (weights kept in floating point)\n",
+                ck["file_bytes"].get<double>() / (1 << 20));
+  }
   if (report.contains("spectra") && report["spectra"].contains("U_A_captured_variance_top_r")) {
     std::printf("PCA: top-r variance captured: U_A %.4f, U_B %.4f (mean), U_C %.4f (mean)\n",
                 report["spectra"]["U_A_captured_variance_top_r"].get<double>(),
@@ -65,7 +80,7 @@ void run_quantize(const QuantizeCliOptions& o) {
 
 void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
-  auto* cmd = app.add_subcommand("quantize", "quantize a model with a recipe (simulated arithmetic)");
+  auto* cmd = app.add_subcommand("quantize", "quantize a model with a recipe into a packed 4/8-bit checkpoint");
   add_model_option(cmd, o->common);
   cmd->add_option("--out", o->out, "output directory (must not exist)")->required();
   cmd->add_option("--config", o->config, "recipe JSON, e.g. configs/resq.json")->required();
@@ -73,6 +88,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--calib-wikitext2", o->calib_wikitext2, "calibration wiki.*.raw, rows re-joined as the HF dataset");
   cmd->add_option("--nsamples", o->nsamples, "calibration windows")->capture_default_str();
   cmd->add_option("--seqlen", o->seqlen, "calibration window length")->capture_default_str();
+  cmd->add_option("--globals-dtype", o->globals_dtype,
+                  "dtype of embeddings/lm_head: bfloat16, float16 or float32 (default: the source's 16-bit dtype, else float32)");
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();

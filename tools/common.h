@@ -39,6 +39,7 @@ void register_make_model(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_inspect(CLI::App& app);
 
 // Version banner for `resq --version`.
 std::string version_text();

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   resq::tools::register_make_model(app);
   resq::tools::register_quantize(app);
   resq::tools::register_bench(app);
+  resq::tools::register_inspect(app);
   resq::tools::register_demo(app);
 
   try {

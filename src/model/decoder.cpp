@@ -3,8 +3,12 @@
 #include "resq/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -18,6 +22,91 @@ at::ScalarType parse_compute_dtype(const std::string& name) {
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float64" || name == "fp64" || name == "f64") return at::kDouble;
   throw UsageError("--dtype: expected float32, bfloat16 or float64, got '" + name + "'");
+}
+
+namespace {
+
+// oneDNN's row-major C = alpha * op(A) · op(B) + beta * C with bf16 A/B and float32 C (dnnl.h,
+// DNNL_API since oneDNN 1.x; returns dnnl_status_t, 0 = success).
+using DnnlGemmBf16 = int (*)(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+                             const void* A, int64_t lda, const void* B, int64_t ldb, float beta, float* C,
+                             int64_t ldc);
+
+DnnlGemmBf16 dnnl_gemm_bf16() {
+  static const DnnlGemmBf16 fn = [] {
+    void* sym = ::dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32");
+    if (!sym) {
+      if (void* lib = ::dlopen("libdnnl.so.2", RTLD_NOW | RTLD_NOLOAD)) sym = ::dlsym(lib, "dnnl_gemm_bf16bf16f32");
+    }
+    return reinterpret_cast<DnnlGemmBf16>(sym);
+  }();
+  return fn;
+}
+
+void check_bf16_operand(const at::Tensor& t, const char* what) {
+  if (t.scalar_type() != at::kBFloat16 || t.dim() != 2 || !t.is_contiguous() || !t.device().is_cpu()) {
+    throw ShapeError(std::string(what) + ": expected a contiguous 2-D bfloat16 CPU tensor");
+  }
+}
+
+void check_f32_result(const at::Tensor& c, int64_t M, int64_t N, const char* what) {
+  if (c.scalar_type() != at::kFloat || c.dim() != 2 || c.size(0) != M || c.size(1) != N || !c.is_contiguous()) {
+    throw ShapeError(std::string(what) + ": result must be a contiguous float32 [" + std::to_string(M) + ", " +
+                     std::to_string(N) + "] tensor");
+  }
+}
+
+// op(A) [M, K] · op(B) [K, N] into c with the row-major conventions of dnnl; fallback in float32.
+void gemm_bf16(char ta, char tb, const at::Tensor& a, const at::Tensor& b, at::Tensor& c, int64_t M, int64_t N,
+               int64_t K, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  if (DnnlGemmBf16 fn = dnnl_gemm_bf16()) {
+    const int status = fn(ta, tb, M, N, K, alpha, a.data_ptr(), a.size(1), b.data_ptr(), b.size(1), beta,
+                          c.data_ptr<float>(), N);
+    if (status == 0) return;
+  }
+  at::Tensor a32 = a.to(at::kFloat), b32 = b.to(at::kFloat);
+  if (ta == 'T') a32 = a32.t();
+  if (tb == 'T') b32 = b32.t();
+  if (beta == 0.0f) {
+    at::mm_out(c, a32, b32);
+    if (alpha != 1.0f) c.mul_(alpha);
+  } else {
+    c.mul_(beta).addmm_(a32, b32, 1.0, alpha);
+  }
+}
+
+}  // namespace
+
+void gemm_nt_bf16(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, float alpha, float beta) {
+  check_bf16_operand(a, "gemm_nt_bf16 (a)");
+  check_bf16_operand(b, "gemm_nt_bf16 (b)");
+  if (a.size(1) != b.size(1)) throw ShapeError("gemm_nt_bf16: inner dimensions differ");
+  check_f32_result(c, a.size(0), b.size(0), "gemm_nt_bf16");
+  gemm_bf16('N', 'T', a, b, c, a.size(0), b.size(0), a.size(1), alpha, beta);
+}
+
+void gemm_nn_bf16(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, float beta) {
+  check_bf16_operand(a, "gemm_nn_bf16 (a)");
+  check_bf16_operand(b, "gemm_nn_bf16 (b)");
+  if (a.size(1) != b.size(0)) throw ShapeError("gemm_nn_bf16: inner dimensions differ");
+  check_f32_result(c, a.size(0), b.size(1), "gemm_nn_bf16");
+  gemm_bf16('N', 'N', a, b, c, a.size(0), b.size(1), a.size(1), 1.0f, beta);
+}
+
+void gram_bf16(const at::Tensor& x, at::Tensor& c, float beta) {
+  check_bf16_operand(x, "gram_bf16");
+  check_f32_result(c, x.size(1), x.size(1), "gram_bf16");
+  gemm_bf16('T', 'N', x, x, c, x.size(1), x.size(1), x.size(0), 1.0f, beta);
+}
+
+void release_mapped_pages(const void* data, size_t nbytes) {
+  if (data == nullptr || nbytes == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // Whole pages around the tensor: a neighbour sharing an edge page is simply re-read on its next use.
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + nbytes + page - 1) & ~(page - 1);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advisory: errors ignored
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -70,17 +159,36 @@ at::Tensor to_device_dtype(at::Tensor t, at::ScalarType dtype, at::Device device
   return t.to(device, dtype);
 }
 
-// Copies a safetensors view into a new tensor of `dtype` on `device` (float64 staging for f64).
+// Copies a safetensors view into a new tensor of `dtype` on `device` (float64 staging for f64), then
+// drops the view's mapped pages (see release_mapped_pages).
 at::Tensor tensor_from_view(const TensorView& view, at::ScalarType dtype, at::Device device) {
   std::vector<int64_t> shape = view.shape;
+  at::Tensor out;
   if (dtype == at::kDouble) {
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kDouble));
     tensor_to_float64(view, t.data_ptr<double>());
-    return t.to(device);
+    out = t.to(device);
+  } else if (dtype == at::kBFloat16 && view.dtype == DType::BF16) {
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kBFloat16));  // exact copy, no float32 staging
+    std::memcpy(t.data_ptr(), view.data, view.nbytes);
+    out = t.to(device);
+  } else {
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
+    tensor_to_float32(view, t.data_ptr<float>());
+    out = to_device_dtype(t, dtype, device);
   }
-  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
-  tensor_to_float32(view, t.data_ptr<float>());
-  return to_device_dtype(t, dtype, device);
+  release_mapped_pages(view.data, view.nbytes);
+  return out;
+}
+
+// The checkpoint's own floating dtype (bf16/f16/f32/f64) as a torch dtype; float32 for anything else.
+at::ScalarType stored_dtype(const TensorView& view) {
+  switch (view.dtype) {
+    case DType::BF16: return at::kBFloat16;
+    case DType::F16: return at::kHalf;
+    case DType::F64: return at::kDouble;
+    default: return at::kFloat;
+  }
 }
 
 }  // namespace
@@ -130,8 +238,125 @@ at::Tensor Decoder::embed(const at::Tensor& ids) const {
     throw ShapeError("token id " + std::to_string(min_id < 0 ? min_id : max_id) +
                      " is outside the model's vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
   }
-  return at::embedding(embed_weight, ids.to(device_));
+  at::Tensor rows = at::embedding(embed_weight, ids.to(device_));
+  return rows.scalar_type() == dtype_ ? rows : rows.to(dtype_);  // keep_global_dtype: stored -> compute
 }
+
+void Decoder::set_matmul_dtype(at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16) {
+    throw UsageError("Decoder::set_matmul_dtype: expected float32 or bfloat16");
+  }
+  if (dtype == at::kBFloat16 && (dtype_ != at::kFloat || !device_.is_cpu())) {
+    throw UsageError("Decoder::set_matmul_dtype: bf16 products need a float32 model on the CPU");
+  }
+  matmul_dtype_ = dtype;
+  bf16_weights_.clear();
+}
+
+at::Tensor Decoder::apply_linear(const std::shared_ptr<Linear>& lin, const at::Tensor& x) const {
+  const auto* d = dynamic_cast<const DenseLinear*>(lin.get());
+  if (matmul_dtype_ != at::kBFloat16 || !d || d->weight().scalar_type() != at::kFloat ||
+      x.scalar_type() != at::kFloat) {
+    return lin->forward(x);
+  }
+  // Drop cached copies whose Linear was replaced (fusion, quantization): only the cache holds them.
+  for (auto it = bf16_weights_.begin(); it != bf16_weights_.end();) {
+    it = it->second.first.use_count() == 1 ? bf16_weights_.erase(it) : std::next(it);
+  }
+  auto it = bf16_weights_.find(lin.get());
+  if (it == bf16_weights_.end()) {
+    it = bf16_weights_.emplace(lin.get(), std::make_pair(lin, d->weight().to(at::kBFloat16).contiguous())).first;
+  }
+  const at::Tensor& w = it->second.second;  // [out, in] bf16
+  const int64_t in = w.size(1), out = w.size(0);
+  if (x.size(-1) != in) {
+    throw ShapeError("DenseLinear: input has " + std::to_string(x.size(-1)) + " features, weight expects " +
+                     std::to_string(in));
+  }
+  at::Tensor x2 = x.reshape({-1, in}).to(at::kBFloat16).contiguous();  // [rows, in]
+  at::Tensor y = at::empty({x2.size(0), out}, x.options());            // [rows, out] float32
+  gemm_nt_bf16(x2, w, y, 1.0f, 0.0f);
+  if (d->bias().defined()) y.add_(d->bias());
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out;
+  return y.view(shape);
+}
+
+at::Tensor Decoder::attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const RopeTables& rope) const {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+  const int64_t Hkv = k.size(1), G = H / Hkv;
+  // Rows (t, g) of one KV group: the G query heads sharing KV head j, position-major, so a block of
+  // query positions is one contiguous [Bq * G, hd] matrix and one GEMM serves the whole group.
+  // qg [B, Hkv, T, G, hd], kb/vb [B, Hkv, T, hd], all bf16 contiguous.
+  at::Tensor qg = q.reshape({B, Hkv, G, T, hd}).permute({0, 1, 3, 2, 4}).to(at::kBFloat16).contiguous();
+  at::Tensor kb = k.to(at::kBFloat16).contiguous();
+  at::Tensor vb = v.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({B, T, Hkv, G, hd}, q.options());  // == [B, T, H*hd] (head j*G + g)
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  // Query blocks of Bq positions see keys [0, t1) only: the causal mask hides everything after, so
+  // skipping those columns changes nothing (exp(-inf) = 0) and halves the work at T = 2048. Bq * G
+  // rows x T columns of float32 scores stay a few MiB.
+  const int64_t Bq = std::min<int64_t>(T, std::max<int64_t>(64, 1024 / G));
+  at::Tensor mask = rope.mask.to(at::kFloat);
+  at::Tensor scores_buf = at::empty({Bq * G * T}, q.options());
+  at::Tensor o_buf = at::empty({Bq * G, hd}, q.options());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < Hkv; ++j) {
+      at::Tensor qj = qg[b][j], kj = kb[b][j], vj = vb[b][j];  // [T, G, hd], [T, hd], [T, hd]
+      for (int64_t t0 = 0; t0 < T; t0 += Bq) {
+        const int64_t rows = std::min(Bq, T - t0), t1 = t0 + rows;
+        at::Tensor qa = qj.narrow(0, t0, rows).view({rows * G, hd});
+        at::Tensor scores = scores_buf.narrow(0, 0, rows * G * t1).view({rows * G, t1});
+        gemm_nt_bf16(qa, kj.narrow(0, 0, t1), scores, scale, 0.0f);
+        scores.view({rows, G, t1}).add_(mask.narrow(0, t0, rows).narrow(1, 0, t1).unsqueeze(1));
+        at::Tensor probs = at::softmax(scores, -1).to(at::kBFloat16);  // [rows*G, t1]
+        at::Tensor o = o_buf.narrow(0, 0, rows * G);
+        gemm_nn_bf16(probs, vj.narrow(0, 0, t1), o, 0.0f);
+        out[b].narrow(0, t0, rows).select(1, j).copy_(o.view({rows, G, hd}));
+      }
+    }
+  }
+  return out.view({B, T, H * hd});
+}
+
+namespace {
+
+// Attention in the compute dtype (the float32/float64 reference path): q [B, H, T, hd], k/v
+// [B, Hkv, T, hd] -> [B, T, H*hd].
+at::Tensor attention_reference(const at::Tensor& q, at::Tensor k, at::Tensor v, const RopeTables& rope,
+                               at::ScalarType dtype) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), Hkv = k.size(1);
+  // GQA: KV head j serves query heads [j*G, (j+1)*G) (HF repeat_kv).
+  const int64_t G = H / Hkv;
+  if (G > 1) {
+    k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
+    v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
+  }
+  // Attention in chunks of (batch, head) rows: scores [rows, T, T] = mask + q·kᵀ/√hd (one baddbmm),
+  // softmax in float32 (float64 for float64 models), then · v. Chunks keep each scores buffer under
+  // ~16 MiB so glibc reuses heap memory instead of mmap()ing (and page-faulting) a fresh buffer for
+  // every layer: measured 6x faster on stories260K than one [B*H, T, T] buffer above the threshold.
+  // The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
+  const auto stat_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type).unsqueeze(0);
+  at::Tensor q3 = q.reshape({B * H, T, hd});
+  at::Tensor k3 = k.reshape({B * H, T, hd});
+  at::Tensor v3 = v.reshape({B * H, T, hd});
+  at::Tensor out3 = at::empty({B * H, T, hd}, q3.options());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (T * T * 8));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (int64_t r0 = 0; r0 < B * H; r0 += chunk) {
+    const int64_t rows = std::min(chunk, B * H - r0);
+    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
+                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
+    at::Tensor probs = at::softmax(scores, -1).to(dtype);
+    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
+  }
+  return out3.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
+}
+
+}  // namespace
 
 at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const RopeTables& rope,
                               ForwardObserver* observer) const {
@@ -151,9 +376,9 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     observer->on_linear_input({index, LinearKind::kV}, x);
   }
   // q [B, H, T, hd], k/v [B, Hkv, T, hd]
-  at::Tensor q = layer.q->forward(x).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = layer.k->forward(x).view({B, T, Hkv, hd}).transpose(1, 2);
-  at::Tensor v = layer.v->forward(x).view({B, T, Hkv, hd}).transpose(1, 2);
+  at::Tensor q = apply_linear(layer.q, x).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = apply_linear(layer.k, x).view({B, T, Hkv, hd}).transpose(1, 2);
+  at::Tensor v = apply_linear(layer.v, x).view({B, T, Hkv, hd}).transpose(1, 2);
 
   at::Tensor cos = rope.cos.narrow(0, 0, T);  // [T, hd], broadcast over [B, H]
   at::Tensor sin = rope.sin.narrow(0, 0, T);
@@ -170,35 +395,13 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
   if (layer.k_cache_transform) k = layer.k_cache_transform->apply(k);
   if (layer.v_cache_transform) v = layer.v_cache_transform->apply(v);
 
-  // GQA: KV head j serves query heads [j*G, (j+1)*G) (HF repeat_kv).
-  const int64_t G = H / Hkv;
-  if (G > 1) {
-    k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
-    v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
+  at::Tensor attn;  // [B, T, H*hd]
+  if (matmul_dtype_ == at::kBFloat16) {
+    attn = attention_bf16(q, k, v, rope);
+  } else {
+    attn = attention_reference(q, k, v, rope, dtype_);
   }
-  // Attention in chunks of (batch, head) rows: scores [rows, T, T] = mask + q·kᵀ/√hd (one baddbmm),
-  // softmax in float32 (float64 for float64 models), then · v. Chunks keep each scores buffer under
-  // ~16 MiB so glibc reuses heap memory instead of mmap()ing (and page-faulting) a fresh buffer for
-  // every layer: measured 6x faster on stories260K than one [B*H, T, T] buffer above the threshold.
-  // The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
-  const auto stat_type = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type).unsqueeze(0);
-  at::Tensor q3 = q.reshape({B * H, T, hd});
-  at::Tensor k3 = k.reshape({B * H, T, hd});
-  at::Tensor v3 = v.reshape({B * H, T, hd});
-  at::Tensor out3 = at::empty({B * H, T, hd}, q3.options());
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (T * T * 8));
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (int64_t r0 = 0; r0 < B * H; r0 += chunk) {
-    const int64_t rows = std::min(chunk, B * H - r0);
-    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
-                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
-    at::Tensor probs = at::softmax(scores, -1).to(dtype_);
-    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
-  }
-  at::Tensor attn = out3.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
-  if (observer) observer->on_linear_input({index, LinearKind::kO}, attn);
-  at::Tensor h = hidden + layer.o->forward(attn);
+  if (observer) observer->on_linear_input({index, LinearKind::kO}, attn);  at::Tensor h = hidden + apply_linear(layer.o, attn);
 
   // ---- MLP block (SwiGLU)
   at::Tensor y = rms_norm(h, layer.post_attention_norm_weight, c.rms_norm_eps);
@@ -206,15 +409,19 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     observer->on_linear_input({index, LinearKind::kGate}, y);
     observer->on_linear_input({index, LinearKind::kUp}, y);
   }
-  at::Tensor act = at::silu(layer.gate->forward(y)) * layer.up->forward(y);  // [B, T, ffn]
+  at::Tensor act = at::silu(apply_linear(layer.gate, y)) * apply_linear(layer.up, y);  // [B, T, ffn]
   if (layer.down_input_transform) act = layer.down_input_transform->apply(act);
   if (observer) observer->on_linear_input({index, LinearKind::kDown}, act);
-  return h + layer.down->forward(act);
+  return h + apply_linear(layer.down, act);
 }
 
 at::Tensor Decoder::head(const at::Tensor& hidden, ForwardObserver* observer) const {
   at::Tensor x = rms_norm(hidden, final_norm_weight, config_.rms_norm_eps);
   if (observer) observer->on_linear_input({-1, LinearKind::kLmHead}, x);
+  const auto* dense_head = dynamic_cast<const DenseLinear*>(lm_head.get());
+  if (dense_head && dense_head->weight().scalar_type() != x.scalar_type()) {
+    x = x.to(dense_head->weight().scalar_type());  // keep_global_dtype: lm_head stays in its stored dtype
+  }
   at::Tensor logits = lm_head->forward(x);
   return dtype_ == at::kDouble ? logits : logits.to(at::kFloat);
 }
@@ -292,6 +499,9 @@ void Decoder::unload_layer(int64_t i) {
   L.post_attention_norm_weight = at::Tensor();
   L.q.reset(); L.k.reset(); L.v.reset(); L.o.reset();
   L.gate.reset(); L.up.reset(); L.down.reset();
+  for (auto it = bf16_weights_.begin(); it != bf16_weights_.end();) {  // copies of this layer's weights
+    it = it->second.first.use_count() == 1 ? bf16_weights_.erase(it) : std::next(it);
+  }
 }
 
 Decoder Decoder::load(const std::string& model_dir, const LoadOptions& options) {
@@ -308,15 +518,17 @@ Decoder Decoder::load(const std::string& model_dir, const LoadOptions& options) 
   decoder.model_dir_ = model_dir;
   decoder.store_ = std::make_shared<TensorStore>(TensorStore::open_model_dir(model_dir));
   const int64_t d = config.hidden_size, V = config.vocab_size;
-  decoder.embed_weight =
-      tensor_from_view(decoder.store_->require("model.embed_tokens.weight", {V, d}), dtype, device);
+  auto global = [&](const std::string& name) {
+    const TensorView& view = decoder.store_->require(name, {V, d});
+    return tensor_from_view(view, options.keep_global_dtype ? stored_dtype(view) : dtype, device);
+  };
+  decoder.embed_weight = global("model.embed_tokens.weight");
   decoder.final_norm_weight =
       tensor_from_view(decoder.store_->require("model.norm.weight", {d}), dtype, device);
   if (config.tie_word_embeddings) {
     decoder.lm_head = std::make_shared<DenseLinear>(decoder.embed_weight, at::Tensor());
   } else {
-    decoder.lm_head = std::make_shared<DenseLinear>(
-        tensor_from_view(decoder.store_->require("lm_head.weight", {V, d}), dtype, device), at::Tensor());
+    decoder.lm_head = std::make_shared<DenseLinear>(global("lm_head.weight"), at::Tensor());
   }
   // Validate every layer's tensors up front (presence and shape) even when loading lazily, so a
   // broken checkpoint fails before a long run starts.

@@ -1,6 +1,11 @@
 // GPTQ weight quantization (Frantar et al., ICLR 2023), groupsize -1, no act-order, with a per-column
 // bit width (ResQ mixed 4/8-bit along K) in a single pass. See quantizers.h for the contract.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include <string>
 #include <tuple>
@@ -12,17 +17,42 @@
 namespace resq {
 namespace {
 
-// Upper Cholesky factor U (float64, [K, K]) of (H + damp * I)^-1, or an undefined tensor when either
-// factorization fails. H [K, K] float64 with no zero diagonal entry.
-at::Tensor inverse_cholesky_upper(const at::Tensor& H, double damp) {
+// Upper Cholesky factor U of (H + damp * I)^-1 (Hinv = Uᵀ U), float32 [K, K] with zeros below the
+// diagonal, or an undefined tensor when a factorization fails or U is not finite. H [K, K] float64,
+// symmetric, with no zero diagonal entry (dead columns already set to 1).
+// Computed in float64 in ONE working copy of H (LAPACK in place: potrf, potri, potrf) instead of four
+// temporaries: the 8192-wide down_proj Hessian is 512 MiB in float64. A symmetric row-major matrix
+// is its own column-major transpose, so LAPACK's column-major 'L' factor L (H = L Lᵀ) sits in the
+// row-major upper triangle as Lᵀ, and the final factor of the inverse (Hinv = L' L'ᵀ) reads as the
+// row-major upper U = L'ᵀ with Hinv = Uᵀ U, which is what GPTQ needs.
+at::Tensor inverse_cholesky_upper(const at::Tensor& H, const std::vector<bool>& dead, double damp) {
   const int64_t K = H.size(0);
-  at::Tensor Hd = H + at::eye(K, H.options()).mul(damp);
-  auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false);
-  if (info.item<int64_t>() != 0) return at::Tensor();
-  at::Tensor Hinv = at::cholesky_inverse(L, /*upper=*/false);
-  auto [U, info2] = at::linalg_cholesky_ex(Hinv, /*upper=*/true);
-  if (info2.item<int64_t>() != 0 || !at::isfinite(U).all().item<bool>()) return at::Tensor();
-  return U;
+  at::Tensor A = H.to(at::kDouble).contiguous().clone();
+  double* a = A.data_ptr<double>();
+  for (int64_t k = 0; k < K; ++k) {
+    if (dead[static_cast<size_t>(k)]) a[k * K + k] = 1.0;
+    a[k * K + k] += damp;
+  }
+  const lapack_int n = static_cast<lapack_int>(K);
+  if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, a, n) != 0) return at::Tensor();
+  if (LAPACKE_dpotri_work(LAPACK_COL_MAJOR, 'L', n, a, n) != 0) return at::Tensor();
+  if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, a, n) != 0) return at::Tensor();
+  at::Tensor U = at::empty({K, K}, at::TensorOptions().dtype(at::kFloat));
+  float* u = U.data_ptr<float>();
+  bool finite = true;
+  at::parallel_for(0, K, 64, [&](int64_t r0, int64_t r1) {
+    bool ok = true;
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < r; ++c) u[r * K + c] = 0.0f;
+      for (int64_t c = r; c < K; ++c) {
+        const double v = a[r * K + c];
+        ok = ok && std::isfinite(v);
+        u[r * K + c] = static_cast<float>(v);
+      }
+    }
+    if (!ok) finite = false;  // benign race: only ever set to false
+  });
+  return finite ? U : at::Tensor();
 }
 
 }  // namespace
@@ -59,15 +89,27 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   // Scales once, from the original weights (GPTQ's find_params before the loop, groupsize -1).
   auto [s_low, s_high] = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
 
+  // The column loop runs on the CPU (raw loops + one sgemm per block); results go back to w's device.
   const at::Device device = w.device();
-  at::Tensor W = w.to(at::kFloat).clone().contiguous();  // [N, K] float32, updated in place
-  at::Tensor H = hessian.to(device, at::kDouble).clone();  // [K, K] float64
+  at::Tensor W = w.to(at::kCPU, at::kFloat).clone().contiguous();  // [N, K] float32, updated in place
+  at::Tensor Hc = hessian.to(at::kCPU);                              // [K, K], read only
 
-  // Dead inputs never seen by calibration: the weight is irrelevant there, so zero it.
-  at::Tensor diag = H.diagonal();
-  at::Tensor dead = diag == 0;
-  diag.masked_fill_(dead, 1.0);
-  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  // Dead inputs never seen by calibration: the weight is irrelevant there, so zero it (and H[k, k] := 1
+  // inside inverse_cholesky_upper).
+  std::vector<bool> dead(static_cast<size_t>(K));
+  double diag_sum = 0.0;
+  {
+    at::Tensor diag = Hc.diagonal().to(at::kDouble).contiguous();
+    const double* dp = diag.data_ptr<double>();
+    float* wp = W.data_ptr<float>();
+    for (int64_t k = 0; k < K; ++k) {
+      dead[static_cast<size_t>(k)] = dp[k] == 0.0;
+      diag_sum += dead[static_cast<size_t>(k)] ? 1.0 : dp[k];
+      if (dead[static_cast<size_t>(k)]) {
+        for (int64_t n = 0; n < N; ++n) wp[n * K + k] = 0.0f;
+      }
+    }
+  }
 
   QuantizedWeight out;
   out.bits_low = bits_low;
@@ -76,72 +118,90 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   out.scale_high = s_high;
   out.high_mask = high_mask.to(at::kCPU).clone();
   if (N == 0 || K == 0) {
-    out.dequant = W;
-    out.q = at::zeros({N, K}, W.options().dtype(at::kChar));
+    out.dequant = W.to(device);
+    out.q = at::zeros({N, K}, W.options().dtype(at::kChar)).to(device);
     return out;
   }
 
-  const double mean_diag = diag.mean().item<double>();
+  const double mean_diag = diag_sum / static_cast<double>(K);
   double frac = percdamp;
-  at::Tensor U;
+  at::Tensor Hinv;  // [K, K] float32, upper triangular
   for (int attempt = 0; attempt <= 6; ++attempt) {
-    U = inverse_cholesky_upper(H, frac * mean_diag);
-    if (U.defined()) break;
+    Hinv = inverse_cholesky_upper(Hc, dead, frac * mean_diag);
+    if (Hinv.defined()) break;
     frac = frac > 0.0 ? frac * 10.0 : 0.01;
   }
-  if (!U.defined()) {
+  if (!Hinv.defined()) {
     throw Error(std::string(fn) + ": Cholesky factorization of the damped Hessian [" +
                 std::to_string(K) + ", " + std::to_string(K) + "] failed even with dampening " +
                 std::to_string(frac) + " * mean(diag H); the Hessian is not positive semi-definite "
                 "or not finite");
   }
   out.damp_fraction = frac;
-  at::Tensor Hinv = U.to(at::kFloat);  // [K, K] float32, upper triangular
+  Hc = at::Tensor();
 
   const auto rounding = [](int bits) {
-    return std::make_pair(-static_cast<double>(1 << (bits - 1)),
-                          static_cast<double>((1 << (bits - 1)) - 1));
+    return std::make_pair(-static_cast<float>(1 << (bits - 1)),
+                          static_cast<float>((1 << (bits - 1)) - 1));
   };
   const auto [lo_min, lo_max] = rounding(bits_low < 16 ? bits_low : 8);
   const auto [hi_min, hi_max] = rounding(bits_high < 16 ? bits_high : 8);
+  const at::Tensor sl = s_low.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor sh = s_high.to(at::kCPU, at::kFloat).contiguous();
+  const float* slp = sl.data_ptr<float>();
+  const float* shp = sh.data_ptr<float>();
 
-  at::Tensor Q = at::zeros({N, K}, W.options());    // q values (float), 0 on unquantized parts
-  at::Tensor D = at::empty({N, K}, W.options());    // dequantized columns
+  at::Tensor Q = at::zeros({N, K}, W.options());  // q values (float), 0 on unquantized parts
+  at::Tensor D = at::empty({N, K}, W.options());  // dequantized columns
+  float* wp = W.data_ptr<float>();
+  float* qp = Q.data_ptr<float>();
+  float* dp = D.data_ptr<float>();
+  const float* hp = Hinv.data_ptr<float>();
+  const int64_t bs = std::min(blocksize, K);
+  at::Tensor Err1_buf = at::empty({N, bs}, W.options());
   for (int64_t i1 = 0; i1 < K; i1 += blocksize) {
     const int64_t count = std::min(blocksize, K - i1);
     const int64_t i2 = i1 + count;
-    at::Tensor W1 = W.narrow(1, i1, count).clone();           // [N, count]
-    at::Tensor Err1 = at::empty({N, count}, W.options());     // [N, count]
-    at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);  // [count, count]
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t k = i1 + i;
-      const bool high = mask[static_cast<size_t>(k)];
-      const int bits = high ? bits_high : bits_low;
-      at::Tensor wcol = W1.select(1, i);  // [N]
-      at::Tensor dcol = D.select(1, k);
-      if (bits < 16) {
-        const at::Tensor& s = high ? s_high : s_low;
-        at::Tensor q = at::clamp(at::round(wcol.div(s)), high ? hi_min : lo_min,
-                                 high ? hi_max : lo_max)
-                           .add_(0.0);  // -0.0 -> +0.0, as float(int8 q) in the packed runtime
-        Q.select(1, k).copy_(q);
-        dcol.copy_(q.mul(s));
-      } else {
-        dcol.copy_(wcol);
+    at::Tensor Err1 = Err1_buf.narrow(1, 0, count);  // [N, count] (row stride bs)
+    float* ep = Err1_buf.data_ptr<float>();
+    // The block's column loop, row by row: within a block every row evolves independently (the
+    // update W1[:, i:] -= err ⊗ U[k, k:] is a rank-1 update whose row n only involves row n), so
+    // each row is one sequential pass over the block's columns with the same float32 arithmetic as
+    // the reference column loop (quantize with the row's scale, err = (w - ŵ) / U[k, k],
+    // w[j] -= err * U[k, j] for j > k).
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      std::vector<float> row(static_cast<size_t>(count));
+      for (int64_t n = n0; n < n1; ++n) {
+        float* wr = wp + n * K + i1;
+        std::copy(wr, wr + count, row.begin());
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t k = i1 + i;
+          const bool high = mask[static_cast<size_t>(k)];
+          const int bits = high ? bits_high : bits_low;
+          const float wv = row[static_cast<size_t>(i)];
+          float dq = wv;
+          if (bits < 16) {
+            const float s = high ? shp[n] : slp[n];
+            float q = std::nearbyint(wv / s);  // round half to even (default rounding mode), as at::round
+            q = std::min(std::max(q, high ? hi_min : lo_min), high ? hi_max : lo_max) + 0.0f;  // -0 -> +0
+            qp[n * K + k] = q;
+            dq = q * s;
+          }
+          dp[n * K + k] = dq;
+          const float* hrow = hp + k * K;  // U[k, :]
+          const float err = (wv - dq) / hrow[k];
+          for (int64_t j = i + 1; j < count; ++j) row[static_cast<size_t>(j)] -= err * hrow[i1 + j];
+          ep[n * bs + i] = err;
+        }
       }
-      // err = (w - ŵ) / U[k, k]; propagate to the rest of the block: W1[:, i:] -= err ⊗ U[k, k:].
-      at::Tensor err = (wcol - dcol).div_(Hinv1.select(0, i).select(0, i));
-      W1.narrow(1, i, count - i).addr_(err, Hinv1.select(0, i).narrow(0, i, count - i), 1.0, -1.0);
-      Err1.select(1, i).copy_(err);
-    }
-    // Lazy batch update of all later columns: W[:, i2:] -= Err1 · U[i1:i2, i2:].
+    });
+    // Lazy batch update of all later columns: W[:, i2:] -= Err1 · U[i1:i2, i2:] (one sgemm).
     if (i2 < K) {
-      W.narrow(1, i2, K - i2).addmm_(Err1, Hinv.narrow(0, i1, count).narrow(1, i2, K - i2), 1.0,
-                                     -1.0);
+      W.narrow(1, i2, K - i2).addmm_(Err1, Hinv.narrow(0, i1, count).narrow(1, i2, K - i2), 1.0, -1.0);
     }
   }
-  out.dequant = D;
-  out.q = Q.to(at::kChar);
+  out.dequant = D.to(device);
+  out.q = Q.to(at::kChar).to(device);
   return out;
 }
 

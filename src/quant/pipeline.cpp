@@ -1,5 +1,5 @@
-// The ResQ quantization pipeline in simulation: prepare -> calibrate -> PCA/rotations -> fuse ->
-// quantize weights (GPTQ/RTN) -> activation/KV fake quantization -> write; and its loader for eval.
+// The ResQ quantization pipeline: prepare -> calibrate -> PCA/rotations -> fuse -> quantize weights
+// (GPTQ/RTN) -> write the packed checkpoint (resq/format/checkpoint.h) -> read it back and report.
 #include "resq/quant/pipeline.h"
 
 #include <ATen/ATen.h>
@@ -20,8 +20,9 @@
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
-#include "resq/model/shard_writer.h"
+#include "resq/format/checkpoint.h"
 #include "resq/quant/quantizers.h"
+#include "resq/runtime/transforms.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
 
@@ -30,8 +31,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kQuantFile = "resq_quant.json";
-constexpr int kQuantFormatVersion = 1;
 
 
 
@@ -56,57 +55,6 @@ MatrixXdR to_eigen(const at::Tensor& t) {
   std::memcpy(m.data(), c.data_ptr<double>(), sizeof(double) * c.numel());
   return m;
 }
-
-// y = x · M over the last dimension (M [n, n], e.g. U_C applied to q/k after RoPE).
-class MatrixTransform : public TensorTransform {
- public:
-  explicit MatrixTransform(at::Tensor m) : m_(std::move(m)) {}
-  at::Tensor apply(const at::Tensor& x) const override { return at::matmul(x, m_.to(x.device(), x.scalar_type())); }
-  const at::Tensor& matrix() const { return m_; }
-
- private:
-  at::Tensor m_;
-};
-
-// y = x · T with T an online Hadamard (fast WHT + small dense block), over the last dimension.
-class OnlineHadamardTransform : public TensorTransform {
- public:
-  explicit OnlineHadamardTransform(OnlineHadamard t) : t_(std::move(t)) {}
-  at::Tensor apply(const at::Tensor& x) const override {
-    if (x.size(-1) != t_.n) {
-      throw ShapeError("online Hadamard of size " + std::to_string(t_.n) + " applied to last dim " +
-                       std::to_string(x.size(-1)));
-    }
-    if (x.scalar_type() == at::kDouble) {
-      at::Tensor y = x.contiguous().cpu().clone();
-      apply_online_hadamard(t_, y.data_ptr<double>(), y.numel() / t_.n);
-      return y.to(x.device());
-    }
-    at::Tensor y = x.to(at::kFloat).contiguous().cpu().clone();
-    apply_online_hadamard(t_, y.data_ptr<float>(), y.numel() / t_.n);
-    return y.to(x.device(), x.scalar_type());
-  }
-
- private:
-  OnlineHadamard t_;
-};
-
-// Simulated quantized linear: fake-quantized input (optional) times dequantized weights.
-class SimulatedLinear : public Linear {
- public:
-  SimulatedLinear(std::shared_ptr<DenseLinear> dense, std::shared_ptr<TensorTransform> input_quant)
-      : dense_(std::move(dense)), input_quant_(std::move(input_quant)) {}
-  at::Tensor forward(const at::Tensor& x) const override {
-    return dense_->forward(input_quant_ ? input_quant_->apply(x) : x);
-  }
-  int64_t in_features() const override { return dense_->in_features(); }
-  int64_t out_features() const override { return dense_->out_features(); }
-  std::string implementation() const override { return "simulated"; }
-
- private:
-  std::shared_ptr<DenseLinear> dense_;
-  std::shared_ptr<TensorTransform> input_quant_;
-};
 
 DenseLinear& dense(const std::shared_ptr<Linear>& linear, const std::string& what) {
   auto* d = dynamic_cast<DenseLinear*>(linear.get());
@@ -156,10 +104,28 @@ void prepare_layer(DecoderLayer& L, at::ScalarType dt) {
 
 // ---------------------------------------------------------------------------- calibration
 
+// acc [F, F] float64 += x2ᵀ · x2 for x2 [n, F] (any float dtype). bf16 = true: the products are
+// those of the bf16-rounded inputs (exactly what a bf16-product linear multiplies, see
+// Decoder::set_matmul_dtype), summed in float32 per call by oneDNN into `scratch` (float32, grown on
+// demand and reused) and then added into the float64 accumulator; ~10x faster than a float64 GEMM.
+// bf16 = false: one float64 GEMM (the reference path).
+void accumulate_gram(const at::Tensor& x2, at::Tensor& acc, at::Tensor& scratch, bool bf16) {
+  const int64_t F = x2.size(1);
+  if (!bf16) {
+    at::Tensor xd = x2.to(at::kDouble).cpu();
+    acc.addmm_(xd.t(), xd);
+    return;
+  }
+  if (!scratch.defined() || scratch.numel() < F * F) scratch = at::empty({F * F}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor c = scratch.narrow(0, 0, F * F).view({F, F});
+  gram_bf16(x2.to(at::kBFloat16).contiguous(), c, 0.0f);
+  acc.add_(c);
+}
+
 class CovarianceObserver : public ForwardObserver {
  public:
-  CovarianceObserver(const ModelConfig& c)
-      : c_(c), cov_a(at::zeros({c.hidden_size, c.hidden_size}, at::kDouble)) {
+  CovarianceObserver(const ModelConfig& c, bool bf16)
+      : c_(c), bf16_(bf16), cov_a(at::zeros({c.hidden_size, c.hidden_size}, at::kDouble)) {
     for (int64_t l = 0; l < c.num_layers; ++l) {
       cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, at::kDouble));
       cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, at::kDouble));
@@ -168,9 +134,9 @@ class CovarianceObserver : public ForwardObserver {
   void on_linear_input(const LinearSite& site, const at::Tensor& x) override {
     // Attention input and MLP input of every layer -> one shared d x d matrix for U_A.
     if (site.kind != LinearKind::kQ && site.kind != LinearKind::kGate) return;
-    at::Tensor x2 = x.reshape({-1, c_.hidden_size}).to(at::kDouble).cpu();
-    cov_a.add_(at::mm(x2.t(), x2));
+    accumulate_gram(x.reshape({-1, c_.hidden_size}), cov_a, scratch_, bf16_);
   }
+  // K and V covariances are hd x hd (tiny GEMMs): float64 as before.
   void on_keys(int64_t layer, const at::Tensor& k) override {
     at::Tensor k2 = k.reshape({-1, c_.head_dim}).to(at::kDouble).cpu();  // summed over heads
     cov_k[layer].add_(at::mm(k2.t(), k2));
@@ -181,24 +147,33 @@ class CovarianceObserver : public ForwardObserver {
     cov_v[layer].add_(at::bmm(v3.transpose(1, 2), v3));
   }
   const ModelConfig& c_;
+  bool bf16_;
+  at::Tensor scratch_;
   at::Tensor cov_a;
   std::vector<at::Tensor> cov_v;  // per layer [Hkv, hd, hd]
   std::vector<at::Tensor> cov_k;  // per layer [hd, hd]
 };
 
-// Hessians (XᵀX of the inputs) of one layer's linears for GPTQ.
+// Hessians (XᵀX of the inputs, float64) of one layer's linears for GPTQ; bf16 as in accumulate_gram.
 class HessianObserver : public ForwardObserver {
  public:
+  explicit HessianObserver(bool bf16 = false) : bf16_(bf16) {}
   void on_linear_input(const LinearSite& site, const at::Tensor& x) override {
     LinearKind key = site.kind;
     if (key == LinearKind::kK || key == LinearKind::kV) return;  // same input as q
     if (key == LinearKind::kUp) return;                          // same input as gate
-    at::Tensor x2 = x.reshape({-1, x.size(-1)}).to(at::kDouble).cpu();
+    at::Tensor x2 = x.reshape({-1, x.size(-1)});
     at::Tensor& h = hessians[key];
     if (!h.defined()) h = at::zeros({x2.size(1), x2.size(1)}, at::kDouble);
-    h.add_(at::mm(x2.t(), x2));
+    accumulate_gram(x2, h, scratch_, bf16_);
   }
+  // Frees the float32 scratch (256 MiB for an 8192-wide down_proj) before GPTQ needs the memory.
+  void release_scratch() { scratch_ = at::Tensor(); }
   std::map<LinearKind, at::Tensor> hessians;
+
+ private:
+  bool bf16_;
+  at::Tensor scratch_;
 };
 
 // Runs `fn(layer_index)` between propagating hidden states [N, L, d] through each layer in chunks.
@@ -210,13 +185,14 @@ void for_each_layer(Decoder& m, at::Tensor& hidden, const RopeTables& rope, int6
   for (int64_t l = 0; l < m.config().num_layers; ++l) {
     m.load_layer(l);
     prepare_layer(m.layers()[l], m.dtype());
-    std::vector<at::Tensor> outs;
+    // Windows are independent, so each chunk's output overwrites its own input in place: one
+    // [N, L, d] buffer instead of two (512 MiB at 32 x 2048 x 2048 float32).
     for (int64_t s = 0; s < N; s += chunk) {
-      outs.push_back(m.run_layer(l, hidden.narrow(0, s, std::min(chunk, N - s)), rope, obs));
+      at::Tensor part = hidden.narrow(0, s, std::min(chunk, N - s));
+      part.copy_(m.run_layer(l, part, rope, obs));
     }
     after_layer(l);
     m.unload_layer(l);
-    hidden = at::cat(outs, 0);
     const double elapsed = seconds_since(start);
     spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s", stage, l + 1, m.config().num_layers,
                  (l + 1) * N * hidden.size(1) / std::max(elapsed, 1e-9),
@@ -281,14 +257,20 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
   return out;
 }
 
-// rows [R, d] (compute dtype) · U [d, d] (float64), in row chunks so a [V, d] matrix never needs a
-// float64 copy (the lm_head of a 128k vocabulary would be 2 GiB at 1B scale).
+// rows [R, d] (compute dtype, or the stored 16-bit dtype of embed/lm_head) · U [d, d] (float64),
+// in row chunks so a [V, d] matrix never needs a full float64 copy (the lm_head of a 128k vocabulary
+// would be 2 GiB at 1B scale). The result keeps rows' dtype. 16-bit rows are rotated in float32:
+// the product's float32 error (~1e-7) is far below the bf16/f16 rounding of the result, and it is
+// 2-3x faster than float64 (~1 TFLOP per 128k x 2048 matrix).
 at::Tensor rotate_rows(const at::Tensor& rows, const at::Tensor& u) {
   at::Tensor out = at::empty_like(rows);
+  const bool half = rows.scalar_type() == at::kBFloat16 || rows.scalar_type() == at::kHalf;
+  const at::ScalarType work = half ? at::kFloat : at::kDouble;
+  const at::Tensor uw = u.to(work);
   const int64_t chunk = 8192;
   for (int64_t r0 = 0; r0 < rows.size(0); r0 += chunk) {
     const int64_t n = std::min(chunk, rows.size(0) - r0);
-    out.narrow(0, r0, n).copy_(at::mm(rows.narrow(0, r0, n).to(at::kDouble), u));
+    out.narrow(0, r0, n).copy_(at::mm(rows.narrow(0, r0, n).to(work), uw));
   }
   return out;
 }
@@ -361,170 +343,206 @@ SiteMasks site_masks(const ModelConfig& c, int64_t r, int64_t r_h, const Recipe&
   return s;
 }
 
-// Quantizes one dense linear's weight in place (dequantized values), returns the relative error.
-double quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& mask, const WeightRecipe& w,
-                       const at::Tensor& hessian, at::ScalarType dt) {
+// Quantizes one dense linear's weight: installs the dequantized weights (later layers' GPTQ inputs
+// propagate through them) and returns the integer result for the checkpoint; *rel_err receives
+// ||Ŵ - W|| / ||W||. The returned dequant tensor is dropped (the linear holds it).
+QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& mask, const WeightRecipe& w,
+                                const at::Tensor& hessian, at::ScalarType dt, double* rel_err) {
   DenseLinear& d = dense(lin, "quantize");
   at::Tensor original = d.weight().to(at::kFloat);
   QuantizedWeight q = w.method == "gptq"
                           ? gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp,
                                                  w.blocksize, w.clip_ratio, w.mse_clip)
                           : rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
-  const double err = (q.dequant - original).norm().item<double>() / std::max(original.norm().item<double>(), 1e-30);
+  *rel_err = (q.dequant - original).norm().item<double>() / std::max(original.norm().item<double>(), 1e-30);
   lin = std::make_shared<DenseLinear>(q.dequant.to(dt), d.bias());
-  return err;
-}
-
-void install_activation_quant(Decoder& m, const Recipe& recipe, int64_t r, int64_t r_h) {
-  const ModelConfig& c = m.config();
-  const auto& a = recipe.activations;
-  for (auto& L : m.layers()) {
-    if (a.enabled) {
-      const SiteMasks s = site_masks(c, r, r_h, recipe, /*for_weights=*/false);
-      auto in_q = std::make_shared<ActivationFakeQuant>(s.in_mask, a.bits_low, a.bits_high, a.clip_ratio);
-      auto o_q = std::make_shared<ActivationFakeQuant>(s.o_mask, a.bits_low, a.bits_high, a.clip_ratio);
-      auto down_q = std::make_shared<ActivationFakeQuant>(s.down_mask, a.bits_low, a.bits_high, a.clip_ratio);
-      auto wrap = [](std::shared_ptr<Linear>& lin, std::shared_ptr<TensorTransform> quant) {
-        auto d = std::dynamic_pointer_cast<DenseLinear>(lin);
-        if (!d) throw Error("install_activation_quant: expected dense linears");
-        lin = std::make_shared<SimulatedLinear>(d, std::move(quant));
-      };
-      for (auto* lin : {&L.q, &L.k, &L.v, &L.gate, &L.up}) wrap(*lin, in_q);
-      wrap(L.o, o_q);
-      wrap(L.down, down_q);
-    }
-    if (recipe.kv.enabled) {
-      const auto& kv = recipe.kv;
-      L.k_cache_transform = std::make_shared<KvFakeQuant>(c.head_dim, r_h, kv.bits_low, kv.bits_high, kv.k_clip_ratio);
-      L.v_cache_transform = std::make_shared<KvFakeQuant>(c.head_dim, r_h, kv.bits_low, kv.bits_high, kv.v_clip_ratio);
-    }
-  }
+  q.dequant = at::Tensor();
+  return q;
 }
 
 int64_t high_count(double fraction, int64_t n) { return static_cast<int64_t>(std::llround(fraction * n)); }
 
 // ---------------------------------------------------------------------------- writing
 
-void copy_tokenizer_files(const std::string& from, const fs::path& to) {
+std::vector<std::string> tokenizer_files(const std::string& from) {
+  std::vector<std::string> files;
   for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                         "generation_config.json"}) {
-    const fs::path src = fs::path(from) / f;
-    if (fs::exists(src)) fs::copy_file(src, to / f);
+    files.push_back((fs::path(from) / f).string());
+  }
+  return files;
+}
+
+at::ScalarType scalar_type_of(DType t) {
+  switch (t) {
+    case DType::F32: return at::kFloat;
+    case DType::BF16: return at::kBFloat16;
+    case DType::F16: return at::kHalf;
+    case DType::F64: return at::kDouble;
+    default: throw Error("scalar_type_of: not a float dtype");
   }
 }
 
-// Layer l's tensors (fused, fake-quantized) in HF names, plus its U_C.
-void write_layer_tensors(ShardWriter& writer, const Decoder& m, int64_t l, const Rotations& R) {
+// Adds a float tensor in `dtype` (converted with torch's round-to-nearest-even).
+void add_tensor(format::CheckpointWriter& writer, const std::string& name, const at::Tensor& t, DType dtype) {
+  at::Tensor c = t.to(at::kCPU, scalar_type_of(dtype)).contiguous();
+  writer.add(name, dtype, c.sizes().vec(), c.data_ptr(), static_cast<size_t>(c.numel() * c.element_size()));
+}
+
+// FNV-1a 64 over the integer weights (original column order) and both scale vectors of one linear:
+// recorded in the report so a reader can prove the round trip is bit-exact.
+std::string weight_checksum(const at::Tensor& q, const at::Tensor& s_low, const at::Tensor& s_high) {
+  uint64_t h = 1469598103934665603ull;
+  auto feed = [&](const at::Tensor& t) {
+    at::Tensor c = t.contiguous();
+    const auto* b = static_cast<const uint8_t*>(c.data_ptr());
+    for (int64_t i = 0; i < c.numel() * static_cast<int64_t>(c.element_size()); ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  feed(q.to(at::kChar));
+  feed(s_low.to(at::kFloat));
+  feed(s_high.to(at::kFloat));
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// The checkpoint metadata of a recipe applied to a model: per-site splits, bits, storage.
+format::CheckpointMeta checkpoint_meta(const ModelConfig& c, const Recipe& recipe, int64_t r, int64_t r_h,
+                                       const Rotations& R, DType globals_dtype) {
+  using format::SiteKind;
+  format::CheckpointMeta meta;
+  meta.model = c;
+  meta.model.tie_word_embeddings = false;
+  meta.r = r;
+  meta.r_h = r_h;
+  meta.globals_dtype = globals_dtype;
+  const auto& w = recipe.weights;
+  const auto& a = recipe.activations;
+  const int64_t r_ffn = high_count(recipe.rotation.high_fraction, c.intermediate_size);
+  // Packed storage needs a 4-bit container for the low part and an 8-bit one for the high part.
+  const bool packable = w.method != "none" && w.bits_low <= format::kBits4 && w.bits_high <= format::kBits8;
+  for (int i = 0; i < format::kNumSites; ++i) {
+    const auto kind = static_cast<SiteKind>(i);
+    format::SiteSpec s;
+    s.kind = kind;
+    switch (kind) {
+      case SiteKind::kQ: s.N = c.q_size(); s.K = c.hidden_size; break;
+      case SiteKind::kK:
+      case SiteKind::kV: s.N = c.kv_size(); s.K = c.hidden_size; break;
+      case SiteKind::kO: s.N = c.hidden_size; s.K = c.q_size(); break;
+      case SiteKind::kGate:
+      case SiteKind::kUp: s.N = c.intermediate_size; s.K = c.hidden_size; break;
+      case SiteKind::kDown: s.N = c.hidden_size; s.K = c.intermediate_size; break;
+    }
+    int64_t act_high = 0;
+    if (kind == SiteKind::kO) {
+      s.high_rule = "per_head";
+      s.high_group = c.head_dim;
+      s.high_count = r_h;
+      act_high = r_h;
+    } else if (kind == SiteKind::kDown) {
+      s.high_count = w.down_high ? r_ffn : 0;
+      act_high = a.down_high ? r_ffn : 0;
+    } else {
+      s.high_count = r;
+      act_high = r;
+    }
+    s.has_bias = (kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV) ? c.qkv_bias
+                 : kind == SiteKind::kO                                                  ? c.o_bias
+                                                                                         : c.mlp_bias;
+    s.storage = packable ? format::LinearStorage::kPacked : format::LinearStorage::kDense;
+    s.weight_bits_low = w.method == "none" ? 16 : w.bits_low;
+    s.weight_bits_high = w.method == "none" ? 16 : w.bits_high;
+    s.activations = {a.enabled, a.bits_low, a.bits_high, a.clip_ratio, act_high};
+    meta.sites[kind] = s;
+  }
+  meta.kv = {recipe.kv.enabled, recipe.kv.bits_low, recipe.kv.bits_high, recipe.kv.k_clip_ratio, recipe.kv.v_clip_ratio};
+  meta.online.qk_rotation = !R.u_c.empty();
+  if (R.u_d) {
+    meta.online.down_hadamard = true;
+    meta.online.hadamard_n = R.u_d->n;
+    meta.online.hadamard_pow2 = R.u_d->pow2;
+    meta.online.hadamard_block = R.u_d->block;
+    meta.online.hadamard_construction = R.u_d->construction;
+  }
+  meta.recipe = recipe_to_json(recipe);
+  return meta;
+}
+
+// Layer l's tensors: norms, each linear (packed integers + scales, or dense weights) and U_C.
+// Returns {site: checksum} for the packed linears.
+nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decoder& m, int64_t l, const Rotations& R,
+                                   const format::CheckpointMeta& meta,
+                                   const std::map<LinearKind, QuantizedWeight>& quantized) {
   const DecoderLayer& L = m.layers()[l];
   const std::string p = "model.layers." + std::to_string(l) + ".";
-  auto add = [&](const std::string& name, const at::Tensor& t) { writer.add(name, t.to(at::kFloat)); };
-  add(p + "input_layernorm.weight", L.input_norm_weight);
-  add(p + "post_attention_layernorm.weight", L.post_attention_norm_weight);
-  const std::pair<const char*, const std::shared_ptr<Linear>*> linears[] = {
-      {"self_attn.q_proj", &L.q}, {"self_attn.k_proj", &L.k}, {"self_attn.v_proj", &L.v},
-      {"self_attn.o_proj", &L.o}, {"mlp.gate_proj", &L.gate}, {"mlp.up_proj", &L.up}, {"mlp.down_proj", &L.down}};
-  for (const auto& [name, lin] : linears) {
-    const DenseLinear& d = dense(*lin, name);
-    add(p + name + ".weight", d.weight());
-    if (d.bias().defined()) add(p + name + ".bias", d.bias());
+  add_tensor(writer, p + "input_layernorm.weight", L.input_norm_weight, DType::F32);
+  add_tensor(writer, p + "post_attention_layernorm.weight", L.post_attention_norm_weight, DType::F32);
+  const std::shared_ptr<Linear>* linears[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
+  nlohmann::json checksums = nlohmann::json::object();
+  for (int i = 0; i < format::kNumSites; ++i) {
+    const auto kind = static_cast<format::SiteKind>(i);
+    const format::SiteSpec& spec = meta.sites.at(kind);
+    const std::string prefix = format::site_prefix(l, kind);
+    const DenseLinear& d = dense(*linears[i], prefix);
+    at::Tensor bias = d.bias().defined() ? d.bias().to(at::kFloat).contiguous() : at::Tensor();
+    const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    if (spec.storage == format::LinearStorage::kPacked) {
+      const QuantizedWeight& q = quantized.at(static_cast<LinearKind>(i));
+      at::Tensor qi = q.q.contiguous();
+      at::Tensor sl = q.scale_low.to(at::kFloat).contiguous(), sh = q.scale_high.to(at::kFloat).contiguous();
+      writer.add_packed_linear(prefix, spec, qi.data_ptr<int8_t>(), sl.data_ptr<float>(), sh.data_ptr<float>(), bias_ptr);
+      checksums[prefix] = weight_checksum(qi, sl, sh);
+    } else {
+      // Not quantized (weights.method none: kept in the globals' dtype) or bit widths that do not
+      // fit the packed containers (dequantized values, exact in float32).
+      const DType dt = meta.sites.at(kind).weight_bits_low >= 16 ? meta.globals_dtype : DType::F32;
+      at::Tensor w = d.weight().to(at::kCPU, scalar_type_of(dt)).contiguous();
+      writer.add_dense_linear(prefix, spec, dt, w.data_ptr(), bias_ptr);
+    }
   }
-  if (!R.u_c.empty()) add("resq.layers." + std::to_string(l) + ".qk_rotation", R.u_c[l]);
+  if (!R.u_c.empty()) add_tensor(writer, "resq.layers." + std::to_string(l) + ".qk_rotation", R.u_c[l], DType::F32);
+  return checksums;
 }
 
-// Global tensors, shard index, config.json (untied), tokenizer files and resq_quant.json.
-void finish_output(ShardWriter& writer, const fs::path& dir, const Decoder& m, const QuantizeOptions& o,
-                   const Rotations& R, int64_t r, int64_t r_h, const nlohmann::json& provenance) {
-  writer.add("model.embed_tokens.weight", m.embed_weight.to(at::kFloat));
-  writer.add("model.norm.weight", m.final_norm_weight.to(at::kFloat));
-  writer.add("lm_head.weight", dense(m.lm_head, "lm_head").weight().to(at::kFloat));
-  nlohmann::json online = nlohmann::json::object();
+// Global tensors, then config.json (untied), resq_config.json and tokenizer files; renames into place.
+void finish_output(format::CheckpointWriter& writer, const Decoder& m, const QuantizeOptions& o, const Rotations& R,
+                   const format::CheckpointMeta& meta) {
+  add_tensor(writer, "model.embed_tokens.weight", m.embed_weight, meta.globals_dtype);
+  add_tensor(writer, "model.norm.weight", m.final_norm_weight, DType::F32);
+  add_tensor(writer, "lm_head.weight", dense(m.lm_head, "lm_head").weight(), meta.globals_dtype);
   if (R.u_d) {
-    writer.add("resq.down_hadamard.signs", at::tensor(at::ArrayRef<float>(R.u_d->signs)));
-    writer.add("resq.down_hadamard.block",
-               at::tensor(at::ArrayRef<double>(R.u_d->block_matrix)).view({R.u_d->block, R.u_d->block}));
-    online["down_hadamard"] = {{"n", R.u_d->n}, {"pow2", R.u_d->pow2}, {"block", R.u_d->block},
-                               {"construction", R.u_d->construction}};
+    writer.add_f32("resq.down_hadamard.signs", {R.u_d->n}, R.u_d->signs.data());
+    writer.add("resq.down_hadamard.block", DType::F64, {R.u_d->block, R.u_d->block}, R.u_d->block_matrix.data(),
+               R.u_d->block_matrix.size() * sizeof(double));
   }
-  online["qk_rotation"] = !R.u_c.empty();
-  writer.finish({{"format", "pt"}, {"resq", "simulated"}});
   ModelConfig saved = m.config();
   saved.tie_word_embeddings = false;
-  saved.torch_dtype = "float32";
-  std::ofstream(dir / "config.json") << model_config_to_json(saved).dump(2) << "\n";
-  copy_tokenizer_files(o.model_dir, dir);
-  nlohmann::json q = {{"format", "resq-simulated"},
-                      {"format_version", kQuantFormatVersion},
-                      {"recipe", recipe_to_json(o.recipe)},
-                      {"r", r},
-                      {"r_h", r_h},
-                      {"online", online},
-                      {"provenance", provenance}};
-  std::ofstream(dir / kQuantFile) << q.dump(2) << "\n";
+  saved.torch_dtype = dtype_name(meta.globals_dtype) == "BF16" ? "bfloat16" : dtype_name(meta.globals_dtype) == "F16" ? "float16" : "float32";
+  writer.commit(meta, model_config_to_json(saved).dump(2) + "\n", tokenizer_files(o.model_dir));
+}
+
+// The dtype of embeddings / lm_head in the checkpoint: --globals-dtype, else the source model's
+// 16-bit dtype, else float32 (an fp32 source keeps its exact values).
+DType choose_globals_dtype(const std::string& requested, const ModelConfig& c) {
+  const std::string name = requested.empty() ? c.torch_dtype : requested;
+  if (name == "bfloat16" || name == "bf16") return DType::BF16;
+  if (name == "float16" || name == "fp16" || name == "half") return DType::F16;
+  if (name == "float32" || name == "fp32" || name == "float64" || requested.empty()) return DType::F32;
+  throw UsageError("--globals-dtype: expected bfloat16, float16 or float32, got '" + requested + "'");
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------------------- public
 
-bool is_quantized_model_dir(const std::string& dir) { return fs::exists(fs::path(dir) / kQuantFile); }
-
-Decoder load_model_for_eval(const std::string& dir, const LoadOptions& options) {
-  Decoder m = Decoder::load(dir, options);
-  if (!is_quantized_model_dir(dir)) return m;
-  const std::string path = (fs::path(dir) / kQuantFile).string();
-  nlohmann::json q;
-  try {
-    q = nlohmann::json::parse(read_text_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(path + ": invalid JSON: " + e.what());
-  }
-  if (q.value("format", "") != "resq-simulated" || q.value("format_version", 0) != kQuantFormatVersion) {
-    throw FormatError(path + ": expected format resq-simulated version " + std::to_string(kQuantFormatVersion));
-  }
-  const Recipe recipe = parse_recipe(q.at("recipe"), path + " (recipe)");
-  const int64_t r = q.at("r").get<int64_t>(), r_h = q.at("r_h").get<int64_t>();
-  TensorStore store = TensorStore::open_model_dir(dir);
-  const ModelConfig& c = m.config();
-  const at::ScalarType dt = m.dtype();
-  auto read = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType as) {
-    const TensorView& v = store.require(name, shape);
-    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kDouble));
-    tensor_to_float64(v, t.data_ptr<double>());
-    return t.to(as);
-  };
-  const auto& online = q.at("online");
-  std::shared_ptr<TensorTransform> down;
-  if (online.contains("down_hadamard")) {
-    const auto& dh = online["down_hadamard"];
-    OnlineHadamard t;
-    t.n = dh.at("n").get<int64_t>();
-    t.pow2 = dh.at("pow2").get<int64_t>();
-    t.block = dh.at("block").get<int64_t>();
-    t.construction = dh.value("construction", "");
-    if (t.n != c.intermediate_size || t.pow2 * t.block != t.n) throw FormatError(path + ": inconsistent down_hadamard sizes");
-    at::Tensor signs = read("resq.down_hadamard.signs", {t.n}, at::kFloat);
-    at::Tensor block = read("resq.down_hadamard.block", {t.block, t.block}, at::kDouble);
-    t.signs.assign(signs.data_ptr<float>(), signs.data_ptr<float>() + t.n);
-    t.block_matrix.assign(block.data_ptr<double>(), block.data_ptr<double>() + block.numel());
-    down = std::make_shared<OnlineHadamardTransform>(t);
-  }
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    DecoderLayer& L = m.layers()[l];
-    if (online.value("qk_rotation", false)) {
-      L.qk_transform = std::make_shared<MatrixTransform>(
-          read("resq.layers." + std::to_string(l) + ".qk_rotation", {c.head_dim, c.head_dim}, dt));
-    }
-    L.down_input_transform = down;
-  }
-  install_activation_quant(m, recipe, r, r_h);
-  return m;
-}
-
 nlohmann::json quantize_model(const QuantizeOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
   const Recipe& recipe = o.recipe;
   if (fs::exists(o.out_dir)) throw UsageError("--out: '" + o.out_dir + "' already exists; choose a new directory");
-  if (is_quantized_model_dir(o.model_dir)) throw UsageError("--model: '" + o.model_dir + "' is already quantized");
+  if (format::PackedCheckpoint::is_checkpoint_dir(o.model_dir)) {
+    throw UsageError("--model: '" + o.model_dir + "' is already a resq packed checkpoint");
+  }
   nlohmann::json report;
   nlohmann::json stages = nlohmann::json::object();
   at::NoGradGuard no_grad;
@@ -535,7 +553,12 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   LoadOptions lo;
   lo.dtype = "float32";
   lo.load_layers = false;
+  lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
   Decoder m = Decoder::load(o.model_dir, lo);
+  // Calibration and GPTQ forward passes with bf16 products and float32 accumulation; the weights
+  // themselves (fusion, GPTQ, what is written) stay float32/float64. See docs/PERF.md.
+  const bool bf16_products = true;
+  if (bf16_products) m.set_matmul_dtype(at::kBFloat16);
   const ModelConfig& c = m.config();
   const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
   const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
@@ -560,7 +583,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
 
   std::unique_ptr<CovarianceObserver> cov;
   if (recipe.rotation.method == "resq") {
-    cov = std::make_unique<CovarianceObserver>(c);
+    cov = std::make_unique<CovarianceObserver>(c, bf16_products);
     at::Tensor h = m.embed(calib);
     for_each_layer(m, h, rope, chunk, cov.get(), [](int64_t) {}, "calibrate");
   }
@@ -581,27 +604,31 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   const auto& w = recipe.weights;
   const SiteMasks masks = site_masks(c, r, r_h, recipe, /*for_weights=*/true);
   const at::ScalarType dt = m.dtype();
+  std::map<LinearKind, QuantizedWeight> layer_quantized;  // the current layer's integer weights
   auto quantize_layer = [&](int64_t l, const std::map<LinearKind, at::Tensor>& H) {
     DecoderLayer& L = m.layers()[l];
     auto hess = [&](LinearKind k) { auto it = H.find(k); return it == H.end() ? at::Tensor() : it->second; };
     nlohmann::json e;
     e["layer"] = l;
-    e["q_proj"] = quantize_linear(L.q, masks.in_mask, w, hess(LinearKind::kQ), dt);
-    e["k_proj"] = quantize_linear(L.k, masks.in_mask, w, hess(LinearKind::kQ), dt);
-    e["v_proj"] = quantize_linear(L.v, masks.in_mask, w, hess(LinearKind::kQ), dt);
-    e["o_proj"] = quantize_linear(L.o, masks.o_mask, w, hess(LinearKind::kO), dt);
-    e["gate_proj"] = quantize_linear(L.gate, masks.in_mask, w, hess(LinearKind::kGate), dt);
-    e["up_proj"] = quantize_linear(L.up, masks.in_mask, w, hess(LinearKind::kGate), dt);
-    e["down_proj"] = quantize_linear(L.down, masks.down_mask, w, hess(LinearKind::kDown), dt);
+    auto one = [&](LinearKind kind, std::shared_ptr<Linear>& lin, const at::Tensor& mask, LinearKind hessian_of) {
+      double err = 0.0;
+      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), dt, &err);
+      e[linear_kind_name(kind)] = err;
+    };
+    one(LinearKind::kQ, L.q, masks.in_mask, LinearKind::kQ);
+    one(LinearKind::kK, L.k, masks.in_mask, LinearKind::kQ);
+    one(LinearKind::kV, L.v, masks.in_mask, LinearKind::kQ);
+    one(LinearKind::kO, L.o, masks.o_mask, LinearKind::kO);
+    one(LinearKind::kGate, L.gate, masks.in_mask, LinearKind::kGate);
+    one(LinearKind::kUp, L.up, masks.in_mask, LinearKind::kGate);
+    one(LinearKind::kDown, L.down, masks.down_mask, LinearKind::kDown);
     layer_errors.push_back(e);
   };
-  const fs::path final_dir(o.out_dir);
-  const fs::path tmp = final_dir.string() + ".tmp." + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  format::CheckpointMeta meta = checkpoint_meta(c, recipe, r, r_h, R, choose_globals_dtype(o.globals_dtype, c));
   nlohmann::json provenance;
-  try {
-    ShardWriter writer(tmp.string(), int64_t{2} << 30);
+  nlohmann::json checksums = nlohmann::json::object();
+  {
+    format::CheckpointWriter writer(o.out_dir);  // temporary directory, renamed on commit
     at::Tensor h;
     if (w.method == "gptq") h = m.embed(calib);
     const int64_t N = o.nsamples;
@@ -610,17 +637,23 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       m.load_layer(l);
       prepare_layer(m.layers()[l], dt);
       fuse_layer(m, l, R);
+      layer_quantized.clear();
       if (w.method == "gptq") {
-        HessianObserver obs;
+        HessianObserver obs(bf16_products);
         for (int64_t st = 0; st < N; st += chunk) m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope, &obs);
+        obs.release_scratch();
         quantize_layer(l, obs.hessians);
-        std::vector<at::Tensor> outs;
-        for (int64_t st = 0; st < N; st += chunk) outs.push_back(m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope));
-        h = at::cat(outs, 0);
+        obs.hessians.clear();
+        // Outputs of the quantized layer overwrite their inputs in place (windows are independent).
+        for (int64_t st = 0; st < N; st += chunk) {
+          at::Tensor part = h.narrow(0, st, std::min(chunk, N - st));
+          part.copy_(m.run_layer(l, part, rope));
+        }
       } else if (w.method == "rtn") {
         quantize_layer(l, {});
       }
-      write_layer_tensors(writer, m, l, R);
+      checksums.update(write_layer_tensors(writer, m, l, R, meta, layer_quantized));
+      layer_quantized.clear();
       m.unload_layer(l);
       const double elapsed = seconds_since(start);
       spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s", w.method, l + 1, c.num_layers,
@@ -635,17 +668,36 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
                   {"source_model", o.model_dir},
                   {"recipe_file", o.recipe_path},
                   {"seed", o.seed},
+                  {"seeds", {{"rotation", o.seed}, {"calibration_windows", o.seed}}},
                   {"calibration", {{"file", o.calib_path}, {"fnv1a", text_hash}, {"wikitext2_join", o.calib_wikitext2},
                                    {"nsamples", o.nsamples}, {"seqlen", o.seqlen}}}};
-    finish_output(writer, tmp, m, o, R, r, r_h, provenance);
-    if (fs::exists(final_dir)) throw UsageError("--out: '" + o.out_dir + "' already exists");
-    fs::rename(tmp, final_dir);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
+    meta.provenance = provenance;
+    finish_output(writer, m, o, R, meta);
   }
   stages["write_seconds"] = seconds_since(t);
+
+  // 6. Read the checkpoint back (full validation) and report its size against the bit budget.
+  const format::PackedCheckpoint written = format::PackedCheckpoint::open(o.out_dir);
+  const format::CheckpointSizes sizes = written.sizes();
+  double budget_bits = 0.0;  // container bits + two fp32 scales per row (+ o_proj's int32 perm), from the metadata
+  int64_t budget_weights = 0;
+  for (const auto& [kind, s] : meta.sites) {
+    if (s.storage != format::LinearStorage::kPacked) continue;
+    budget_weights += c.num_layers * s.N * s.K;
+    budget_bits += static_cast<double>(c.num_layers) *
+                   (s.N * (8.0 * format::packed4_row_bytes(s.K4()) + 8.0 * s.K8() + 64.0) + (s.permuted() ? 32.0 * s.K : 0.0));
+  }
+  report["checkpoint"] = {{"dir", o.out_dir},
+                          {"file_bytes", sizes.file_bytes},
+                          {"quantized_weights", sizes.quantized_weights},
+                          {"packed_weight_bytes", sizes.packed_weight_bytes},
+                          {"packed_scale_bytes", sizes.packed_scale_bytes},
+                          {"dense_linear_bytes", sizes.dense_linear_bytes},
+                          {"global_bytes", sizes.global_bytes},
+                          {"bits_per_quantized_weight", sizes.bits_per_quantized_weight()},
+                          {"budget_bits_per_quantized_weight", budget_weights ? budget_bits / budget_weights : 0.0},
+                          {"compression_vs_bf16", sizes.compression_vs_bf16()}};
+  report["weight_checksums"] = checksums;
   stages["total_seconds"] = seconds_since(t_start);
   report["stages"] = stages;
   report["peak_rss_gib"] = peak_rss_gib();

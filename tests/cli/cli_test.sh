@@ -86,7 +86,31 @@ check "tokenize llama3 dir" 0 '^128000 9906 1917$' -- "$RESQ" tokenize --model "
 # quantize + eval of a quantized directory; errors.
 check "quantize resq-rtn" 0 "wrote .*recipe resq-rtn: W4.50 A4.50 KV4.50" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qr" \
   --config "$(dirname "$0")/../../configs/resq-rtn.json" --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128
-check "eval quantized" 0 "resq quantized, simulated" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2
+cp "$WORK/out" "$WORK/qr.log"
+check "quantize prints the bit budget" 0 "bits/weight on disk .* budget" -- cat "$WORK/qr.log"
+check "eval packed (default)" 0 "resq packed checkpoint, integer kernels" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2
+check "eval --mode simulate" 0 "resq packed checkpoint, simulated arithmetic" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2 --mode simulate
+check "eval --mode bad" 2 "expected packed or simulate" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --mode int
+check "eval --mode on a HF dir" 2 "not a resq packed checkpoint" -- "$RESQ" eval --model "$MODEL" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --mode packed
+check "inspect" 0 "o_proj .* packed .* permuted" -- "$RESQ" inspect "$WORK/qr" --json "$WORK/inspect.json"
+if python3 - "$WORK/inspect.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["format"] == "resq-packed" and j["format_version"] == 1, j
+s = j["sizes"]
+assert s["quantized_weights"] == 5 * (64*64*2 + 32*64*2 + 172*64*3), s
+assert 4.0 < s["bits_per_quantized_weight"] < 6.0 and s["file_bytes"] > 0, s
+assert j["sites"]["o_proj"]["high"] == {"rule": "per_head", "group": 8, "count": 1}, j["sites"]["o_proj"]
+PY
+then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: inspect JSON"; fi
+check "inspect a HF dir" 1 "not a resq packed checkpoint" -- "$RESQ" inspect "$MODEL"
+cp -r "$WORK/qr" "$WORK/qr-broken"
+head -c 20000 "$WORK/qr/model.safetensors" > "$WORK/qr-broken/model.safetensors"
+check "eval truncated packed checkpoint" 1 "qr-broken/model.safetensors" -- "$RESQ" eval --model "$WORK/qr-broken" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 64
+check "quantize onto an existing dir" 2 "already exists" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qr" \
+  --config "$(dirname "$0")/../../configs/resq-rtn.json" --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128
+check "quantize a packed checkpoint" 2 "already a resq packed checkpoint" -- "$RESQ" quantize --model "$WORK/qr" --out "$WORK/qr2" \
+  --config "$(dirname "$0")/../../configs/resq-rtn.json" --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128
 check "quantize bad recipe" 1 "nope.json" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$WORK/nope.json" --calib "$WORK/t.txt"
 check "quantize no calib" 2 "exactly one of --calib" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qx" --config "$(dirname "$0")/../../configs/resq.json"
 

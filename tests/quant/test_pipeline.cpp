@@ -13,6 +13,7 @@
 #include "resq/model/synthetic.h"
 #include "resq/quant/pipeline.h"
 #include "resq/quant/recipe.h"
+#include "resq/runtime/packed_model.h"
 
 namespace resq {
 namespace {
@@ -102,7 +103,7 @@ TEST(Pipeline, FpRecipeAndQuantizedRecipesLoad) {
   EXPECT_EQ(report["weight_relative_error"].size(), 5u);
   EXPECT_DOUBLE_EQ(report["bits"]["weights"].get<double>(), 4.5);
   // Provenance recorded in the output.
-  const auto q = nlohmann::json::parse(test::read_file(dir.file("rtn") + "/resq_quant.json"));
+  const auto q = nlohmann::json::parse(test::read_file(dir.file("rtn") + "/resq_config.json"));
   EXPECT_EQ(q["provenance"]["seed"].get<uint64_t>(), 1u);
   EXPECT_EQ(q["provenance"]["calibration"]["nsamples"].get<int64_t>(), 4);
   EXPECT_EQ(q["provenance"]["calibration"]["fnv1a"].get<std::string>().size(), 16u);
@@ -134,12 +135,14 @@ TEST(Pipeline, Errors) {
   o.calib_path = dir.file("missing.txt");
   EXPECT_THROW(quantize_model(o), IoError);
 
-  // A corrupted resq_quant.json is rejected when loading.
+  // A corrupted resq_config.json is rejected when loading.
   quantize_model(options_for(model, dir.file("ok"), rtn, 1));
-  test::write_file(dir.file("ok") + "/resq_quant.json", "{\"format\": \"resq-simulated\", \"format_version\": 99}");
+  test::write_file(dir.file("ok") + "/resq_config.json", "{\"format\": \"resq-packed\", \"format_version\": 99}");
   EXPECT_THROW(load_model_for_eval(dir.file("ok"), LoadOptions{}), FormatError);
-  test::write_file(dir.file("ok") + "/resq_quant.json", "{ nope");
+  test::write_file(dir.file("ok") + "/resq_config.json", "{ nope");
   EXPECT_THROW(load_model_for_eval(dir.file("ok"), LoadOptions{}), FormatError);
+  // A packed checkpoint cannot be quantized again; --mode needs a packed checkpoint.
+  EXPECT_THROW(load_model_for_eval(model, LoadOptions{}, ExecutionMode::kSimulate), UsageError);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
-// The ResQ quantization pipeline (simulated arithmetic): prepare (untie, fold norms), calibrate
-// layer by layer, PCA + rotations, fuse rotations into weights, quantize weights (GPTQ/RTN), set up
-// activation/KV fake quantization, write an output directory that `resq eval` evaluates.
+// The ResQ quantization pipeline: prepare (untie, fold norms), calibrate layer by layer, PCA +
+// rotations, fuse rotations into weights, quantize weights (GPTQ/RTN), write a packed checkpoint
+// (docs/FORMAT.md) that `resq eval` runs with the integer kernels or in simulation.
 #pragma once
 
 #include <cstdint>
@@ -25,17 +25,16 @@ struct QuantizeOptions {
   int64_t nsamples = 128;
   int64_t seqlen = 2048;
   uint64_t seed = 0;
+  // dtype of embeddings / lm_head in the checkpoint: "" = the source model's 16-bit dtype, or
+  // float32 for a float32/float64 source; else bfloat16 | float16 | float32.
+  std::string globals_dtype;
 };
 
-// Runs the whole pipeline and writes `out_dir` atomically. Returns the report (stages, seconds,
-// peak RSS, spectra summary, per-layer weight errors, provenance).
+// Runs the whole pipeline and writes the packed checkpoint `out_dir` atomically (temporary
+// directory, renamed when complete), then reads it back with full validation. Returns the report
+// (stages, seconds, peak RSS, spectra summary, per-layer weight errors, checkpoint sizes against
+// the bit budget, per-linear weight checksums, provenance). Evaluate the result with
+// resq/runtime/packed_model.h (load_model_for_eval).
 nlohmann::json quantize_model(const QuantizeOptions& options);
-
-// True if `dir` holds a resq quantized (simulated) model (resq_quant.json).
-bool is_quantized_model_dir(const std::string& dir);
-
-// Loads any model directory for evaluation: a plain HF directory as is, a resq quantized directory
-// with its online transforms and activation/KV fake quantization installed.
-Decoder load_model_for_eval(const std::string& dir, const LoadOptions& options);
 
 }  // namespace resq

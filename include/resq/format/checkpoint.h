@@ -1,0 +1,234 @@
+// The resq packed checkpoint directory (format "resq-packed", version 1): tensor names, the metadata
+// of resq_config.json, an atomic sharded writer and a reader that validates everything before use.
+// Torch-free (the CPU/CUDA runtimes and `resq inspect` build on it). Spec: docs/FORMAT.md part 2.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "resq/format/packed.h"
+#include "resq/io/dtype.h"
+#include "resq/io/safetensors.h"
+#include "resq/model/config.h"
+
+namespace resq::format {
+
+constexpr const char* kCheckpointFormatName = "resq-packed";
+constexpr int kCheckpointVersion = 1;
+constexpr const char* kCheckpointConfigFile = "resq_config.json";
+// Shards are cut above this size (HF's default "5GB" style limit, smaller so that writing streams).
+constexpr int64_t kDefaultMaxShardBytes = int64_t{2} << 30;
+
+// The seven linears of a decoder layer, in checkpoint order.
+enum class SiteKind { kQ, kK, kV, kO, kGate, kUp, kDown };
+constexpr int kNumSites = 7;
+const char* site_name(SiteKind kind);                // "q_proj", ..., "down_proj"
+std::string site_prefix(int64_t layer, SiteKind kind);  // "model.layers.3.self_attn.q_proj"
+// Throws FormatError for an unknown name.
+SiteKind parse_site_name(const std::string& name, const std::string& source);
+
+// How one site's weights are stored.
+//   kPacked: <prefix>.qweight4 U8 [N][ceil(K4/2)], .qweight8 I8 [N][K8], .scale4 F32 [N],
+//            .scale8 F32 [N], optional .perm I32 [K], optional .bias F32 [N].
+//   kDense:  <prefix>.weight (F32/BF16/F16) [N][K], optional .bias F32 [N] (weights that are not
+//            quantized, or whose bit widths do not fit the 4/8-bit containers).
+enum class LinearStorage { kPacked, kDense };
+
+// Activation / KV quantization settings the runtime needs (copied from the recipe at write time).
+struct ActivationQuantSpec {
+  bool enabled = false;
+  int bits_low = 4;
+  int bits_high = 8;
+  double clip_ratio = 1.0;
+  // High columns of the input under the site's high_rule/high_group (usually the weights' count;
+  // down_proj may differ when the recipe's weights.down_high != activations.down_high).
+  int64_t high_count = 0;
+};
+struct KvQuantSpec {
+  bool enabled = false;
+  int bits_low = 4;
+  int bits_high = 8;
+  double k_clip_ratio = 1.0;
+  double v_clip_ratio = 1.0;
+};
+
+// One site (the same for every layer).
+struct SiteSpec {
+  SiteKind kind = SiteKind::kQ;
+  int64_t N = 0;   // output features
+  int64_t K = 0;   // input features
+  // Which input columns (original order) form the high-precision part (8-bit container):
+  //   "last":     the last high_count columns (q/k/v, gate/up, down_proj);
+  //   "per_head": the last high_count columns of every group of high_group columns (o_proj: r_h of
+  //               every head of head_dim).
+  // The packed column order is [low columns ascending..., high columns ascending...]; when that is
+  // not the identity the checkpoint holds <prefix>.perm with perm[j] = original column of packed
+  // column j.
+  std::string high_rule = "last";
+  int64_t high_group = 0;  // per_head only
+  int64_t high_count = 0;
+  int64_t K8() const;                            // number of high columns
+  std::vector<int64_t> high_columns() const;     // ascending
+  bool permuted() const;                         // packed order != identity
+  bool has_bias = false;
+  LinearStorage storage = LinearStorage::kPacked;
+  int weight_bits_low = 4;   // values of the low part lie in [-2^(b-1), 2^(b-1) - 1]
+  int weight_bits_high = 8;
+  // Activation quantization of this site's input (high part = the same columns as the weights').
+  ActivationQuantSpec activations;
+  int64_t K4() const { return K - K8(); }
+  // perm [K] as described above (identity when !permuted()).
+  std::vector<int32_t> packed_column_order() const;
+};
+
+// The online transforms a runtime applies.
+struct OnlineSpec {
+  bool qk_rotation = false;    // resq.layers.<l>.qk_rotation F32 [head_dim][head_dim] (U_C)
+  bool down_hadamard = false;  // resq.down_hadamard.signs F32 [n], .block F64 [block][block] (U_D)
+  int64_t hadamard_n = 0;
+  int64_t hadamard_pow2 = 0;
+  int64_t hadamard_block = 0;
+  std::string hadamard_construction;
+};
+
+// Everything resq_config.json says (validated), plus the parsed config.json.
+struct CheckpointMeta {
+  int format_version = kCheckpointVersion;
+  int kernel_layout_version = kFormatVersion;
+  ModelConfig model;               // config.json (untied: lm_head is always stored)
+  int64_t r = 0;                   // high subspace of the hidden size
+  int64_t r_h = 0;                 // high subspace of the head dim (o_proj input, KV cache)
+  std::map<SiteKind, SiteSpec> sites;
+  KvQuantSpec kv;
+  OnlineSpec online;
+  DType globals_dtype = DType::F32;  // embed_tokens, lm_head, norms
+  nlohmann::json recipe;           // informational copy of the recipe
+  nlohmann::json provenance;       // tool, source model, seeds, calibration file hash, ...
+  nlohmann::json to_json() const;  // the resq_config.json object
+  // Parses resq_config.json; `source` names the file. Throws FormatError / ConfigError.
+  static CheckpointMeta from_json(const nlohmann::json& j, const ModelConfig& model, const std::string& source);
+};
+
+// Sizes of what a checkpoint stores, for `resq inspect` and the bit-budget report.
+struct CheckpointSizes {
+  int64_t quantized_weights = 0;       // number of weights stored packed
+  int64_t packed_weight_bytes = 0;     // qweight4 + qweight8 bytes
+  int64_t packed_scale_bytes = 0;      // scale4 + scale8 (+ perm) bytes of packed linears
+  int64_t dense_linear_weights = 0;    // weights of dense-stored linears
+  int64_t dense_linear_bytes = 0;
+  int64_t global_bytes = 0;            // embeddings, lm_head, norms, biases, online transforms
+  int64_t file_bytes = 0;              // sum of the safetensors files on disk
+  int64_t parameters = 0;              // parameters of the model (config)
+  // Bits per quantized weight including the per-channel scales (and o_proj perms).
+  double bits_per_quantized_weight() const;
+  // Size of the same model in bf16 (parameters x 2 bytes) over file_bytes.
+  double compression_vs_bf16() const;
+};
+
+// ------------------------------------------------------------------ writer
+
+// Writes a checkpoint into `<out_dir>.tmp.<pid>` and renames it to out_dir on commit(), so out_dir
+// is either absent or complete. Tensors are buffered until a shard is full (bounded memory).
+// Destroying an uncommitted writer removes the temporary directory.
+class CheckpointWriter {
+ public:
+  // Throws UsageError if out_dir exists, IoError if the temporary directory cannot be created.
+  explicit CheckpointWriter(std::string out_dir, int64_t max_shard_bytes = kDefaultMaxShardBytes);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  const std::string& temp_dir() const { return tmp_dir_; }
+
+  // Any tensor (copied). Throws UsageError on a duplicate name or nbytes != dtype size x numel.
+  void add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes);
+  void add_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data);
+
+  // One packed site. q: int8 [N][K] in ORIGINAL column order; scale_low/high float [N] (the scales
+  // of the low / high parts); bias float [N] or null. The columns are reordered to
+  // spec.packed_column_order(), split at K4 and packed (format::pack_weights_reference). Checks
+  // every q against spec's bit widths (ShapeError naming prefix, n, k).
+  void add_packed_linear(const std::string& prefix, const SiteSpec& spec, const int8_t* q, const float* scale_low,
+                         const float* scale_high, const float* bias);
+  // One dense site: weight [N][K] in `dtype` (F32/BF16/F16 raw bytes), bias float [N] or null.
+  void add_dense_linear(const std::string& prefix, const SiteSpec& spec, DType dtype, const void* weight,
+                        const float* bias);
+
+  // Writes the last shard (and the index when there is more than one), config.json (the given
+  // text), resq_config.json (meta.to_json()), copies `extra_files` (tokenizer files; missing ones
+  // are skipped) and renames the directory into place. Returns the final directory.
+  std::string commit(const CheckpointMeta& meta, const std::string& config_json_text,
+                     const std::vector<std::string>& extra_files);
+
+ private:
+  struct Pending {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+  };
+  void flush();
+
+  std::string out_dir_;
+  std::string tmp_dir_;
+  int64_t max_bytes_;
+  std::vector<Pending> pending_;
+  int64_t pending_bytes_ = 0;
+  std::vector<std::pair<std::string, std::vector<std::string>>> shards_;
+  std::map<std::string, bool> names_;
+  bool committed_ = false;
+};
+
+// ------------------------------------------------------------------ reader
+
+// One site of one layer, copied out of the checkpoint.
+struct LinearData {
+  SiteSpec spec;
+  PackedLinearDims dims;               // N, K4, K8 (packed storage)
+  std::vector<uint8_t> w4;             // [N][packed4_row_bytes(K4)]
+  std::vector<int8_t> w8;              // [N][K8]
+  std::vector<float> scale4, scale8;   // [N]
+  std::vector<int32_t> perm;           // [K] (packed column j = original column perm[j])
+  std::vector<float> dense_weight;     // [N][K] float32 (dense storage)
+  std::vector<float> bias;             // [N] or empty
+  // Dequantized weights [N][K] in ORIGINAL column order: scale_part[n] * q (fp32 product, the
+  // value the quantizer computed), or the dense weights.
+  std::vector<float> dequantized() const;
+  // Unpacked q int8 [N][K] in ORIGINAL column order (packed storage only).
+  std::vector<int8_t> unpacked_original_order() const;
+};
+
+class PackedCheckpoint {
+ public:
+  // Opens and validates DIR: resq_config.json (format name, versions, every field and value),
+  // config.json, and every tensor: presence, dtype, shape, no unknown tensor, finite positive
+  // scales, integer values within the stated bit widths, zero pad nibbles, permutations, ±1
+  // Hadamard signs. Throws IoError / FormatError / ShapeError naming the file and tensor.
+  static PackedCheckpoint open(const std::string& dir);
+  // True when DIR holds resq_config.json.
+  static bool is_checkpoint_dir(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  const CheckpointMeta& meta() const { return meta_; }
+  const TensorStore& store() const { return *store_; }
+  CheckpointSizes sizes() const { return sizes_; }
+
+  LinearData linear(int64_t layer, SiteKind kind) const;
+  // A floating tensor (F32/BF16/F16/F64) converted to float32 / float64 (shape already validated).
+  std::vector<float> float_tensor(const std::string& name) const;
+  std::vector<double> double_tensor(const std::string& name) const;
+
+ private:
+  std::string dir_;
+  CheckpointMeta meta_;
+  std::shared_ptr<TensorStore> store_;
+  CheckpointSizes sizes_;
+};
+
+}  // namespace resq::format

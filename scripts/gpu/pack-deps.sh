@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Packs the Debian .debs that resq's build needs and a GPU machine (no network) may lack into one
+# folder, for scripts/gpu/run.sh to unpack there with dpkg -x (never installed system-wide).
+# Run it where apt can reach the Debian mirror: scripts/gpu/pack-deps.sh [OUT_DIR]
+# (default: ../shared/gpu-debs next to the repository). Downloads some 20 MB; nothing else.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+OUT="${1:-${ROOT}/../shared/gpu-debs}"
+mkdir -p "${OUT}"
+OUT="$(cd "${OUT}" && pwd)"
+
+# Headers / static libraries / CMake and pkg-config files the build uses (cmake/Dependencies.cmake)
+# and the shared libraries they link at run time. libtorch comes from the GPU machine's PyTorch;
+# cmake (>= 3.25), g++ and the CUDA toolkit (nvcc, cudart, cublasLt) must be there already.
+PACKAGES=(
+  libeigen3-dev libcli11-dev nlohmann-json3-dev
+  libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
+  libgtest-dev googletest
+  libsentencepiece-dev libsentencepiece0
+  libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
+  libutf8proc-dev libutf8proc2
+  liblapacke-dev liblapacke libtmglib-dev libtmglib3 liblapack-dev liblapack3 libblas-dev libblas3
+  libgfortran5
+  pkgconf pkgconf-bin libpkgconf3 ninja-build
+)
+
+cd "${OUT}"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! apt-cache show "${p}" >/dev/null 2>&1; then missing+=("${p}"); fi
+done
+if ((${#missing[@]})); then
+  echo "pack-deps: not known to apt here (run apt-get update?): ${missing[*]}" >&2
+  exit 1
+fi
+apt-get download "${PACKAGES[@]}"
+{
+  echo "# resq GPU build dependencies, packed $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "${PRETTY_NAME}")"
+  for f in ./*.deb; do dpkg-deb -f "${f}" Package Version | paste -sd' '; done
+} > MANIFEST.txt
+echo "pack-deps: $(ls ./*.deb | wc -l) packages, $(du -sh . | cut -f1) in ${OUT}"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One command on a GPU machine (no network): unpack the .debs packed by pack-deps.sh into a prefix,
+# configure + build resq with CUDA against the installed PyTorch's CUDA libtorch, run the GPU tests
+# (test_cuda) and the host emulation tests (test_kernels), then `resq bench`, and write logs and
+# JSON results to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results). Budget: < 10 minutes.
+#   scripts/gpu/run.sh [RESULTS_DIR]
+# Environment: RESQ_GPU_DEBS (folder of .debs; default shared/gpu-debs or ../shared/gpu-debs),
+# RESQ_GPU_PREFIX (unpack prefix, default /tmp/resq-gpu-prefix), RESQ_BENCH_ARGS (extra arguments
+# for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs).
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+RESULTS="${1:-${OUT:-${ROOT}/gpu-results}}"
+mkdir -p "${RESULTS}"
+RESULTS="$(cd "${RESULTS}" && pwd)"
+LOG="${RESULTS}/run.log"
+step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "${LOG}"; }
+fail() { echo "run.sh: $*" | tee -a "${LOG}" >&2; exit 1; }
+START=$(date +%s)
+
+step "machine"
+nvidia-smi > "${RESULTS}/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no driver?)"
+head -15 "${RESULTS}/nvidia-smi.txt" || true
+
+# ---- dependencies: unpack the .debs (headers, CMake/pkg-config files, libraries) into a prefix.
+PREFIX="${RESQ_GPU_PREFIX:-/tmp/resq-gpu-prefix}"
+DEBS="${RESQ_GPU_DEBS:-}"
+for d in "${ROOT}/shared/gpu-debs" "${ROOT}/../shared/gpu-debs"; do
+  if [[ -z "${DEBS}" && -d "${d}" ]]; then DEBS="${d}"; fi
+done
+EXTRA_PREFIX=""
+if [[ -n "${DEBS}" ]] && ls "${DEBS}"/*.deb >/dev/null 2>&1; then
+  step "unpacking $(ls "${DEBS}"/*.deb | wc -l) .debs from ${DEBS} into ${PREFIX}"
+  mkdir -p "${PREFIX}"
+  for deb in "${DEBS}"/*.deb; do dpkg -x "${deb}" "${PREFIX}" || fail "dpkg -x ${deb}"; done
+  # The packages' pkg-config and CMake files name /usr; point them at the prefix.
+  find "${PREFIX}" -name '*.pc' -exec sed -i "s|^prefix=/usr|prefix=${PREFIX}/usr|" {} +
+  find "${PREFIX}/usr" -name '*.cmake' -exec \
+    sed -i "s|\"/usr/include|\"${PREFIX}/usr/include|g; s|\"/usr/lib/|\"${PREFIX}/usr/lib/|g" {} +
+  MULTIARCH="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
+  export PKG_CONFIG_PATH="${PREFIX}/usr/lib/${MULTIARCH}/pkgconfig:${PREFIX}/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
+  export LD_LIBRARY_PATH="${PREFIX}/usr/lib/${MULTIARCH}:${PREFIX}/usr/lib/${MULTIARCH}/lapack:${PREFIX}/usr/lib/${MULTIARCH}/blas:${LD_LIBRARY_PATH:-}"
+  export PATH="${PATH}:${PREFIX}/usr/bin"
+  EXTRA_PREFIX="${PREFIX}/usr;${PREFIX}/usr/lib/${MULTIARCH}/cmake;${PREFIX}/usr/share/cmake"
+else
+  step "no .debs found (RESQ_GPU_DEBS, shared/gpu-debs): using the system's packages"
+fi
+
+# ---- toolchain: nvcc, cmake, libtorch (CUDA) from PyTorch.
+NVCC="$(command -v nvcc || true)"
+if [[ -z "${NVCC}" && -x /usr/local/cuda/bin/nvcc ]]; then NVCC=/usr/local/cuda/bin/nvcc; fi
+[[ -n "${NVCC}" ]] || fail "nvcc not found (install the CUDA toolkit or put it on PATH)"
+command -v cmake >/dev/null || fail "cmake not found"
+TORCH_PREFIX="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)"
+[[ -n "${TORCH_PREFIX}" ]] || fail "python3 -c 'import torch' failed: PyTorch (CUDA) provides libtorch"
+{
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  "${NVCC}" --version | tail -2
+  cmake --version | head -1
+} | tee -a "${LOG}"
+# Build only for this GPU (CI compiles 80;86;89;90a): compute capability 9.0 -> 90a.
+CC_RAW="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')"
+ARCH="${CC_RAW:-80}"
+if [[ "${ARCH}" == "90" ]]; then ARCH="90a"; fi
+GEN=()
+if command -v ninja >/dev/null; then GEN=(-G Ninja); fi
+
+BUILD="${ROOT}/build-gpu"
+step "configure (${BUILD}, CUDA arch ${ARCH})"
+cmake -S "${ROOT}" -B "${BUILD}" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DRESQ_WITH_CUDA=ON \
+  -DCMAKE_CUDA_COMPILER="${NVCC}" -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" \
+  -DCMAKE_PREFIX_PATH="${TORCH_PREFIX}${EXTRA_PREFIX:+;${EXTRA_PREFIX}}" \
+  > "${RESULTS}/configure.log" 2>&1 || { tail -40 "${RESULTS}/configure.log"; fail "configure failed"; }
+step "build"
+cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_kernels \
+  > "${RESULTS}/build.log" 2>&1 || { tail -60 "${RESULTS}/build.log"; fail "build failed"; }
+step "built after $(( $(date +%s) - START )) s"
+
+STATUS=0
+step "test_cuda (GPU kernels vs CPU references, bit for bit)"
+if ! "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json" > "${RESULTS}/test_cuda.log" 2>&1; then
+  STATUS=1
+fi
+grep -E '^\[ +(OK|FAILED|SKIPPED|PASSED) ' "${RESULTS}/test_cuda.log" | tee -a "${LOG}"
+step "test_kernels (CPU kernels + host emulation of the CUDA GEMM)"
+if ! OMP_WAIT_POLICY=PASSIVE "${BUILD}/tests/test_kernels" --gtest_output="json:${RESULTS}/test_kernels.json" \
+     > "${RESULTS}/test_kernels.log" 2>&1; then
+  STATUS=1
+fi
+tail -3 "${RESULTS}/test_kernels.log" | tee -a "${LOG}"
+
+step "resq bench (GPU)"
+# shellcheck disable=SC2086
+if ! timeout 400 "${BUILD}/resq" bench --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-} \
+     > "${RESULTS}/bench.log" 2>&1; then
+  STATUS=1
+fi
+cat "${RESULTS}/bench.log" >> "${LOG}"
+tail -5 "${RESULTS}/bench.log"
+
+step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
+ls -l "${RESULTS}"
+exit "${STATUS}"

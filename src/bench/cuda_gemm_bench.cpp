@@ -1,0 +1,313 @@
+// GPU GEMM benchmark for `resq bench`: resq's CUDA W4A4+W8A8 kernels vs cuBLASLt bf16 and int8,
+// timed with CUDA events (warm-up, L2 flush before each timed call, median of repeats).
+#include "resq/cuda/bench.h"
+
+#include "resq/bench/cpu_gemm_bench.h"
+#include "resq/common/error.h"
+
+#if defined(RESQ_HAVE_CUDA)
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+
+#include "cpu/quantize.h"
+#include "cuda/act_quant.cuh"
+#include "cuda/mixed_gemm.cuh"
+#include "resq/cuda/check.h"
+#include "resq/cuda/device.h"
+#include "resq/cuda/gpu_layout.h"
+
+namespace resq {
+namespace {
+
+using gpu::DeviceBuffer;
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &v[i], 4);
+    out[i] = gpu::f32_bits_to_bf16(bits);
+  }
+  return out;
+}
+
+// Times fn() with CUDA events: `warmup` untimed calls, then `repeats` timed calls, each preceded
+// (untimed) by a write over `flush` (when given) so that no operand is served from L2. Median, us.
+double time_us(int warmup, int repeats, DeviceBuffer<uint8_t>* flush, cudaStream_t stream,
+               const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t a = nullptr, b = nullptr;
+  RESQ_CUDA_CHECK(cudaEventCreate(&a));
+  RESQ_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  try {
+    for (int i = 0; i < repeats; ++i) {
+      if (flush && flush->size() > 0) {
+        RESQ_CUDA_CHECK(cudaMemsetAsync(flush->get(), i & 0xFF, flush->size(), stream));
+      }
+      RESQ_CUDA_CHECK(cudaEventRecord(a, stream));
+      fn();
+      RESQ_CUDA_CHECK(cudaEventRecord(b, stream));
+      RESQ_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0.0f;
+      RESQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(1000.0 * ms);
+    }
+  } catch (...) {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    throw;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One cuBLASLt "TN" matmul Y[M][N] (row-major) = X[M][K] * W[N][K]^T, i.e. column-major
+// Y^T (N x M) = op_T(W: K x N) * X^T (K x M). bf16 in/out with fp32 compute, or int8 in with
+// int32 out and int32 compute (IMMA).
+class LtMatmul {
+ public:
+  LtMatmul(cublasLtHandle_t h, bool int8, int64_t M, int64_t N, int64_t K, void* workspace,
+           size_t ws_bytes)
+      : h_(h), int8_(int8), ws_(workspace), ws_bytes_(ws_bytes) {
+    const cudaDataType_t in = int8 ? CUDA_R_8I : CUDA_R_16BF;
+    const cudaDataType_t out = int8 ? CUDA_R_32I : CUDA_R_16BF;
+    const cublasComputeType_t compute = int8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
+    const cudaDataType_t scale = int8 ? CUDA_R_32I : CUDA_R_32F;
+    RESQ_CUDA_CHECK(cublasLtMatmulDescCreate(&desc_, compute, scale));
+    const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+    RESQ_CUDA_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+    RESQ_CUDA_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
+    RESQ_CUDA_CHECK(cublasLtMatrixLayoutCreate(&a_, in, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K));
+    RESQ_CUDA_CHECK(cublasLtMatrixLayoutCreate(&b_, in, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K));
+    RESQ_CUDA_CHECK(cublasLtMatrixLayoutCreate(&c_, out, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N));
+    RESQ_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref_));
+    RESQ_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                         &ws_bytes_, sizeof(ws_bytes_)));
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(h_, desc_, a_, b_, c_, c_, pref_, 1, &heur_, &found);
+    ok_ = st == CUBLAS_STATUS_SUCCESS && found > 0;
+  }
+  ~LtMatmul() {
+    if (pref_) cublasLtMatmulPreferenceDestroy(pref_);
+    if (c_) cublasLtMatrixLayoutDestroy(c_);
+    if (b_) cublasLtMatrixLayoutDestroy(b_);
+    if (a_) cublasLtMatrixLayoutDestroy(a_);
+    if (desc_) cublasLtMatmulDescDestroy(desc_);
+  }
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+  bool ok() const { return ok_; }
+  void run(const void* w, const void* x, void* y, cudaStream_t stream) {
+    const float alpha_f = 1.0f, beta_f = 0.0f;
+    const int32_t alpha_i = 1, beta_i = 0;
+    const void* alpha = int8_ ? static_cast<const void*>(&alpha_i) : &alpha_f;
+    const void* beta = int8_ ? static_cast<const void*>(&beta_i) : &beta_f;
+    RESQ_CUDA_CHECK(cublasLtMatmul(h_, desc_, alpha, w, a_, x, b_, beta, y, c_, y, c_, &heur_.algo, ws_,
+                                   ws_bytes_, stream));
+  }
+
+ private:
+  cublasLtHandle_t h_;
+  bool int8_;
+  void* ws_;
+  size_t ws_bytes_;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;
+  cublasLtMatmulPreference_t pref_ = nullptr;
+  cublasLtMatmulHeuristicResult_t heur_{};
+  bool ok_ = false;
+};
+
+}  // namespace
+
+nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(const nlohmann::json&)) {
+  if (o.repeats < 1 || o.warmup < 0) throw UsageError("--repeats must be >= 1 and --warmup >= 0");
+  for (int64_t m : o.ms) {
+    if (m < 1) throw UsageError("--m values must be >= 1, got " + std::to_string(m));
+  }
+  const auto shapes = bench_layer_shapes(o.models);
+  if (gpu::cuda_device_count() == 0) {
+    throw UsageError("resq bench: no CUDA device (cudaGetDeviceCount reports none); use --cpu for "
+                     "the CPU benchmark");
+  }
+  gpu::require_sm80("resq bench");
+  int dev = 0;
+  RESQ_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  RESQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  int clock_khz = 0, mem_khz = 0, l2 = 0, runtime = 0;
+  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, dev));
+  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, dev));
+  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+  RESQ_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  nlohmann::json result = {{"device", std::string(prop.name)},
+                           {"sm", "sm_" + std::to_string(prop.major) + std::to_string(prop.minor)},
+                           {"sm_count", prop.multiProcessorCount},
+                           {"clock_mhz", clock_khz / 1000},
+                           {"mem_clock_mhz", mem_khz / 1000},
+                           {"l2_bytes", l2},
+                           {"cuda_runtime", runtime},
+                           {"build_type", RESQ_BUILD_TYPE},
+                           {"gemm_path", gpu::mixed_gemm_path_name(prop.major, prop.minor)},
+                           {"warmup", o.warmup},
+                           {"repeats", o.repeats},
+                           {"flush_l2", o.flush_l2},
+                           {"rows", nlohmann::json::array()}};
+
+  cudaStream_t stream = nullptr;
+  RESQ_CUDA_CHECK(cudaStreamCreate(&stream));
+  cublasLtHandle_t lt = nullptr;
+  RESQ_CUDA_CHECK(cublasLtCreate(&lt));
+  struct Cleanup {
+    cudaStream_t s;
+    cublasLtHandle_t h;
+    ~Cleanup() {
+      cublasLtDestroy(h);
+      cudaStreamDestroy(s);
+    }
+  } cleanup{stream, lt};
+  const size_t ws_bytes = size_t{32} << 20;
+  DeviceBuffer<uint8_t> workspace(ws_bytes);
+  DeviceBuffer<uint8_t> flush(o.flush_l2 ? static_cast<size_t>(std::max(l2, 1 << 20)) * 2 : 0);
+
+  std::mt19937 rng(static_cast<uint32_t>(o.seed));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const LayerShape& s : shapes) {
+    const int64_t N = s.N, K = s.K, K8 = s.K8, K4 = K - K8;
+    std::vector<float> w(static_cast<size_t>(N * K));
+    for (auto& v : w) v = normal(rng) * 0.02f;
+    const cpu::PackedLinear packed = cpu::quantize_linear_rtn(w.data(), nullptr, {N, K4, K8});
+    const gpu::GpuPackedLinearHost gw = gpu::repack_linear_for_gpu(packed.view());
+    DeviceBuffer<uint8_t> d_w4(gw.w4);
+    DeviceBuffer<int8_t> d_w8(gw.w8);
+    DeviceBuffer<float> d_sw4(gw.sw4), d_sw8(gw.sw8);
+    DeviceBuffer<int32_t> d_rs4(gw.rs4), d_rs8(gw.rs8);
+    gpu::GpuLinearView wv = gw.host_view();
+    wv.w4 = d_w4.get();
+    wv.w8 = d_w8.get();
+    wv.sw4 = d_sw4.get();
+    wv.sw8 = d_sw8.get();
+    wv.rs4 = d_rs4.get();
+    wv.rs8 = d_rs8.get();
+    wv.bias = nullptr;
+    DeviceBuffer<uint16_t> d_w_bf16(to_bf16(w));
+    // int8 baseline operands: random int8 (IMMA speed does not depend on the values).
+    std::vector<int8_t> w_i8(static_cast<size_t>(N * K));
+    for (size_t i = 0; i < w_i8.size(); ++i) w_i8[i] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    DeviceBuffer<int8_t> d_w_i8(o.int8_baseline ? w_i8 : std::vector<int8_t>{});
+
+    for (int64_t M : o.ms) {
+      std::vector<float> x(static_cast<size_t>(M * K));
+      for (auto& v : x) v = normal(rng);
+      DeviceBuffer<uint16_t> d_x_bf16(to_bf16(x));
+      const int64_t ldq4 = gpu::gpu_row_stride(gpu::part4_row_bytes(K4));
+      const int64_t ldq8 = gpu::gpu_row_stride(K8);
+      DeviceBuffer<uint8_t> d_xq4(static_cast<size_t>(M * ldq4)), d_xq8(static_cast<size_t>(M * ldq8));
+      DeviceBuffer<float> d_sx4(static_cast<size_t>(M)), d_sx8(static_cast<size_t>(M));
+      DeviceBuffer<int32_t> d_zx4(static_cast<size_t>(M)), d_zx8(static_cast<size_t>(M));
+      DeviceBuffer<uint16_t> d_y(static_cast<size_t>(M * N));
+      gpu::ActQuantArgs qa;
+      qa.M = M;
+      qa.K4 = K4;
+      qa.K8 = K8;
+      qa.xq4 = d_xq4.get();
+      qa.ldq4 = ldq4;
+      qa.xq8 = d_xq8.get();
+      qa.ldq8 = ldq8;
+      qa.sx4 = d_sx4.get();
+      qa.zx4 = d_zx4.get();
+      qa.sx8 = d_sx8.get();
+      qa.zx8 = d_zx8.get();
+      gpu::GpuActivationsView xv;
+      xv.M = M;
+      xv.K4 = K4;
+      xv.K8 = K8;
+      xv.xq4 = d_xq4.get();
+      xv.ldx4 = ldq4;
+      xv.xq8 = d_xq8.get();
+      xv.ldx8 = ldq8;
+      xv.sx4 = d_sx4.get();
+      xv.zx4 = d_zx4.get();
+      xv.sx8 = d_sx8.get();
+      xv.zx8 = d_zx8.get();
+      gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
+      RESQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+      const double flops = 2.0 * static_cast<double>(M) * N * K;
+      auto emit = [&](const std::string& backend, double us, double bytes, double t_bf16, double t_i8) {
+        nlohmann::json r = {{"model", s.model}, {"layer", s.layer}, {"M", M}, {"N", N}, {"K", K}, {"K8", K8},
+                            {"backend", backend}, {"us", us}, {"tflops", flops / us * 1e-6},
+                            {"gbps", bytes / us * 1e-3},
+                            {"speedup_vs_bf16", t_bf16 > 0 ? t_bf16 / us : 0.0},
+                            {"speedup_vs_int8", t_i8 > 0 ? t_i8 / us : 0.0}};
+        result["rows"].push_back(r);
+        if (on_row) on_row(r);
+      };
+      DeviceBuffer<uint8_t>* fl = o.flush_l2 ? &flush : nullptr;
+
+      LtMatmul bf16(lt, false, M, N, K, workspace.get(), ws_bytes);
+      double t_bf16 = 0.0;
+      if (bf16.ok()) {
+        t_bf16 = time_us(o.warmup, o.repeats, fl, stream,
+                         [&] { bf16.run(d_w_bf16.get(), d_x_bf16.get(), d_y.get(), stream); });
+      }
+      double t_i8 = 0.0;
+      std::unique_ptr<DeviceBuffer<int8_t>> d_x_i8;
+      std::unique_ptr<DeviceBuffer<int32_t>> d_y_i32;
+      if (o.int8_baseline) {
+        LtMatmul i8(lt, true, M, N, K, workspace.get(), ws_bytes);
+        if (i8.ok()) {
+          d_x_i8 = std::make_unique<DeviceBuffer<int8_t>>(static_cast<size_t>(M * K));
+          d_y_i32 = std::make_unique<DeviceBuffer<int32_t>>(static_cast<size_t>(M * N));
+          RESQ_CUDA_CHECK(cudaMemset(d_x_i8->get(), 1, d_x_i8->size()));
+          t_i8 = time_us(o.warmup, o.repeats, fl, stream,
+                         [&] { i8.run(d_w_i8.get(), d_x_i8->get(), d_y_i32->get(), stream); });
+        }
+      }
+      const double bytes_bf16 = 2.0 * (N * K + M * K + M * N);
+      if (bf16.ok()) emit("cublaslt-bf16", t_bf16, bytes_bf16, t_bf16, t_i8);
+      if (t_i8 > 0) emit("cublaslt-int8", t_i8, 1.0 * (N * K + M * K) + 4.0 * M * N, t_bf16, t_i8);
+
+      const double packed_bytes_w = static_cast<double>(N) * (ldq4 + ldq8) + 16.0 * N;
+      const double packed_bytes_x = static_cast<double>(M) * (ldq4 + ldq8) + 16.0 * M;
+      const double t_gemm = time_us(o.warmup, o.repeats, fl, stream, [&] {
+        gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
+      });
+      emit("resq-gemm", t_gemm, packed_bytes_w + packed_bytes_x + 2.0 * M * N, t_bf16, t_i8);
+      const double t_full = time_us(o.warmup, o.repeats, fl, stream, [&] {
+        gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
+        gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
+      });
+      emit("resq-quant+gemm", t_full, packed_bytes_w + 2.0 * M * K + 2.0 * packed_bytes_x + 2.0 * M * N,
+           t_bf16, t_i8);
+    }
+  }
+  return result;
+}
+
+}  // namespace resq
+
+#else  // !RESQ_HAVE_CUDA
+
+namespace resq {
+
+nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions&, void (*)(const nlohmann::json&)) {
+  throw UsageError("resq bench: this build has no CUDA kernels, so no CUDA device can be used "
+                   "(configure with -DRESQ_WITH_CUDA=ON where nvcc is installed); use --cpu for the "
+                   "CPU benchmark");
+}
+
+}  // namespace resq
+
+#endif
