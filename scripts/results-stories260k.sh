@@ -29,7 +29,7 @@ run() {  # run DOMAIN CALIB_FLAG CALIB_FILE EVAL_FLAG EVAL_FILE
       [ -f "$OUT/$tag.eval.json" ] && continue
       "$RESQ" quantize --model "$MODEL" --out "$qdir" --config "configs/$recipe.json" "$calib_flag" "$calib" \
         --nsamples "$NSAMPLES" --seqlen 512 --seed "$seed" --json "$OUT/$tag.quant.json" --log-level warn
-      "$RESQ" eval --model "$qdir" "$eval_flag" "$data" --seqlen 512 "${max_windows[@]}" \
+      "$RESQ" eval --model "$qdir" --mode "${MODE:-simulate}" "$eval_flag" "$data" --seqlen 512 "${max_windows[@]}" \
         --json "$OUT/$tag.eval.json" --log-level warn | grep '^ppl'
       rm -rf "$(dirname "$qdir")"
       echo "$tag done" >&2
