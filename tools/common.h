@@ -40,6 +40,7 @@ void register_demo(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_inspect(CLI::App& app);
+void register_generate(CLI::App& app);
 
 // Version banner for `resq --version`.
 std::string version_text();

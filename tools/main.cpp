@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   resq::tools::register_quantize(app);
   resq::tools::register_bench(app);
   resq::tools::register_inspect(app);
+  resq::tools::register_generate(app);
   resq::tools::register_demo(app);
 
   try {

@@ -136,6 +136,31 @@ cp "$MODEL/config.json" "$MODEL/tokenizer.model" "$WORK/broken/"
 head -c 100000 "$MODEL/model.safetensors" > "$WORK/broken/model.safetensors"
 check "eval truncated weights" 1 "model.safetensors" -- "$RESQ" eval --model "$WORK/broken" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 64
 
+# generate: incremental decoding with the packed KV cache on the checkpoint made above; errors.
+check "generate packed" 0 "kv cache: [0-9]+ bytes packed 4/8-bit" -- "$RESQ" generate --model "$WORK/qr" --prompt "Once upon a time" \
+  --max-new-tokens 16 --json "$WORK/gen.json"
+if python3 - "$WORK/gen.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["mode"] == "packed" and j["bos"] is True and j["prompt_ids"][0] == 1, j
+n = len(j["generated_ids"])
+assert 1 <= n <= 16 and (n == 16 or j["stopped_at_eos"]), j
+assert j["text"].startswith("Once upon a time") and len(j["text"]) > len("Once upon a time"), j["text"]
+kv = j["kv_cache"]
+assert kv["packed"] and 0 < kv["bytes"] < kv["fp32_bytes"] and kv["positions"] == len(j["prompt_ids"]) + n - 1, kv
+assert j["decode_tokens"] == n - 1 and j["prefill_tokens_per_second"] > 0, j
+PY
+then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: generate JSON"; fi
+gen_text() { "$RESQ" generate --model "$WORK/qr" --prompt "Once upon a time" --max-new-tokens 12 2>/dev/null | sed '/^prefill: /,$d'; }
+gen_a="$(gen_text)"; gen_b="$(gen_text)"
+if [ -n "$gen_a" ] && [ "$gen_a" = "$gen_b" ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: generate greedy is not deterministic: '$gen_a' vs '$gen_b'"; fi
+check "generate simulate" 0 "kv cache: [0-9]+ bytes float" -- "$RESQ" generate --model "$WORK/qr" --mode simulate --prompt "Once upon a time" --max-new-tokens 4
+check "generate fp sampled" 0 "decode: [0-9]+ tokens in .* tokens/s" -- "$RESQ" generate --model "$MODEL" --prompt "Lily saw a dog" --max-new-tokens 8 --temperature 0.8 --top-k 20 --seed 3
+check "generate bad mode" 2 "expected packed or simulate" -- "$RESQ" generate --model "$WORK/qr" --prompt "Hi" --mode int
+check "generate empty prompt" 2 "--prompt is empty" -- "$RESQ" generate --model "$MODEL" --prompt ""
+check "generate negative temperature" 2 "--temperature must be" -- "$RESQ" generate --model "$MODEL" --prompt "Hi" --temperature -1
+check "generate beyond max positions" 2 "max_position_embeddings is 512" -- "$RESQ" generate --model "$MODEL" --prompt "Hi" --max-new-tokens 600
+
 check "demo" 0 "demo finished" -- "$RESQ" demo
 
 echo "cli: $passed passed, $failed failed"

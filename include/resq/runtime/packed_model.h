@@ -65,6 +65,9 @@ class PackedKvCacheQuant : public TensorTransform {
   // Packs x [rows, head_dim] float32 (the cache write) / unpacks into out [rows, head_dim].
   cpu::QuantizedActivations pack(const float* x, int64_t rows) const;
   void unpack(const cpu::QuantizedActivations& q, float* out) const;
+  int64_t head_dim() const { return head_dim_; }
+  int64_t r_h() const { return r_h_; }  // the last r_h channels of a row are 8-bit
+  float clip() const { return clip_; }
 
  private:
   int64_t head_dim_;
