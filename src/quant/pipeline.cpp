@@ -6,11 +6,14 @@
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <malloc.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -104,28 +107,57 @@ void prepare_layer(DecoderLayer& L, at::ScalarType dt) {
 
 // ---------------------------------------------------------------------------- calibration
 
-// acc [F, F] float64 += x2ᵀ · x2 for x2 [n, F] (any float dtype). bf16 = true: the products are
-// those of the bf16-rounded inputs (exactly what a bf16-product linear multiplies, see
-// Decoder::set_matmul_dtype), summed in float32 per call by oneDNN into `scratch` (float32, grown on
-// demand and reused) and then added into the float64 accumulator; ~10x faster than a float64 GEMM.
-// bf16 = false: one float64 GEMM (the reference path).
-void accumulate_gram(const at::Tensor& x2, at::Tensor& acc, at::Tensor& scratch, bool bf16) {
-  const int64_t F = x2.size(1);
-  if (!bf16) {
-    at::Tensor xd = x2.to(at::kDouble).cpu();
-    acc.addmm_(xd.t(), xd);
-    return;
+// Uncentered second moments XᵀX [F, F] in float64 from inputs x2 [n, F], added call by call.
+// bf16 = true: the products are those of the bf16-rounded inputs (exactly what a bf16-product
+// linear multiplies, see Decoder::set_matmul_dtype), summed by oneDNN in a float32 buffer over up to
+// kFlushRows rows and then added into the float64 accumulator (~10x faster than float64 GEMMs; the
+// float32 partial sums over <= 16k rows lose nothing that matters next to float64 accumulation).
+// bf16 = false: one float64 GEMM per call (the reference path). Buffers are kept across reset() so
+// that a new layer does not page-fault 768 MiB of fresh memory for an 8192-wide down_proj.
+class GramAccumulator {
+ public:
+  static constexpr int64_t kFlushRows = 16384;
+  GramAccumulator(int64_t F, bool bf16) : bf16_(bf16), acc_(at::zeros({F, F}, at::kDouble)) {}
+  void add(const at::Tensor& x2) {
+    if (!bf16_) {
+      at::Tensor xd = x2.to(at::kDouble).cpu();
+      acc_.addmm_(xd.t(), xd);
+      return;
+    }
+    const int64_t F = acc_.size(0);
+    if (!partial_.defined()) partial_ = at::empty({F, F}, at::TensorOptions().dtype(at::kFloat));
+    gram_bf16(x2.to(at::kBFloat16).contiguous(), partial_, pending_ == 0 ? 0.0f : 1.0f);
+    pending_ += x2.size(0);
+    if (pending_ >= kFlushRows) flush();
   }
-  if (!scratch.defined() || scratch.numel() < F * F) scratch = at::empty({F * F}, at::TensorOptions().dtype(at::kFloat));
-  at::Tensor c = scratch.narrow(0, 0, F * F).view({F, F});
-  gram_bf16(x2.to(at::kBFloat16).contiguous(), c, 0.0f);
-  acc.add_(c);
-}
+  // The float64 sum of everything added since the last reset().
+  const at::Tensor& result() {
+    flush();
+    return acc_;
+  }
+  void reset() {
+    acc_.zero_();
+    pending_ = 0;
+  }
+  void release_partial() {
+    flush();
+    partial_ = at::Tensor();
+  }
+
+ private:
+  void flush() {
+    if (pending_ > 0) acc_.add_(partial_);
+    pending_ = 0;
+  }
+  bool bf16_;
+  at::Tensor acc_;      // [F, F] float64
+  at::Tensor partial_;  // [F, F] float32 (bf16 only)
+  int64_t pending_ = 0;
+};
 
 class CovarianceObserver : public ForwardObserver {
  public:
-  CovarianceObserver(const ModelConfig& c, bool bf16)
-      : c_(c), bf16_(bf16), cov_a(at::zeros({c.hidden_size, c.hidden_size}, at::kDouble)) {
+  CovarianceObserver(const ModelConfig& c, bool bf16) : c_(c), gram_a_(c.hidden_size, bf16) {
     for (int64_t l = 0; l < c.num_layers; ++l) {
       cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, at::kDouble));
       cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, at::kDouble));
@@ -134,7 +166,7 @@ class CovarianceObserver : public ForwardObserver {
   void on_linear_input(const LinearSite& site, const at::Tensor& x) override {
     // Attention input and MLP input of every layer -> one shared d x d matrix for U_A.
     if (site.kind != LinearKind::kQ && site.kind != LinearKind::kGate) return;
-    accumulate_gram(x.reshape({-1, c_.hidden_size}), cov_a, scratch_, bf16_);
+    gram_a_.add(x.reshape({-1, c_.hidden_size}));
   }
   // K and V covariances are hd x hd (tiny GEMMs): float64 as before.
   void on_keys(int64_t layer, const at::Tensor& k) override {
@@ -146,15 +178,20 @@ class CovarianceObserver : public ForwardObserver {
     at::Tensor v3 = v.transpose(0, 1).reshape({c_.num_kv_heads, -1, c_.head_dim}).to(at::kDouble).cpu();
     cov_v[layer].add_(at::bmm(v3.transpose(1, 2), v3));
   }
+  // Call once after the calibration pass.
+  void finish() {
+    cov_a = gram_a_.result();
+    gram_a_.release_partial();
+  }
   const ModelConfig& c_;
-  bool bf16_;
-  at::Tensor scratch_;
-  at::Tensor cov_a;
+  GramAccumulator gram_a_;
+  at::Tensor cov_a;               // [d, d] float64, set by finish()
   std::vector<at::Tensor> cov_v;  // per layer [Hkv, hd, hd]
   std::vector<at::Tensor> cov_k;  // per layer [hd, hd]
 };
 
-// Hessians (XᵀX of the inputs, float64) of one layer's linears for GPTQ; bf16 as in accumulate_gram.
+// Hessians (XᵀX of the inputs, float64) of one layer's linears for GPTQ; one observer serves every
+// layer (reset() between layers keeps its buffers).
 class HessianObserver : public ForwardObserver {
  public:
   explicit HessianObserver(bool bf16 = false) : bf16_(bf16) {}
@@ -163,17 +200,27 @@ class HessianObserver : public ForwardObserver {
     if (key == LinearKind::kK || key == LinearKind::kV) return;  // same input as q
     if (key == LinearKind::kUp) return;                          // same input as gate
     at::Tensor x2 = x.reshape({-1, x.size(-1)});
-    at::Tensor& h = hessians[key];
-    if (!h.defined()) h = at::zeros({x2.size(1), x2.size(1)}, at::kDouble);
-    accumulate_gram(x2, h, scratch_, bf16_);
+    auto it = grams_.find(key);
+    if (it == grams_.end()) it = grams_.emplace(key, GramAccumulator(x2.size(1), bf16_)).first;
+    it->second.add(x2);
   }
-  // Frees the float32 scratch (256 MiB for an 8192-wide down_proj) before GPTQ needs the memory.
-  void release_scratch() { scratch_ = at::Tensor(); }
-  std::map<LinearKind, at::Tensor> hessians;
+  // The layer's Hessians [K, K] float64 (views of the accumulators: valid until reset()). Frees the
+  // float32 partial sums first (256 MiB for an 8192-wide down_proj) so GPTQ has that memory.
+  std::map<LinearKind, at::Tensor> finish() {
+    std::map<LinearKind, at::Tensor> out;
+    for (auto& [key, g] : grams_) {
+      g.release_partial();
+      out[key] = g.result();
+    }
+    return out;
+  }
+  void reset() {
+    for (auto& [key, g] : grams_) g.reset();
+  }
 
  private:
   bool bf16_;
-  at::Tensor scratch_;
+  std::map<LinearKind, GramAccumulator> grams_;
 };
 
 // Runs `fn(layer_index)` between propagating hidden states [N, L, d] through each layer in chunks.
@@ -546,6 +593,12 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   nlohmann::json report;
   nlohmann::json stages = nlohmann::json::object();
   at::NoGradGuard no_grad;
+  // Keep every buffer up to 32 MiB (glibc's maximum) on the heap and never trim it: freshly mmap()ed
+  // buffers page-fault on first touch, which on this VM costs more than the arithmetic done in them
+  // (measured 30x on [2048, 8192] float32 temporaries). Big buffers (hidden states, Hessians) are
+  // allocated once and reused instead. Process-wide, which suits the CLI that runs this.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 
   // 1. Load the global tensors (layers are loaded one at a time below: memory stays bounded by
   //    embeddings + lm_head + one layer + the calibration hidden states) and prepare them.
@@ -555,10 +608,19 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   lo.load_layers = false;
   lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
   Decoder m = Decoder::load(o.model_dir, lo);
-  // Calibration and GPTQ forward passes with bf16 products and float32 accumulation; the weights
-  // themselves (fusion, GPTQ, what is written) stay float32/float64. See docs/PERF.md.
-  const bool bf16_products = true;
+  // Calibration and GPTQ forward passes with bf16 products and float32 accumulation for models with
+  // hidden size >= 1024, where those passes dominate the run (~5x faster than float32, docs/PERF.md);
+  // the weights themselves (fusion, GPTQ, what is written) stay float32/float64 either way. Smaller
+  // models take seconds and keep the float32 reference products. RESQ_QUANTIZE_PRODUCTS=bf16|fp32
+  // overrides the choice (for A/B measurements).
+  bool bf16_products = m.dtype() == at::kFloat && m.device().is_cpu() && m.config().hidden_size >= 1024;
+  if (const char* env = std::getenv("RESQ_QUANTIZE_PRODUCTS")) {
+    const std::string v(env);
+    if (v != "bf16" && v != "fp32") throw UsageError("RESQ_QUANTIZE_PRODUCTS: expected bf16 or fp32, got '" + v + "'");
+    bf16_products = v == "bf16";
+  }
   if (bf16_products) m.set_matmul_dtype(at::kBFloat16);
+  spdlog::info("quantize: forward products in {}", bf16_products ? "bf16 (float32 accumulation)" : "float32");
   const ModelConfig& c = m.config();
   const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
   const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
@@ -586,6 +648,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     cov = std::make_unique<CovarianceObserver>(c, bf16_products);
     at::Tensor h = m.embed(calib);
     for_each_layer(m, h, rope, chunk, cov.get(), [](int64_t) {}, "calibrate");
+    cov->finish();
   }
   stages["calibration_seconds"] = seconds_since(t);
 
@@ -632,6 +695,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     at::Tensor h;
     if (w.method == "gptq") h = m.embed(calib);
     const int64_t N = o.nsamples;
+    HessianObserver hessian_obs(bf16_products);  // reused by every layer (buffers kept)
     const auto start = std::chrono::steady_clock::now();
     for (int64_t l = 0; l < c.num_layers; ++l) {
       m.load_layer(l);
@@ -639,11 +703,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       fuse_layer(m, l, R);
       layer_quantized.clear();
       if (w.method == "gptq") {
-        HessianObserver obs(bf16_products);
-        for (int64_t st = 0; st < N; st += chunk) m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope, &obs);
-        obs.release_scratch();
-        quantize_layer(l, obs.hessians);
-        obs.hessians.clear();
+        hessian_obs.reset();
+        for (int64_t st = 0; st < N; st += chunk) m.run_layer(l, h.narrow(0, st, std::min(chunk, N - st)), rope, &hessian_obs);
+        quantize_layer(l, hessian_obs.finish());
         // Outputs of the quantized layer overwrite their inputs in place (windows are independent).
         for (int64_t st = 0; st < N; st += chunk) {
           at::Tensor part = h.narrow(0, st, std::min(chunk, N - st));
@@ -659,6 +721,10 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s", w.method, l + 1, c.num_layers,
                    elapsed / (l + 1) * (c.num_layers - l - 1));
     }
+    // The hidden states (512 MiB at 32 x 2048) and the Hessian buffers (~600 MiB) are not needed
+    // while the global tensors are written.
+    h = at::Tensor();
+    hessian_obs = HessianObserver(bf16_products);
     stages["weight_quantization_seconds"] = seconds_since(t);
     report["weight_relative_error"] = layer_errors;
 
