@@ -670,7 +670,10 @@ PackedCheckpoint PackedCheckpoint::open(const std::string& dir) {
   for (const std::string& name : st.names()) {
     if (!expected.count(name)) throw FormatError(st.get(name).file + ": unexpected tensor '" + name + "' (not part of format version 1)");
   }
-  for (const auto& f : st.files()) sz.file_bytes += static_cast<int64_t>(f->file_size());
+  for (const auto& f : st.files()) {
+    sz.file_bytes += static_cast<int64_t>(f->file_size());
+    f->release_pages();  // validation touched every page; a 1B checkpoint would otherwise stay resident
+  }
   return ck;
 }
 

@@ -342,6 +342,10 @@ SafetensorsFile::~SafetensorsFile() {
   if (mapping_ != nullptr) ::munmap(mapping_, size_);
 }
 
+void SafetensorsFile::release_pages() const {
+  if (mapping_ != nullptr && size_ > 0) ::madvise(mapping_, size_, MADV_DONTNEED);
+}
+
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;
   out.reserve(tensors_.size());

@@ -743,6 +743,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   stages["write_seconds"] = seconds_since(t);
 
   // 6. Read the checkpoint back (full validation) and report its size against the bit budget.
+  // The model's globals are written: drop them before the read-back so they do not add to the peak.
+  m.embed_weight = at::Tensor();
+  m.lm_head.reset();
   const format::PackedCheckpoint written = format::PackedCheckpoint::open(o.out_dir);
   const format::CheckpointSizes sizes = written.sizes();
   double budget_bits = 0.0;  // container bits + two fp32 scales per row (+ o_proj's int32 perm), from the metadata

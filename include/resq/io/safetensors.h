@@ -63,6 +63,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // Total file size in bytes.
   size_t file_size() const { return size_; }
+  // Drops the resident pages of the read-only mapping (madvise MADV_DONTNEED): a reader that has
+  // scanned the whole file (validation) gives the memory back; views stay valid and fault the
+  // pages in again from the file when read.
+  void release_pages() const;
 
  private:
   SafetensorsFile() = default;
