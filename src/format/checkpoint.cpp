@@ -117,6 +117,19 @@ SiteKind parse_site_name(const std::string& name, const std::string& source) {
   throw FormatError(source + ": unknown linear site '" + name + "' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)");
 }
 
+std::pair<int64_t, int64_t> site_dims(const ModelConfig& c, SiteKind kind) {
+  switch (kind) {
+    case SiteKind::kQ: return {c.q_size(), c.hidden_size};
+    case SiteKind::kK:
+    case SiteKind::kV: return {c.kv_size(), c.hidden_size};
+    case SiteKind::kO: return {c.hidden_size, c.q_size()};
+    case SiteKind::kGate:
+    case SiteKind::kUp: return {c.intermediate_size, c.hidden_size};
+    case SiteKind::kDown: return {c.hidden_size, c.intermediate_size};
+  }
+  return {0, 0};
+}
+
 std::string site_prefix(int64_t layer, SiteKind kind) {
   const bool attn = kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV || kind == SiteKind::kO;
   return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + site_name(kind);
@@ -254,16 +267,7 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
     const Fields s = sites.object(sname);
     SiteSpec spec;
     spec.kind = kind;
-    int64_t N = 0, K = 0;
-    switch (kind) {
-      case SiteKind::kQ: N = c.q_size(); K = c.hidden_size; break;
-      case SiteKind::kK:
-      case SiteKind::kV: N = c.kv_size(); K = c.hidden_size; break;
-      case SiteKind::kO: N = c.hidden_size; K = c.q_size(); break;
-      case SiteKind::kGate:
-      case SiteKind::kUp: N = c.intermediate_size; K = c.hidden_size; break;
-      case SiteKind::kDown: N = c.hidden_size; K = c.intermediate_size; break;
-    }
+    const auto [N, K] = site_dims(c, kind);
     spec.N = s.integer("out_features", N, N);
     spec.K = s.integer("in_features", K, K);
     const Fields high = s.object("high");

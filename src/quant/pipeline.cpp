@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "resq/common/error.h"
 #include "resq/io/safetensors.h"
@@ -472,15 +473,7 @@ format::CheckpointMeta checkpoint_meta(const ModelConfig& c, const Recipe& recip
     const auto kind = static_cast<SiteKind>(i);
     format::SiteSpec s;
     s.kind = kind;
-    switch (kind) {
-      case SiteKind::kQ: s.N = c.q_size(); s.K = c.hidden_size; break;
-      case SiteKind::kK:
-      case SiteKind::kV: s.N = c.kv_size(); s.K = c.hidden_size; break;
-      case SiteKind::kO: s.N = c.hidden_size; s.K = c.q_size(); break;
-      case SiteKind::kGate:
-      case SiteKind::kUp: s.N = c.intermediate_size; s.K = c.hidden_size; break;
-      case SiteKind::kDown: s.N = c.hidden_size; s.K = c.intermediate_size; break;
-    }
+    std::tie(s.N, s.K) = format::site_dims(c, kind);
     int64_t act_high = 0;
     if (kind == SiteKind::kO) {
       s.high_rule = "per_head";

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/test_util.h"
@@ -54,15 +55,7 @@ CheckpointMeta tiny_meta(const ModelConfig& c, int64_t r = 2, int64_t r_h = 1, i
   for (SiteKind kind : {SiteKind::kQ, SiteKind::kK, SiteKind::kV, SiteKind::kO, SiteKind::kGate, SiteKind::kUp, SiteKind::kDown}) {
     SiteSpec s;
     s.kind = kind;
-    switch (kind) {
-      case SiteKind::kQ: s.N = c.q_size(); s.K = c.hidden_size; break;
-      case SiteKind::kK:
-      case SiteKind::kV: s.N = c.kv_size(); s.K = c.hidden_size; break;
-      case SiteKind::kO: s.N = c.hidden_size; s.K = c.q_size(); break;
-      case SiteKind::kGate:
-      case SiteKind::kUp: s.N = c.intermediate_size; s.K = c.hidden_size; break;
-      case SiteKind::kDown: s.N = c.hidden_size; s.K = c.intermediate_size; break;
-    }
+    std::tie(s.N, s.K) = site_dims(c, kind);
     if (kind == SiteKind::kO) {
       s.high_rule = "per_head";
       s.high_group = c.head_dim;
@@ -152,6 +145,14 @@ Written write_checkpoint(const std::string& dir, const CheckpointMeta& m, uint64
   }
   writer.commit(m, model_config_to_json(c).dump(2), {});
   return w;
+}
+
+TEST(CheckpointSiteSpec, SiteDimsFollowTheConfig) {
+  const ModelConfig c = tiny_config();  // d 16, 2 heads x 8, 1 kv head, ffn 24
+  EXPECT_EQ(site_dims(c, SiteKind::kQ), std::make_pair(int64_t{16}, int64_t{16}));
+  EXPECT_EQ(site_dims(c, SiteKind::kV), std::make_pair(int64_t{8}, int64_t{16}));
+  EXPECT_EQ(site_dims(c, SiteKind::kUp), std::make_pair(int64_t{24}, int64_t{16}));
+  EXPECT_EQ(site_dims(c, SiteKind::kDown), std::make_pair(int64_t{16}, int64_t{24}));
 }
 
 TEST(CheckpointSiteSpec, PackedColumnOrderPutsHighColumnsLast) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,9 @@ const char* site_name(SiteKind kind);                // "q_proj", ..., "down_pro
 std::string site_prefix(int64_t layer, SiteKind kind);  // "model.layers.3.self_attn.q_proj"
 // Throws FormatError for an unknown name.
 SiteKind parse_site_name(const std::string& name, const std::string& source);
+// {N, K} (out, in features) of a site in a model: q [q_size, d], k/v [kv_size, d], o [d, q_size],
+// gate/up [ffn, d], down [d, ffn].
+std::pair<int64_t, int64_t> site_dims(const ModelConfig& config, SiteKind kind);
 
 // How one site's weights are stored.
 //   kPacked: <prefix>.qweight4 U8 [N][ceil(K4/2)], .qweight8 I8 [N][K8], .scale4 F32 [N],
