@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "resq/cuda/act_transform.h"
+#include "resq/cuda/gpu_layout.h"
 
 namespace resq::gpu {
 
@@ -48,6 +49,23 @@ struct ActQuantArgs {
   float* sx8 = nullptr;
   int32_t* zx8 = nullptr;
 };
+
+// The quantizer's outputs as the GEMM's input operand (same buffers, strides and part sizes).
+inline GpuActivationsView quantized_activations_view(const ActQuantArgs& a) {
+  GpuActivationsView v;
+  v.M = a.M;
+  v.K4 = a.K4;
+  v.K8 = a.K8;
+  v.xq4 = a.xq4;
+  v.ldx4 = a.ldq4;
+  v.xq8 = a.xq8;
+  v.ldx8 = a.ldq8;
+  v.sx4 = a.sx4;
+  v.zx4 = a.zx4;
+  v.sx8 = a.sx8;
+  v.zx8 = a.zx8;
+  return v;
+}
 
 // x: float [M][ldx_in] (device). Throws ShapeError / ConfigError (clip outside (0, 1]) /
 // UnsupportedError (row too long for shared memory, Hadamard block > kMaxHadamardBlock, device

@@ -229,18 +229,7 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
       qa.zx4 = d_zx4.get();
       qa.sx8 = d_sx8.get();
       qa.zx8 = d_zx8.get();
-      gpu::GpuActivationsView xv;
-      xv.M = M;
-      xv.K4 = K4;
-      xv.K8 = K8;
-      xv.xq4 = d_xq4.get();
-      xv.ldx4 = ldq4;
-      xv.xq8 = d_xq8.get();
-      xv.ldx8 = ldq8;
-      xv.sx4 = d_sx4.get();
-      xv.zx4 = d_zx4.get();
-      xv.sx8 = d_sx8.get();
-      xv.zx8 = d_zx8.get();
+      const gpu::GpuActivationsView xv = gpu::quantized_activations_view(qa);
       gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
       RESQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 

@@ -168,7 +168,7 @@ std::string integer_kernel_blocker(const SiteSpec& s) {
   return "";
 }
 
-std::shared_ptr<Linear> build_linear(const format::LinearData& d, ExecutionMode mode, at::ScalarType dtype, at::Device device,
+std::shared_ptr<Linear> build_linear(format::LinearData d, ExecutionMode mode, at::ScalarType dtype, at::Device device,
                                      const std::shared_ptr<const OnlineHadamard>& fused_hadamard, bool* fused) {
   const SiteSpec& s = d.spec;
   *fused = false;
@@ -177,16 +177,16 @@ std::shared_ptr<Linear> build_linear(const format::LinearData& d, ExecutionMode 
   if (int_path) {
     cpu::PackedLinear p;
     p.dims = d.dims;
-    p.w4 = d.w4;
-    p.w8 = d.w8;
-    p.sw4 = d.scale4;
-    p.sw8 = d.scale8;
+    p.w4 = std::move(d.w4);
+    p.w8 = std::move(d.w8);
+    p.sw4 = std::move(d.scale4);
+    p.sw8 = std::move(d.scale8);
     p.rs4.resize(static_cast<size_t>(s.N));
     p.rs8.resize(static_cast<size_t>(s.N));
     format::packed_weight_row_sums_reference(p.w4.data(), p.w8.data(), s.N, d.dims.K4, d.dims.K8, p.rs4.data(), p.rs8.data());
-    p.bias = d.bias;
+    p.bias = std::move(d.bias);
     *fused = static_cast<bool>(fused_hadamard);
-    return std::make_shared<PackedCpuLinear>(std::move(p), s.permuted() ? d.perm : std::vector<int32_t>{},
+    return std::make_shared<PackedCpuLinear>(std::move(p), s.permuted() ? std::move(d.perm) : std::vector<int32_t>{},
                                              static_cast<float>(s.activations.clip_ratio), fused_hadamard);
   }
   auto dense = std::make_shared<DenseLinear>(to_tensor(d.dequantized(), {s.N, s.K}).to(device, dtype), bias);
