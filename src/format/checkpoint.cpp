@@ -2,7 +2,10 @@
 // sharded writer and the validating reader (docs/FORMAT.md part 2).
 #include "resq/format/checkpoint.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cmath>
@@ -349,6 +352,20 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
 
 // ------------------------------------------------------------------ writer
 
+namespace {
+// write(2) until all n bytes are written; IoError naming `path` otherwise.
+void write_all(int fd, const void* data, size_t n, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw IoError(path + ": write failed: " + std::strerror(errno));
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+}  // namespace
+
 CheckpointWriter::CheckpointWriter(std::string out_dir, int64_t max_shard_bytes)
     : out_dir_(std::move(out_dir)), max_bytes_(max_shard_bytes) {
   if (out_dir_.empty()) throw UsageError("checkpoint: empty output directory name");
@@ -364,6 +381,7 @@ CheckpointWriter::CheckpointWriter(std::string out_dir, int64_t max_shard_bytes)
 }
 
 CheckpointWriter::~CheckpointWriter() {
+  close_spills();
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(tmp_dir_, ec);
@@ -383,9 +401,19 @@ void CheckpointWriter::add(const std::string& name, DType dtype, const std::vect
                      std::to_string(dtype_size(dtype) * numel) + " bytes, got " + std::to_string(nbytes));
   }
   if (!pending_.empty() && pending_bytes_ + static_cast<int64_t>(nbytes) > max_bytes_) flush();
-  Pending p{name, dtype, shape, {}};
-  if (nbytes) p.bytes.assign(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + nbytes);
-  pending_.push_back(std::move(p));
+  // Spill class by element size: 8 -> 0, 4 -> 1, 2 -> 2, 1 -> 3.
+  const size_t es = dtype_size(dtype);
+  const int cls = es >= 8 ? 0 : es == 4 ? 1 : es == 2 ? 2 : 3;
+  Spill& sp = spill_[cls];
+  if (sp.fd < 0) {
+    sp.path = (fs::path(tmp_dir_) / ("spill-" + std::to_string(shards_.size()) + "-" + std::to_string(cls))).string();
+    sp.fd = ::open(sp.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (sp.fd < 0) throw IoError(sp.path + ": cannot create a checkpoint spill file: " + std::strerror(errno));
+    sp.bytes = 0;
+  }
+  write_all(sp.fd, data, nbytes, sp.path);
+  pending_.push_back(Pending{name, dtype, shape, cls, sp.bytes, static_cast<int64_t>(nbytes)});
+  sp.bytes += static_cast<int64_t>(nbytes);
   pending_bytes_ += static_cast<int64_t>(nbytes);
   names_[name] = true;
 }
@@ -441,22 +469,72 @@ void CheckpointWriter::add_dense_linear(const std::string& prefix, const SiteSpe
   }
 }
 
+void CheckpointWriter::close_spills() noexcept {
+  for (Spill& sp : spill_) {
+    if (sp.fd >= 0) ::close(sp.fd);
+    sp.fd = -1;
+  }
+}
+
+// Assembles shard-<i>.safetensors: 8-byte header length, the JSON header (metadata first, then the
+// tensors in data order, padded with spaces to a multiple of 8), then the spill files' bytes in
+// decreasing element size (copied by the kernel through a small buffer: no tensor is held in memory).
 void CheckpointWriter::flush() {
   if (pending_.empty()) return;
-  std::vector<TensorToWrite> tensors;
+  close_spills();
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  header["__metadata__"] = {{"format", "pt"}, {"resq", kCheckpointFormatName}};
   std::vector<std::string> names;
-  for (const Pending& p : pending_) {
-    TensorToWrite w;
-    w.name = p.name;
-    w.dtype = p.dtype;
-    w.shape = p.shape;
-    w.data = p.bytes.empty() ? nullptr : p.bytes.data();
-    w.nbytes = p.bytes.size();
-    tensors.push_back(std::move(w));
-    names.push_back(p.name);
+  int64_t base = 0;
+  for (int cls = 0; cls < 4; ++cls) {
+    for (const Pending& p : pending_) {
+      if (p.spill != cls) continue;
+      nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+      entry["dtype"] = dtype_name(p.dtype);
+      entry["shape"] = p.shape;
+      entry["data_offsets"] = {base + p.offset, base + p.offset + p.nbytes};
+      header[p.name] = std::move(entry);
+      names.push_back(p.name);
+    }
+    base += spill_[cls].bytes;
   }
+  std::string header_text = header.dump();
+  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+  uint8_t prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
+
   const std::string file = "shard-" + std::to_string(shards_.size()) + ".safetensors";
-  write_safetensors((fs::path(tmp_dir_) / file).string(), tensors, {{"format", "pt"}, {"resq", kCheckpointFormatName}});
+  const std::string path = (fs::path(tmp_dir_) / file).string();
+  const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) throw IoError(path + ": cannot create: " + std::strerror(errno));
+  try {
+    write_all(out, prefix, sizeof prefix, path);
+    write_all(out, header_text.data(), header_text.size(), path);
+    std::vector<uint8_t> buf(size_t{8} << 20);
+    for (Spill& sp : spill_) {
+      if (sp.path.empty()) continue;
+      const int in = ::open(sp.path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (in < 0) throw IoError(sp.path + ": cannot reopen the checkpoint spill file: " + std::strerror(errno));
+      int64_t copied = 0;
+      while (copied < sp.bytes) {
+        const ssize_t n = ::read(in, buf.data(), static_cast<size_t>(std::min<int64_t>(sp.bytes - copied, buf.size())));
+        if (n <= 0) {
+          ::close(in);
+          throw IoError(sp.path + ": short read while assembling " + path);
+        }
+        write_all(out, buf.data(), static_cast<size_t>(n), path);
+        copied += n;
+      }
+      ::close(in);
+      std::error_code ec;
+      fs::remove(sp.path, ec);
+      sp = Spill{};
+    }
+  } catch (...) {
+    ::close(out);
+    throw;
+  }
+  if (::close(out) != 0) throw IoError(path + ": close failed: " + std::strerror(errno));
   shards_.emplace_back(file, names);
   pending_.clear();
   pending_bytes_ = 0;

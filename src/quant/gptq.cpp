@@ -19,32 +19,28 @@ namespace resq {
 namespace {
 
 // Upper Cholesky factor U of (H + damp * I)^-1 (Hinv = Uᵀ U), float32 [K, K] with zeros below the
-// diagonal, or an undefined tensor when the factorization fails or U is not finite. H [K, K] float64,
-// symmetric; dead columns (dead[k]) get H[k, k] := 1.
-// Computed in float64 in ONE working copy of H, without forming Hinv: with J the order-reversing
-// permutation and J H J = L Lᵀ (lower Cholesky), H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) and J L⁻¹ J is upper
-// triangular with a positive diagonal, so it IS the upper Cholesky factor of H⁻¹ (uniqueness). That
-// is potrf + trtri (2/3 K³ flops) instead of potrf + potri + potrf (4/3 K³): 8 s less per 8192-wide
-// down_proj on this machine, and 512 MiB instead of four float64 temporaries.
+// diagonal, or an undefined tensor when the factorization fails or U is not finite.
+// `a` [K, K] float64 row-major holds J H J (J the order-reversing permutation; H symmetric) in its
+// strictly lower triangle at least; diag[k] is H[k, k]; dead columns (dead[k]) get H[k, k] := 1.
+// Computed in float64 in that ONE buffer, without forming Hinv: with J H J = L Lᵀ (lower Cholesky),
+// H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) and J L⁻¹ J is upper triangular with a positive diagonal, so it IS the
+// upper Cholesky factor of H⁻¹ (uniqueness). That is potrf + trtri (2/3 K³ flops) instead of
+// potrf + potri + potrf (4/3 K³).
 // A symmetric row-major matrix is its own column-major transpose; LAPACK runs column-major on the
-// row-major buffer, so its lower factor L sits in the row-major upper triangle as Lᵀ.
-at::Tensor inverse_cholesky_upper(const at::Tensor& H, const std::vector<bool>& dead, double damp) {
-  const int64_t K = H.size(0);
-  const at::Tensor Hd = H.to(at::kDouble).contiguous();
-  const double* h = Hd.data_ptr<double>();
-  at::Tensor A = at::empty({K, K}, at::TensorOptions().dtype(at::kDouble));  // J (H + damp I) J
-  double* a = A.data_ptr<double>();
-  at::parallel_for(0, K, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const double* src = h + (K - 1 - r) * K;
-      double* dst = a + r * K;
-      for (int64_t c = 0; c < K; ++c) dst[c] = src[K - 1 - c];
-    }
-  });
+// row-major buffer, so its lower factor L sits in the row-major upper triangle as Lᵀ, and LAPACK
+// never writes the row-major strictly lower triangle: a retry with more damping restores the upper
+// triangle from it (J H J is symmetric) and the diagonal from diag.
+at::Tensor inverse_cholesky_upper(double* a, int64_t K, const std::vector<double>& diag, const std::vector<bool>& dead,
+                                  double damp, bool restore_upper) {
+  if (restore_upper) {
+    at::parallel_for(0, K, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = r + 1; c < K; ++c) a[r * K + c] = a[c * K + r];
+    });
+  }
   for (int64_t k = 0; k < K; ++k) {
     const int64_t r = K - 1 - k;
-    if (dead[static_cast<size_t>(k)]) a[r * K + r] = 1.0;
-    a[r * K + r] += damp;
+    a[r * K + r] = (dead[static_cast<size_t>(k)] ? 1.0 : diag[static_cast<size_t>(k)]) + damp;
   }
   const lapack_int n = static_cast<lapack_int>(K);
   if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, a, n) != 0) return at::Tensor();
@@ -70,12 +66,39 @@ at::Tensor inverse_cholesky_upper(const at::Tensor& H, const std::vector<bool>& 
   return finite ? U : at::Tensor();
 }
 
+// J H J of H [K, K] (any float dtype): into the float64 buffer `work` when given, else in place when
+// H itself is a contiguous float64 CPU tensor and may be overwritten (flat reversal of a row-major
+// matrix is exactly J H J), else into a new float64 copy.
+at::Tensor reversed_hessian(const at::Tensor& H, bool overwrite) {
+  const int64_t K = H.size(0);
+  if (overwrite && H.scalar_type() == at::kDouble && H.device().is_cpu() && H.is_contiguous()) {
+    double* h = H.data_ptr<double>();
+    const int64_t total = K * K;
+    at::parallel_for(0, total / 2, 1 << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) std::swap(h[i], h[total - 1 - i]);
+    });
+    return H;
+  }
+  const at::Tensor Hd = H.to(at::kCPU, at::kDouble).contiguous();
+  const double* h = Hd.data_ptr<double>();
+  at::Tensor A = at::empty({K, K}, at::TensorOptions().dtype(at::kDouble));
+  double* a = A.data_ptr<double>();
+  at::parallel_for(0, K, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const double* src = h + (K - 1 - r) * K;
+      double* dst = a + r * K;
+      for (int64_t c = 0; c < K; ++c) dst[c] = src[K - 1 - c];
+    }
+  });
+  return A;
+}
+
 }  // namespace
 
 QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
                                      const at::Tensor& high_mask, int bits_low, int bits_high,
                                      double percdamp, int64_t blocksize, double clip_ratio,
-                                     bool mse_clip) {
+                                     bool mse_clip, bool hessian_is_workspace) {
   const char* fn = "gptq_quantize_weight";
   if (!w.defined() || w.dim() != 2 || !at::isFloatingType(w.scalar_type())) {
     throw ShapeError(std::string(fn) + ": weight must be a floating-point 2-D [N, K] tensor");
@@ -107,15 +130,16 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   // The column loop runs on the CPU (raw loops + one sgemm per block); results go back to w's device.
   const at::Device device = w.device();
   at::Tensor W = w.to(at::kCPU, at::kFloat).clone().contiguous();  // [N, K] float32, updated in place
-  at::Tensor Hc = hessian.to(at::kCPU);                              // [K, K], read only
 
   // Dead inputs never seen by calibration: the weight is irrelevant there, so zero it (and H[k, k] := 1
   // inside inverse_cholesky_upper).
   std::vector<bool> dead(static_cast<size_t>(K));
+  std::vector<double> diag_h(static_cast<size_t>(K));
   double diag_sum = 0.0;
   {
-    at::Tensor diag = Hc.diagonal().to(at::kDouble).contiguous();
+    at::Tensor diag = hessian.diagonal().to(at::kCPU, at::kDouble).contiguous();
     const double* dp = diag.data_ptr<double>();
+    std::copy(dp, dp + K, diag_h.begin());
     float* wp = W.data_ptr<float>();
     for (int64_t k = 0; k < K; ++k) {
       dead[static_cast<size_t>(k)] = dp[k] == 0.0;
@@ -141,8 +165,9 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   const double mean_diag = diag_sum / static_cast<double>(K);
   double frac = percdamp;
   at::Tensor Hinv;  // [K, K] float32, upper triangular
+  at::Tensor work = reversed_hessian(hessian, hessian_is_workspace);  // [K, K] float64 J H J
   for (int attempt = 0; attempt <= 6; ++attempt) {
-    Hinv = inverse_cholesky_upper(Hc, dead, frac * mean_diag);
+    Hinv = inverse_cholesky_upper(work.data_ptr<double>(), K, diag_h, dead, frac * mean_diag, attempt > 0);
     if (Hinv.defined()) break;
     frac = frac > 0.0 ? frac * 10.0 : 0.01;
   }
@@ -153,7 +178,7 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
                 "or not finite");
   }
   out.damp_fraction = frac;
-  Hc = at::Tensor();
+  work = at::Tensor();
 
   const auto rounding = [](int bits) {
     return std::make_pair(-static_cast<float>(1 << (bits - 1)),

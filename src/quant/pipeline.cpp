@@ -3,6 +3,7 @@
 #include "resq/quant/pipeline.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -48,6 +49,19 @@ double peak_rss_gib() {
   return usage.ru_maxrss / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
 }
 
+// Current resident set size in GiB (VmRSS of /proc/self/status; 0 where it cannot be read). Logged
+// with every progress line so that the stage that sets the peak is visible.
+double current_rss_gib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / (1024.0 * 1024.0);
+  }
+  return 0.0;
+}
+
+std::string memory_note() { return fmt::format("RSS {:.2f} GiB (peak {:.2f})", current_rss_gib(), peak_rss_gib()); }
+
 at::Tensor to_tensor(const MatrixXdR& m) {
   return at::from_blob(const_cast<double*>(m.data()), {m.rows(), m.cols()}, at::TensorOptions().dtype(at::kDouble))
       .clone();
@@ -83,8 +97,14 @@ at::Tensor bias64(const std::shared_ptr<Linear>& l, const std::string& what) {
 // each embedding row's mean (QuaRot/official ResQ; changes the function for RMSNorm models).
 // Elementwise products are done in the compute dtype: one correctly rounded multiply either way.
 void prepare_globals(Decoder& m, const Recipe& recipe) {
-  at::Tensor lm = dense(m.lm_head, "lm_head").weight().clone();  // [V, d]; a copy unties it
-  lm.mul_(m.final_norm_weight.unsqueeze(0));
+  // [V, d]. Tied embeddings share one tensor: a copy unties them; an untied lm_head is scaled in
+  // place (no second [V, d] buffer: 0.5 GiB in bf16 for a 128k vocabulary at d = 2048).
+  at::Tensor lm = dense(m.lm_head, "lm_head").weight();
+  if (lm.is_alias_of(m.embed_weight)) lm = lm.clone();
+  // In row chunks: a bf16 [V, d] times the float32 norm weight would otherwise materialize a float32
+  // [V, d] temporary (1 GiB at 1B scale). Same result: one correctly rounded product per element.
+  const at::Tensor norm = m.final_norm_weight.unsqueeze(0);
+  for (int64_t r0 = 0; r0 < lm.size(0); r0 += 4096) lm.narrow(0, r0, std::min<int64_t>(4096, lm.size(0) - r0)).mul_(norm);
   m.lm_head = std::make_shared<DenseLinear>(lm, at::Tensor());
   m.final_norm_weight = at::ones_like(m.final_norm_weight);
   if (recipe.rotation.center_embeddings) {
@@ -146,8 +166,16 @@ class GramAccumulator {
   }
 
  private:
+  // acc += partial elementwise. Not acc_.add_(partial_): type promotion would materialize a float64
+  // copy of the float32 partial sums (512 MiB for an 8192-wide down_proj) at every flush.
   void flush() {
-    if (pending_ > 0) acc_.add_(partial_);
+    if (pending_ > 0) {
+      double* acc = acc_.data_ptr<double>();
+      const float* part = partial_.data_ptr<float>();
+      at::parallel_for(0, acc_.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) acc[i] += static_cast<double>(part[i]);
+      });
+    }
     pending_ = 0;
   }
   bool bf16_;
@@ -242,9 +270,9 @@ void for_each_layer(Decoder& m, at::Tensor& hidden, const RopeTables& rope, int6
     after_layer(l);
     m.unload_layer(l);
     const double elapsed = seconds_since(start);
-    spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s", stage, l + 1, m.config().num_layers,
+    spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s | {}", stage, l + 1, m.config().num_layers,
                  (l + 1) * N * hidden.size(1) / std::max(elapsed, 1e-9),
-                 elapsed / (l + 1) * (m.config().num_layers - l - 1));
+                 elapsed / (l + 1) * (m.config().num_layers - l - 1), memory_note());
   }
 }
 
@@ -394,13 +422,15 @@ SiteMasks site_masks(const ModelConfig& c, int64_t r, int64_t r_h, const Recipe&
 // Quantizes one dense linear's weight: installs the dequantized weights (later layers' GPTQ inputs
 // propagate through them) and returns the integer result for the checkpoint; *rel_err receives
 // ||Ŵ - W|| / ||W||. The returned dequant tensor is dropped (the linear holds it).
+// hessian_last_use: the Hessian buffer may serve as GPTQ's factorization workspace (see
+// gptq_quantize_weight) because no later linear reads it.
 QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& mask, const WeightRecipe& w,
-                                const at::Tensor& hessian, at::ScalarType dt, double* rel_err) {
+                                const at::Tensor& hessian, bool hessian_last_use, at::ScalarType dt, double* rel_err) {
   DenseLinear& d = dense(lin, "quantize");
   at::Tensor original = d.weight().to(at::kFloat);
   QuantizedWeight q = w.method == "gptq"
                           ? gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp,
-                                                 w.blocksize, w.clip_ratio, w.mse_clip)
+                                                 w.blocksize, w.clip_ratio, w.mse_clip, hessian_last_use)
                           : rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
   *rel_err = (q.dequant - original).norm().item<double>() / std::max(original.norm().item<double>(), 1e-30);
   lin = std::make_shared<DenseLinear>(q.dequant.to(dt), d.bias());
@@ -545,12 +575,18 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
   return checksums;
 }
 
-// Global tensors, then config.json (untied), resq_config.json and tokenizer files; renames into place.
-void finish_output(format::CheckpointWriter& writer, const Decoder& m, const QuantizeOptions& o, const Rotations& R,
-                   const format::CheckpointMeta& meta) {
+// The rotated embeddings, final norm and lm_head. Written (to disk: the writer does not buffer)
+// before the layer loop so that the model can drop them (1 GiB in bf16 at 1B scale) for the rest.
+void write_globals(format::CheckpointWriter& writer, const Decoder& m, const format::CheckpointMeta& meta) {
   add_tensor(writer, "model.embed_tokens.weight", m.embed_weight, meta.globals_dtype);
   add_tensor(writer, "model.norm.weight", m.final_norm_weight, DType::F32);
   add_tensor(writer, "lm_head.weight", dense(m.lm_head, "lm_head").weight(), meta.globals_dtype);
+}
+
+// The online Hadamard, then config.json (untied), resq_config.json and tokenizer files; renames into
+// place.
+void finish_output(format::CheckpointWriter& writer, const Decoder& m, const QuantizeOptions& o, const Rotations& R,
+                   const format::CheckpointMeta& meta) {
   if (R.u_d) {
     writer.add_f32("resq.down_hadamard.signs", {R.u_d->n}, R.u_d->signs.data());
     writer.add("resq.down_hadamard.block", DType::F64, {R.u_d->block, R.u_d->block}, R.u_d->block_matrix.data(),
@@ -585,6 +621,13 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   }
   nlohmann::json report;
   nlohmann::json stages = nlohmann::json::object();
+  // Each stage's seconds and the process's peak RSS when it ends (monotonic: the first stage whose
+  // peak reaches the final one is where the peak happened).
+  auto end_stage = [&stages](const std::string& name, std::chrono::steady_clock::time_point since) {
+    stages[name + "_seconds"] = seconds_since(since);
+    stages[name + "_peak_rss_gib"] = peak_rss_gib();
+    spdlog::info("quantize: {} done in {:.1f} s | {}", name, seconds_since(since), memory_note());
+  };
   at::NoGradGuard no_grad;
   // Keep every buffer up to 32 MiB (glibc's maximum) on the heap and never trim it: freshly mmap()ed
   // buffers page-fault on first touch, which on this VM costs more than the arithmetic done in them
@@ -601,6 +644,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   lo.load_layers = false;
   lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
   Decoder m = Decoder::load(o.model_dir, lo);
+  spdlog::debug("quantize: globals loaded | {}", memory_note());
   // Calibration and GPTQ forward passes with bf16 products and float32 accumulation for models with
   // hidden size >= 1024, where those passes dominate the run (~5x faster than float32, docs/PERF.md);
   // the weights themselves (fusion, GPTQ, what is written) stay float32/float64 either way. Smaller
@@ -618,7 +662,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
   const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
   prepare_globals(m, recipe);
-  stages["load_prepare_seconds"] = seconds_since(t);
+  end_stage("load_prepare", t);
 
   // 2. Calibration data (tokenized like eval: BOS once, then random windows).
   t = std::chrono::steady_clock::now();
@@ -643,14 +687,14 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     for_each_layer(m, h, rope, chunk, cov.get(), [](int64_t) {}, "calibrate");
     cov->finish();
   }
-  stages["calibration_seconds"] = seconds_since(t);
+  end_stage("calibration", t);
 
   // 3. PCA + rotations; U_A into the embeddings and lm_head.
   t = std::chrono::steady_clock::now();
   const Rotations R = build_rotations(m, recipe, cov.get(), o.seed, r, r_h);
   cov.reset();
   fuse_globals(m, R);
-  stages["rotation_seconds"] = seconds_since(t);
+  end_stage("rotation", t);
   report["spectra"] = R.spectra;
 
   // 4. Layer by layer: load, prepare, fuse, quantize weights (GPTQ Hessians from inputs produced by
@@ -668,8 +712,12 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     e["layer"] = l;
     auto one = [&](LinearKind kind, std::shared_ptr<Linear>& lin, const at::Tensor& mask, LinearKind hessian_of) {
       double err = 0.0;
-      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), dt, &err);
+      // q_proj's Hessian also serves k_proj and v_proj, gate_proj's also up_proj.
+      const bool last_use = kind == LinearKind::kV || kind == LinearKind::kO || kind == LinearKind::kUp ||
+                            kind == LinearKind::kDown;
+      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, &err);
       e[linear_kind_name(kind)] = err;
+      spdlog::debug("weights: layer {} {} quantized | {}", l, linear_kind_name(kind), memory_note());
     };
     one(LinearKind::kQ, L.q, masks.in_mask, LinearKind::kQ);
     one(LinearKind::kK, L.k, masks.in_mask, LinearKind::kQ);
@@ -687,6 +735,10 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     format::CheckpointWriter writer(o.out_dir);  // temporary directory, renamed on commit
     at::Tensor h;
     if (w.method == "gptq") h = m.embed(calib);
+    // The globals go to disk now and leave memory: only the layers are needed from here on.
+    write_globals(writer, m, meta);
+    m.embed_weight = at::Tensor();
+    m.lm_head.reset();
     const int64_t N = o.nsamples;
     HessianObserver hessian_obs(bf16_products);  // reused by every layer (buffers kept)
     const auto start = std::chrono::steady_clock::now();
@@ -711,14 +763,14 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       layer_quantized.clear();
       m.unload_layer(l);
       const double elapsed = seconds_since(start);
-      spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s", w.method, l + 1, c.num_layers,
-                   elapsed / (l + 1) * (c.num_layers - l - 1));
+      spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s | {}", w.method, l + 1, c.num_layers,
+                   elapsed / (l + 1) * (c.num_layers - l - 1), memory_note());
     }
     // The hidden states (512 MiB at 32 x 2048) and the Hessian buffers (~600 MiB) are not needed
     // while the global tensors are written.
     h = at::Tensor();
     hessian_obs = HessianObserver(bf16_products);
-    stages["weight_quantization_seconds"] = seconds_since(t);
+    end_stage("weight_quantization", t);
     report["weight_relative_error"] = layer_errors;
 
     // 5. Global tensors, config, provenance; then the directory is renamed into place.
@@ -733,12 +785,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     meta.provenance = provenance;
     finish_output(writer, m, o, R, meta);
   }
-  stages["write_seconds"] = seconds_since(t);
+  end_stage("write", t);
 
   // 6. Read the checkpoint back (full validation) and report its size against the bit budget.
-  // The model's globals are written: drop them before the read-back so they do not add to the peak.
-  m.embed_weight = at::Tensor();
-  m.lm_head.reset();
   const format::PackedCheckpoint written = format::PackedCheckpoint::open(o.out_dir);
   const format::CheckpointSizes sizes = written.sizes();
   double budget_bits = 0.0;  // container bits + two fp32 scales per row (+ o_proj's int32 perm), from the metadata

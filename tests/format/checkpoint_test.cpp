@@ -252,6 +252,69 @@ TEST(CheckpointWriter, IsAtomic) {
   EXPECT_THROW(CheckpointWriter w2(dir), UsageError);
 }
 
+// The writer streams tensors to disk (spill files per element size) and assembles each shard from
+// them: every tensor must come back byte for byte, aligned to its element size, the data section
+// contiguous from the header to the end of the file, and no spill file may be left behind.
+TEST(CheckpointWriter, StreamedShardsAreAlignedContiguousAndComplete) {
+  test::TempDir tmp;
+  const std::string dir = tmp.file("ck");
+  struct T { std::string name; DType dtype; std::vector<int64_t> shape; std::vector<uint8_t> bytes; };
+  std::vector<T> added;
+  std::mt19937 rng(77);
+  const std::vector<std::pair<DType, int64_t>> kinds = {{DType::U8, 3}, {DType::F64, 2}, {DType::BF16, 3}, {DType::F32, 5},
+                                                        {DType::I32, 1}, {DType::I8, 7}, {DType::F16, 1}, {DType::U8, 0}};
+  {
+    CheckpointWriter writer(dir, /*max_shard_bytes=*/96);
+    for (int i = 0; i < 24; ++i) {
+      const auto& [dtype, n] = kinds[static_cast<size_t>(i) % kinds.size()];
+      T t{"t" + std::to_string(i), dtype, {n + i % 3}, {}};
+      t.bytes.resize(dtype_size(dtype) * static_cast<size_t>(t.shape[0]));
+      for (auto& b : t.bytes) b = static_cast<uint8_t>(rng());
+      writer.add(t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size());
+      added.push_back(t);
+    }
+    writer.commit(tiny_meta(tiny_config()), "{}\n", {});
+  }
+  std::map<std::string, bool> seen;
+  int shards = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_EQ(name.find("spill"), std::string::npos) << name;
+    if (entry.path().extension() != ".safetensors") continue;
+    ++shards;
+    auto file = SafetensorsFile::open(entry.path().string());
+    std::vector<const TensorView*> views;
+    for (const auto& [n, v] : file->tensors()) views.push_back(&v);
+    std::sort(views.begin(), views.end(), [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
+    uint64_t header_len = 0;
+    {
+      std::ifstream in(entry.path(), std::ios::binary);
+      uint8_t p[8];
+      in.read(reinterpret_cast<char*>(p), 8);
+      for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(p[i]) << (8 * i);
+    }
+    uint64_t data_bytes = 0;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const TensorView& v = *views[i];
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % dtype_size(v.dtype), 0u) << v.name << " is misaligned";
+      if (i + 1 < views.size()) EXPECT_EQ(v.data + v.nbytes, views[i + 1]->data) << "gap or overlap after " << v.name;
+      data_bytes += v.nbytes;
+      const auto it = std::find_if(added.begin(), added.end(), [&](const T& t) { return t.name == v.name; });
+      ASSERT_NE(it, added.end()) << v.name;
+      EXPECT_EQ(v.dtype, it->dtype);
+      EXPECT_EQ(v.shape, it->shape);
+      EXPECT_EQ(std::vector<uint8_t>(v.data, v.data + v.nbytes), it->bytes) << v.name;
+      EXPECT_FALSE(seen[v.name]) << v.name << " in two shards";
+      seen[v.name] = true;
+    }
+    EXPECT_EQ(header_len % 8, 0u);
+    EXPECT_EQ(8 + header_len + data_bytes, fs::file_size(entry.path())) << entry.path();
+  }
+  EXPECT_GT(shards, 2);
+  EXPECT_EQ(seen.size(), added.size());
+  EXPECT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
+}
+
 TEST(CheckpointWriter, RejectsOutOfRangeWeights) {
   test::TempDir tmp;
   const CheckpointMeta m = tiny_meta(tiny_config(), 2, 1, /*wbits_low=*/3);

@@ -541,6 +541,37 @@ TEST(Gptq, DeadColumnsDeterminismAndUnquantizedPart) {
   EXPECT_TRUE(at::isfinite(mc.dequant).all().item<bool>());
 }
 
+// The Hessian buffer as the factorization's workspace (the pipeline's memory saving for down_proj)
+// gives bit-identical results, also when a failed Cholesky must be retried with more damping (the
+// retry restores the factored triangle from the untouched one).
+TEST(Gptq, HessianAsWorkspaceGivesIdenticalResults) {
+  const int64_t N = 24, K = 72;
+  const Calib c = make_calibration(400, K, 651);
+  at::Tensor w = randn_tensor({N, K}, 652, 0.05);
+  at::Tensor mask = high_mask_last(K, 9);
+  at::Tensor indefinite = c.H.clone();
+  // A 2x2 principal minor with |H01| > sqrt(H00 H11): no Cholesky without extra damping.
+  const double h0 = indefinite[K - 3][K - 3].item<double>(), h1 = indefinite[K - 2][K - 2].item<double>();
+  indefinite[K - 3][K - 2] = 1.5 * std::sqrt(h0 * h1);
+  indefinite[K - 2][K - 3] = 1.5 * std::sqrt(h0 * h1);
+  for (const at::Tensor& H : {c.H, indefinite}) {
+    QuantizedWeight ref = gptq_quantize_weight(w, H, mask, 4, 8, 0.0, 16, 1.0, false);
+    at::Tensor workspace = H.clone();
+    QuantizedWeight ws = gptq_quantize_weight(w, workspace, mask, 4, 8, 0.0, 16, 1.0, false, /*workspace=*/true);
+    EXPECT_TRUE(at::equal(ref.q, ws.q));
+    EXPECT_TRUE(at::equal(ref.dequant, ws.dequant));
+    EXPECT_EQ(ref.damp_fraction, ws.damp_fraction);
+    EXPECT_FALSE(at::equal(workspace, H)) << "the buffer was expected to be used as workspace";
+  }
+  // The indefinite case really needed the retry.
+  EXPECT_GT(gptq_quantize_weight(w, indefinite, mask, 4, 8, 0.0, 16, 1.0, false).damp_fraction, 0.0);
+  // A float32 Hessian cannot serve as float64 workspace: it is copied and left intact.
+  at::Tensor h32 = c.H.to(at::kFloat);
+  at::Tensor h32_before = h32.clone();
+  gptq_quantize_weight(w, h32, mask, 4, 8, 0.01, 16, 1.0, false, true);
+  EXPECT_TRUE(at::equal(h32, h32_before));
+}
+
 TEST(Gptq, ErrorPaths) {
   const int64_t N = 4, K = 8;
   at::Tensor w = randn_tensor({N, K}, 641);

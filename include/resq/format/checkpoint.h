@@ -138,8 +138,13 @@ struct CheckpointSizes {
 // ------------------------------------------------------------------ writer
 
 // Writes a checkpoint into `<out_dir>.tmp.<pid>` and renames it to out_dir on commit(), so out_dir
-// is either absent or complete. Tensors are buffered until a shard is full (bounded memory).
-// Destroying an uncommitted writer removes the temporary directory.
+// is either absent or complete. Tensor bytes go to disk as they are added (no buffering in memory:
+// a 1B model's ~1 GiB of layers + globals would otherwise sit in RAM until the shard is full): they
+// are appended to one spill file per element size (8, 4, 2, 1 bytes) and a shard is assembled from
+// the header + the spill files in decreasing element size, so every tensor is aligned to its
+// element size with no padding (safetensors data must be contiguous). Within one element size the
+// tensors keep the order in which they were added. Destroying an uncommitted writer removes the
+// temporary directory.
 class CheckpointWriter {
  public:
   // Throws UsageError if out_dir exists, IoError if the temporary directory cannot be created.
@@ -175,14 +180,24 @@ class CheckpointWriter {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    std::vector<uint8_t> bytes;
+    int spill = 0;       // index into spill_ (element size class)
+    int64_t offset = 0;  // byte offset inside that spill file
+    int64_t nbytes = 0;
+  };
+  // One spill file per element size class: the current shard's bytes of that class, in order.
+  struct Spill {
+    std::string path;
+    int fd = -1;
+    int64_t bytes = 0;
   };
   void flush();
+  void close_spills() noexcept;
 
   std::string out_dir_;
   std::string tmp_dir_;
   int64_t max_bytes_;
   std::vector<Pending> pending_;
+  Spill spill_[4];  // element sizes 8, 4, 2, 1
   int64_t pending_bytes_ = 0;
   std::vector<std::pair<std::string, std::vector<std::string>>> shards_;
   std::map<std::string, bool> names_;

@@ -88,11 +88,14 @@ QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_
 // Precision: H, its inverse and Cholesky factor in float64; the column loop (weights, errors and
 // updates) in float32 like the reference implementation, on w's device. Rounding itself is the fp32
 // formula of rtn_quantize_weight, so dequant == scale * q exactly.
+// hessian_is_workspace: when hessian is a contiguous float64 CPU tensor, its buffer becomes the
+// factorization's workspace and holds garbage afterwards (the caller's last use of it): saves a
+// [K, K] float64 copy, 512 MiB for an 8192-wide down_proj. Results are identical either way.
 // Throws ShapeError on bad shapes, ConfigError on bad bits / clip / percdamp / blocksize.
 QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
                                      const at::Tensor& high_mask, int bits_low, int bits_high,
                                      double percdamp, int64_t blocksize, double clip_ratio,
-                                     bool mse_clip);
+                                     bool mse_clip, bool hessian_is_workspace = false);
 
 // ------------------------------------------------------------------ activations and KV cache
 
