@@ -60,7 +60,23 @@ double current_rss_gib() {
   return 0.0;
 }
 
-std::string memory_note() { return fmt::format("RSS {:.2f} GiB (peak {:.2f})", current_rss_gib(), peak_rss_gib()); }
+// detail: also glibc's heap size, the part of it in use, and mmap()ed blocks (fragmentation shows
+// as a heap that grows while its in-use part does not).
+std::string memory_note(bool detail = false) {
+  std::string note = fmt::format("RSS {:.2f} GiB (peak {:.2f})", current_rss_gib(), peak_rss_gib());
+  if (detail) {
+    const struct mallinfo2 mi = ::mallinfo2();
+    note += fmt::format(", heap {:.2f} GiB of which {:.2f} in use, mmap {:.2f}", mi.arena / 1073741824.0,
+                        mi.uordblks / 1073741824.0, mi.hblkhd / 1073741824.0);
+  }
+  return note;
+}
+
+// End of a layer: hand the heap's free pages back to the OS. Without it the heap's resident size
+// only grows (fragmentation: measured +0.15 GiB per layer at 1B scale, ~+0.9 GiB over 16 layers)
+// because the pipeline disables glibc's automatic trimming (see quantize_model). Re-faulting the
+// pages in the next layer costs ~1 s per layer (3.5 s per GiB on this VM).
+void release_free_heap() { ::malloc_trim(0); }
 
 at::Tensor to_tensor(const MatrixXdR& m) {
   return at::from_blob(const_cast<double*>(m.data()), {m.rows(), m.cols()}, at::TensorOptions().dtype(at::kDouble))
@@ -269,6 +285,7 @@ void for_each_layer(Decoder& m, at::Tensor& hidden, const RopeTables& rope, int6
     }
     after_layer(l);
     m.unload_layer(l);
+    release_free_heap();
     const double elapsed = seconds_since(start);
     spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s | {}", stage, l + 1, m.config().num_layers,
                  (l + 1) * N * hidden.size(1) / std::max(elapsed, 1e-9),
@@ -632,7 +649,8 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   // Keep every buffer up to 32 MiB (glibc's maximum) on the heap and never trim it: freshly mmap()ed
   // buffers page-fault on first touch, which on this VM costs more than the arithmetic done in them
   // (measured 30x on [2048, 8192] float32 temporaries). Big buffers (hidden states, Hessians) are
-  // allocated once and reused instead. Process-wide, which suits the CLI that runs this.
+  // allocated once and reused instead. Process-wide, which suits the CLI that runs this. The free
+  // heap is trimmed explicitly once per layer (release_free_heap).
   ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
   ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 
@@ -717,7 +735,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
                             kind == LinearKind::kDown;
       layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, &err);
       e[linear_kind_name(kind)] = err;
-      spdlog::debug("weights: layer {} {} quantized | {}", l, linear_kind_name(kind), memory_note());
+      spdlog::debug("weights: layer {} {} quantized | {}", l, linear_kind_name(kind), memory_note(true));
     };
     one(LinearKind::kQ, L.q, masks.in_mask, LinearKind::kQ);
     one(LinearKind::kK, L.k, masks.in_mask, LinearKind::kQ);
@@ -762,6 +780,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       checksums.update(write_layer_tensors(writer, m, l, R, meta, layer_quantized));
       layer_quantized.clear();
       m.unload_layer(l);
+      release_free_heap();
       const double elapsed = seconds_since(start);
       spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s | {}", w.method, l + 1, c.num_layers,
                    elapsed / (l + 1) * (c.num_layers - l - 1), memory_note());
