@@ -2,10 +2,11 @@
 # Packs the Debian .debs that resq's build needs and a GPU machine (no network) may lack into one
 # folder, for scripts/gpu/run.sh to unpack there with dpkg -x (never installed system-wide).
 # Run it where apt can reach the Debian mirror: scripts/gpu/pack-deps.sh [OUT_DIR]
-# (default: ../shared/gpu-debs next to the repository). Downloads some 20 MB; nothing else.
+# (default: .gpu-debs in the repository, git-ignored, so it can travel with the working tree to
+# the GPU machine: the device tool's `carry`). Downloads some 15 MB; nothing else.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-OUT="${1:-${ROOT}/../shared/gpu-debs}"
+OUT="${1:-${ROOT}/.gpu-debs}"
 mkdir -p "${OUT}"
 OUT="$(cd "${OUT}" && pwd)"
 

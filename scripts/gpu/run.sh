@@ -4,9 +4,11 @@
 # (test_cuda) and the host emulation tests (test_kernels), then `resq bench`, and write logs and
 # JSON results to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results). Budget: < 10 minutes.
 #   scripts/gpu/run.sh [RESULTS_DIR]
-# Environment: RESQ_GPU_DEBS (folder of .debs; default shared/gpu-debs or ../shared/gpu-debs),
+# Environment: RESQ_GPU_DEBS (folder of .debs; default .gpu-debs, shared/gpu-debs or ../shared/gpu-debs),
 # RESQ_GPU_PREFIX (unpack prefix, default /tmp/resq-gpu-prefix), RESQ_BENCH_ARGS (extra arguments
-# for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs).
+# for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs), RESQ_TORCH_PREFIX
+# (a libtorch CMake prefix instead of the installed PyTorch's, e.g. to rehearse this script on a
+# machine without PyTorch: /usr/lib/x86_64-linux-gnu/cmake/Torch).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 RESULTS="${1:-${OUT:-${ROOT}/gpu-results}}"
@@ -24,7 +26,7 @@ head -15 "${RESULTS}/nvidia-smi.txt" || true
 # ---- dependencies: unpack the .debs (headers, CMake/pkg-config files, libraries) into a prefix.
 PREFIX="${RESQ_GPU_PREFIX:-/tmp/resq-gpu-prefix}"
 DEBS="${RESQ_GPU_DEBS:-}"
-for d in "${ROOT}/shared/gpu-debs" "${ROOT}/../shared/gpu-debs"; do
+for d in "${ROOT}/.gpu-debs" "${ROOT}/shared/gpu-debs" "${ROOT}/../shared/gpu-debs"; do
   if [[ -z "${DEBS}" && -d "${d}" ]]; then DEBS="${d}"; fi
 done
 EXTRA_PREFIX=""
@@ -50,10 +52,14 @@ NVCC="$(command -v nvcc || true)"
 if [[ -z "${NVCC}" && -x /usr/local/cuda/bin/nvcc ]]; then NVCC=/usr/local/cuda/bin/nvcc; fi
 [[ -n "${NVCC}" ]] || fail "nvcc not found (install the CUDA toolkit or put it on PATH)"
 command -v cmake >/dev/null || fail "cmake not found"
-TORCH_PREFIX="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)"
-[[ -n "${TORCH_PREFIX}" ]] || fail "python3 -c 'import torch' failed: PyTorch (CUDA) provides libtorch"
+TORCH_PREFIX="${RESQ_TORCH_PREFIX:-}"
+if [[ -z "${TORCH_PREFIX}" ]]; then
+  TORCH_PREFIX="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)"
+  [[ -n "${TORCH_PREFIX}" ]] || fail "python3 -c 'import torch' failed: PyTorch (CUDA) provides libtorch (or set RESQ_TORCH_PREFIX)"
+fi
 {
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null ||
+    echo "libtorch from ${TORCH_PREFIX}"
   "${NVCC}" --version | tail -2
   cmake --version | head -1
 } | tee -a "${LOG}"
@@ -98,5 +104,9 @@ cat "${RESULTS}/bench.log" >> "${LOG}"
 tail -5 "${RESULTS}/bench.log"
 
 step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
+# The device tool brings back at most 8 files: keep run.log and the JSON results as they are and
+# pack the detailed logs into one archive.
+(cd "${RESULTS}" && tar czf logs.tar.gz --remove-files nvidia-smi.txt configure.log build.log test_cuda.log \
+  test_kernels.log bench.log) || echo "run.sh: could not pack the logs (they stay as files)"
 ls -l "${RESULTS}"
 exit "${STATUS}"
