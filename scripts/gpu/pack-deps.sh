@@ -40,3 +40,17 @@ apt-get download "${PACKAGES[@]}"
   for f in ./*.deb; do dpkg-deb -f "${f}" Package Version | paste -sd' '; done
 } > MANIFEST.txt
 echo "pack-deps: $(ls ./*.deb | wc -l) packages, $(du -sh . | cut -f1) in ${OUT}"
+
+# The GPU tests also read two small files of ../shared (stories260K and a TinyStories text, ~2 MB),
+# which does not travel to the GPU machine: copy them into .gpu-shared (git-ignored, never
+# committed) for run.sh, which points RESQ_SHARED_DIR at it.
+SHARED_SRC="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
+SHARED_OUT="${ROOT}/.gpu-shared"
+if [[ -d "${SHARED_SRC}/models/stories260K" && -f "${SHARED_SRC}/data/tinystories/valid_head.txt" ]]; then
+  mkdir -p "${SHARED_OUT}/models" "${SHARED_OUT}/data/tinystories"
+  cp -r "${SHARED_SRC}/models/stories260K" "${SHARED_OUT}/models/"
+  cp "${SHARED_SRC}/data/tinystories/valid_head.txt" "${SHARED_OUT}/data/tinystories/"
+  echo "pack-deps: test data in ${SHARED_OUT} ($(du -sh "${SHARED_OUT}" | cut -f1))"
+else
+  echo "pack-deps: ${SHARED_SRC} lacks models/stories260K or data/tinystories/valid_head.txt: not copied" >&2
+fi

@@ -82,6 +82,10 @@ cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_ker
 step "built after $(( $(date +%s) - START )) s"
 
 STATUS=0
+# Shared test data: the copy pack-deps.sh made when ../shared did not travel with the tree.
+if [[ -z "${RESQ_SHARED_DIR:-}" && ! -d "${ROOT}/../shared/models" && -d "${ROOT}/.gpu-shared" ]]; then
+  export RESQ_SHARED_DIR="${ROOT}/.gpu-shared"
+fi
 step "test_cuda (GPU kernels vs CPU references, bit for bit)"
 if ! "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json" > "${RESULTS}/test_cuda.log" 2>&1; then
   STATUS=1

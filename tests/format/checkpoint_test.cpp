@@ -297,7 +297,9 @@ TEST(CheckpointWriter, StreamedShardsAreAlignedContiguousAndComplete) {
     for (size_t i = 0; i < views.size(); ++i) {
       const TensorView& v = *views[i];
       EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % dtype_size(v.dtype), 0u) << v.name << " is misaligned";
-      if (i + 1 < views.size()) EXPECT_EQ(v.data + v.nbytes, views[i + 1]->data) << "gap or overlap after " << v.name;
+      if (i + 1 < views.size()) {
+        EXPECT_EQ(v.data + v.nbytes, views[i + 1]->data) << "gap or overlap after " << v.name;
+      }
       data_bytes += v.nbytes;
       const auto it = std::find_if(added.begin(), added.end(), [&](const T& t) { return t.name == v.name; });
       ASSERT_NE(it, added.end()) << v.name;

@@ -87,6 +87,32 @@ RESQ_HOST_DEVICE inline float epilogue_element(const GpuActivationsView& x, cons
                                 has_bias, has_bias ? w.bias[n] : 0.0f);
 }
 
+// Dequantized activation x̂[m, k] = s · (q − z) of quantized rows in GPU layout, k in [0, K4 + K8):
+// one rounded fp32 product, the arithmetic of resq::PackedKvCacheQuant::unpack (and so of
+// KvFakeQuant). Used by dequantize_rows_cuda (kernels/cuda/kv_dequant.cu) and its host reference.
+RESQ_HOST_DEVICE inline float dequantize_activation_element(const GpuActivationsView& x, int64_t m,
+                                                            int64_t k) {
+  if (k < x.K4) {
+    return format::mul_rn(x.sx4[m],
+                          static_cast<float>(format::uint4_get(x.xq4 + m * x.ldx4, k) - x.zx4[m]));
+  }
+  return format::mul_rn(
+      x.sx8[m], static_cast<float>(static_cast<int32_t>(x.xq8[m * x.ldx8 + (k - x.K4)]) - x.zx8[m]));
+}
+
+// Host reference of dequantize_rows_cuda: out [M][ldo] float (ldo >= K4 + K8; elements past K4 + K8
+// of a row are not written).
+inline void dequantize_activations_reference(const GpuActivationsView& x, float* out, int64_t ldo) {
+  const int64_t K = x.K4 + x.K8;
+  RESQ_CHECK_OR_THROW(x.M >= 0 && x.K4 >= 0 && x.K8 >= 0 && ldo >= K, ShapeError,
+                      "dequantize_activations_reference: M = " + std::to_string(x.M) + ", K4 = " +
+                          std::to_string(x.K4) + ", K8 = " + std::to_string(x.K8) + ", ldo = " +
+                          std::to_string(ldo) + " (need ldo >= K4 + K8)");
+  for (int64_t m = 0; m < x.M; ++m) {
+    for (int64_t k = 0; k < K; ++k) out[m * ldo + k] = dequantize_activation_element(x, m, k);
+  }
+}
+
 // ---------------------------------------------------------------------------- host repacking
 
 // Host copy of one packed linear in GPU layout (what is uploaded to the device).

@@ -79,7 +79,9 @@ class PackedKvCacheQuant : public TensorTransform {
 // integer kernels (weights packed, activations enabled at 4 bits low / 8 bits high with the weights'
 // split); otherwise it throws UnsupportedError naming the site and suggesting --mode simulate.
 // Dense-stored sites run as dense linears in both modes; sites whose activations are not quantized
-// run on dequantized weights (weight-only). Only device "cpu" is supported by the packed mode here.
+// run on dequantized weights (weight-only). The packed mode runs on device "cpu" (PackedCpuLinear,
+// PackedKvCacheQuant) or, in a binary built with CUDA and a CUDA libtorch, on "cuda" (PackedCudaLinear,
+// PackedCudaKvCacheQuant of packed_cuda.h; float32 or bfloat16 compute); otherwise UnsupportedError.
 Decoder load_packed_model(const format::PackedCheckpoint& checkpoint, const LoadOptions& options,
                           ExecutionMode mode);
 
