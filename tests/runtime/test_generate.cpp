@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "common/quantized_stories.h"
 #include "common/test_util.h"
 #include "resq/common/error.h"
 #include "resq/format/packed.h"
@@ -124,22 +125,7 @@ TEST(DecodeSession, SlidingWindowMatchesFullForward) {
 
 class DecodePacked : public ::testing::Test {
  protected:
-  static std::string checkpoint() {
-    static test::TempDir* dir = new test::TempDir();  // shared by the suite, removed at exit
-    const std::string out = dir->file("resq-rtn");
-    if (!std::filesystem::exists(out)) {
-      QuantizeOptions o;
-      o.model_dir = stories_dir();
-      o.out_dir = out;
-      o.recipe = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/resq-rtn.json");
-      o.calib_path = test::shared_path("data/tinystories/valid_head.txt");
-      o.nsamples = 4;
-      o.seqlen = 64;
-      o.seed = 1;
-      quantize_model(o);
-    }
-    return out;
-  }
+  static std::string checkpoint() { return test::quantized_stories("resq-rtn", /*seed=*/1, /*nsamples=*/4, /*seqlen=*/64); }
 };
 
 // Captures the keys the full forward hands to each layer's cache transform.
