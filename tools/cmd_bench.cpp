@@ -1,6 +1,7 @@
 // `resq bench`: GEMM benchmarks. `--cpu`: the packed W4A4+W8A8 CPU kernels vs libtorch matmul.
-// Default (GPU): the CUDA W4A4+W8A8 kernels vs cuBLASLt bf16 and int8 (needs a CUDA build and a
-// device; otherwise a clear error with exit code 2 that points at --cpu).
+// Default (GPU): the CUDA W4A4+W8A8 kernels vs cuBLASLt bf16 and int8, then one decoder layer's
+// prefill (bf16 vs resq packed; `--layer` runs only that). Needs a CUDA build and a device;
+// otherwise a clear error with exit code 2 that points at --cpu.
 #include <ATen/Parallel.h>
 
 #include <cstdio>
@@ -8,6 +9,7 @@
 
 #include "common.h"
 #include "resq/bench/cpu_gemm_bench.h"
+#include "resq/bench/layer_bench.h"
 #include "resq/common/error.h"
 #include "resq/cuda/bench.h"
 
@@ -21,6 +23,8 @@ struct BenchOptions {
   bool no_bf16 = false;
   bool no_int8 = false;
   bool no_flush_l2 = false;
+  bool layer_only = false;     // --layer: only the decoder-layer prefill measurement
+  int64_t layer_seqlen = 2048;
   // Set when the flag was given (the GPU benchmark has its own defaults otherwise).
   CLI::Option* m_opt = nullptr;
   CLI::Option* warmup_opt = nullptr;
@@ -71,6 +75,39 @@ void print_gpu_row(const nlohmann::json& r) {
   std::fflush(stdout);
 }
 
+void print_layer_row(const nlohmann::json& r) {
+  static bool header = false;
+  if (!header) {
+    std::printf("decoder-layer prefill (run_layer on x [1, seqlen, d] bf16; warm-up %d, median of %d; "
+                "linears = the seven linears alone at M = seqlen, resq: quantize + GEMM)\n",
+                gpu_header.warmup, gpu_header.repeats);
+    std::printf("%-13s | %6s | %13s | %13s | %7s | %16s | %16s\n", "model", "seqlen", "bf16 layer us",
+                "resq layer us", "speedup", "bf16 linears us", "resq linears us");
+    header = true;
+  }
+  std::printf("%-13s | %6lld | %13.1f | %13.1f | %6.2fx | %16.1f | %16.1f\n", r["model"].get<std::string>().c_str(),
+              static_cast<long long>(r["seqlen"].get<int64_t>()), r["bf16_us"].get<double>(),
+              r["resq_us"].get<double>(), r["speedup"].get<double>(), r["bf16_linears_us"].get<double>(),
+              r["resq_linears_us"].get<double>());
+  std::fflush(stdout);
+}
+
+// The decoder-layer prefill table; its rows go into `result` as "layer_prefill".
+void run_layer_bench(const BenchOptions& o, int warmup, int repeats, nlohmann::json& result) {
+  LayerBenchOptions l;
+  l.models = o.bench.models;
+  l.seqlen = o.layer_seqlen;
+  l.warmup = warmup;
+  l.repeats = repeats;
+  l.seed = o.common.seed;
+  const nlohmann::json layer = run_layer_prefill_bench(l, &print_layer_row);
+  for (const char* key : {"device", "sm"}) {
+    if (!result.contains(key)) result[key] = layer[key];
+  }
+  result["layer_seqlen"] = layer["seqlen"];
+  result["layer_prefill"] = layer["layer_prefill"];
+}
+
 void run_gpu_bench(BenchOptions& o) {
   CudaBenchOptions b;
   if (o.m_opt->count() > 0) b.ms = o.bench.ms;
@@ -82,17 +119,26 @@ void run_gpu_bench(BenchOptions& o) {
   b.flush_l2 = !o.no_flush_l2;
   // Column titles come with the first row, so that a missing device fails before any output.
   gpu_header = {b.warmup, b.repeats, b.flush_l2, false};
-  const nlohmann::json result = run_cuda_gemm_bench(b, &print_gpu_row);
+  if (o.layer_only) {
+    nlohmann::json result = nlohmann::json::object();
+    run_layer_bench(o, b.warmup, b.repeats, result);
+    std::printf("device: %s (%s)\n", result["device"].get<std::string>().c_str(), result["sm"].get<std::string>().c_str());
+    if (!o.common.json_out.empty()) write_json_file(o.common.json_out, result);
+    return;
+  }
+  nlohmann::json result = run_cuda_gemm_bench(b, &print_gpu_row);
   std::printf("device: %s (%s, %d SMs, %d MHz, memory %d MHz, L2 %d bytes), CUDA runtime %d, kernel path: %s\n",
               result["device"].get<std::string>().c_str(), result["sm"].get<std::string>().c_str(),
               result["sm_count"].get<int>(), result["clock_mhz"].get<int>(), result["mem_clock_mhz"].get<int>(),
               result["l2_bytes"].get<int>(), result["cuda_runtime"].get<int>(),
               result["gemm_path"].get<std::string>().c_str());
+  run_layer_bench(o, b.warmup, b.repeats, result);
   if (!o.common.json_out.empty()) write_json_file(o.common.json_out, result);
 }
 
 void run_bench(BenchOptions& o) {
   apply_runtime_options(o.common);
+  if (o.cpu && o.layer_only) throw UsageError("resq bench: --layer is a GPU measurement; it cannot be combined with --cpu");
   if (!o.cpu) {
     run_gpu_bench(o);
     return;
@@ -127,6 +173,10 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--no-bf16", o->no_bf16, "skip the libtorch bf16 baseline (--cpu)");
   cmd->add_flag("--no-int8", o->no_int8, "skip the cuBLASLt int8 baseline (GPU)");
   cmd->add_flag("--no-flush-l2", o->no_flush_l2, "do not flush L2 between timed calls (GPU)");
+  cmd->add_flag("--layer", o->layer_only,
+                "GPU: only the decoder-layer prefill measurement (bf16 layer vs resq packed layer; "
+                "--models default llama-3-8b)");
+  cmd->add_option("--layer-seqlen", o->layer_seqlen, "tokens of the decoder-layer prefill (GPU)")->capture_default_str();
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();

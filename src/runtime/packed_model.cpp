@@ -211,6 +211,12 @@ std::shared_ptr<Linear> build_linear(format::LinearData d, ExecutionMode mode, a
 
 }  // namespace
 
+std::shared_ptr<Linear> build_site_linear(format::LinearData data, ExecutionMode mode, at::ScalarType dtype,
+                                          at::Device device, const std::shared_ptr<const OnlineHadamard>& fused_hadamard,
+                                          bool* fused) {
+  return build_linear(std::move(data), mode, dtype, device, fused_hadamard, fused);
+}
+
 Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions& options, ExecutionMode mode) {
   const format::CheckpointMeta& meta = ck.meta();
   const ModelConfig& c = meta.model;

@@ -75,6 +75,15 @@ class PackedKvCacheQuant : public TensorTransform {
   float clip_;
 };
 
+// One site as load_packed_model builds it from a checkpoint's LinearData (also used by the layer
+// benchmark, src/bench/layer_bench.cpp): kPacked with activations enabled -> PackedCpuLinear, or
+// PackedCudaLinear on a cuda device (with `fused_hadamard` fused into its quantizer, *fused = true);
+// otherwise a DenseLinear of the dequantized weights [N, K] (wrapped in SimulatedLinear when the
+// activations are fake-quantized). Tensors go to `device` in `dtype`. No checks beyond the linears'.
+std::shared_ptr<Linear> build_site_linear(format::LinearData data, ExecutionMode mode, at::ScalarType dtype,
+                                          at::Device device, const std::shared_ptr<const OnlineHadamard>& fused_hadamard,
+                                          bool* fused);
+
 // Builds a decoder from a validated packed checkpoint. kPacked needs every quantized site to fit the
 // integer kernels (weights packed, activations enabled at 4 bits low / 8 bits high with the weights'
 // split); otherwise it throws UnsupportedError naming the site and suggesting --mode simulate.
