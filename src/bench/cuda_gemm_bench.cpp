@@ -38,39 +38,6 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   return out;
 }
 
-// Times fn() with CUDA events: `warmup` untimed calls, then `repeats` timed calls, each preceded
-// (untimed) by a write over `flush` (when given) so that no operand is served from L2. Median, us.
-double time_us(int warmup, int repeats, DeviceBuffer<uint8_t>* flush, cudaStream_t stream,
-               const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a = nullptr, b = nullptr;
-  RESQ_CUDA_CHECK(cudaEventCreate(&a));
-  RESQ_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  try {
-    for (int i = 0; i < repeats; ++i) {
-      if (flush && flush->size() > 0) {
-        RESQ_CUDA_CHECK(cudaMemsetAsync(flush->get(), i & 0xFF, flush->size(), stream));
-      }
-      RESQ_CUDA_CHECK(cudaEventRecord(a, stream));
-      fn();
-      RESQ_CUDA_CHECK(cudaEventRecord(b, stream));
-      RESQ_CUDA_CHECK(cudaEventSynchronize(b));
-      float ms = 0.0f;
-      RESQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(1000.0 * ms);
-    }
-  } catch (...) {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    throw;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 // One cuBLASLt "TN" matmul Y[M][N] (row-major) = X[M][K] * W[N][K]^T, i.e. column-major
 // Y^T (N x M) = op_T(W: K x N) * X^T (K x M). bf16 in/out with fp32 compute, or int8 in with
 // int32 out and int32 compute (IMMA).
@@ -248,7 +215,7 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
       LtMatmul bf16(lt, false, M, N, K, workspace.get(), ws_bytes);
       double t_bf16 = 0.0;
       if (bf16.ok()) {
-        t_bf16 = time_us(o.warmup, o.repeats, fl, stream,
+        t_bf16 = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream,
                          [&] { bf16.run(d_w_bf16.get(), d_x_bf16.get(), d_y.get(), stream); });
       }
       double t_i8 = 0.0;
@@ -260,7 +227,7 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
           d_x_i8 = std::make_unique<DeviceBuffer<int8_t>>(static_cast<size_t>(M * K));
           d_y_i32 = std::make_unique<DeviceBuffer<int32_t>>(static_cast<size_t>(M * N));
           RESQ_CUDA_CHECK(cudaMemset(d_x_i8->get(), 1, d_x_i8->size()));
-          t_i8 = time_us(o.warmup, o.repeats, fl, stream,
+          t_i8 = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream,
                          [&] { i8.run(d_w_i8.get(), d_x_i8->get(), d_y_i32->get(), stream); });
         }
       }
@@ -270,11 +237,11 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
 
       const double packed_bytes_w = static_cast<double>(N) * (ldq4 + ldq8) + 16.0 * N;
       const double packed_bytes_x = static_cast<double>(M) * (ldq4 + ldq8) + 16.0 * M;
-      const double t_gemm = time_us(o.warmup, o.repeats, fl, stream, [&] {
+      const double t_gemm = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
         gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
       });
       emit("resq-gemm", t_gemm, packed_bytes_w + packed_bytes_x + 2.0 * M * N, t_bf16, t_i8);
-      const double t_full = time_us(o.warmup, o.repeats, fl, stream, [&] {
+      const double t_full = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
         gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
         gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
       });

@@ -166,35 +166,10 @@ Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_
 
 namespace {
 
-// fn() timed with CUDA events on stream 0 (torch's default current stream, where both the torch
-// ops and the packed kernels run; see packed_cuda.h): `warmup` untimed calls, then the median of
-// `repeats` timed calls, in us.
+// fn() timed on stream 0: torch's default current stream, where both the torch ops and the packed
+// kernels run (see packed_cuda.h). No L2 flush: a layer's working set is far larger than L2.
 double time_stream0_us(int warmup, int repeats, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  RESQ_CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t a = nullptr, b = nullptr;
-  RESQ_CUDA_CHECK(cudaEventCreate(&a));
-  RESQ_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  try {
-    for (int i = 0; i < std::max(repeats, 1); ++i) {
-      RESQ_CUDA_CHECK(cudaEventRecord(a, 0));
-      fn();
-      RESQ_CUDA_CHECK(cudaEventRecord(b, 0));
-      RESQ_CUDA_CHECK(cudaEventSynchronize(b));
-      float ms = 0.0f;
-      RESQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(1000.0 * ms);
-    }
-  } catch (...) {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    throw;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return gpu::median_event_time_us(warmup, repeats, nullptr, 0, fn);
 }
 
 struct LayerTimes {

@@ -14,6 +14,7 @@
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
 #include "resq/runtime/packed_cuda.h"
+#include "cuda/cuda_torch_test.h"
 
 namespace resq {
 namespace {
@@ -90,15 +91,7 @@ TEST(LayerBench, CpuPackedLayerCloseToDequantizedBf16Layer) {
   EXPECT_LT(delta_err, 0.6);
 }
 
-class LayerBenchDeviceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (gpu::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount reports none)";
-    if (!at::hasCUDA()) GTEST_SKIP() << "this libtorch has no CUDA (at::hasCUDA() is false)";
-    const std::string why = packed_cuda_unavailable_reason();
-    if (!why.empty()) GTEST_SKIP() << why;
-  }
-};
+using LayerBenchDeviceTest = test::CudaTorchTest;
 
 // The packed layer (4-bit activations and KV, fused Hadamard, o_proj perm) against the bf16 layer of
 // the same dequantized weights and transforms: only the activation / KV quantization differs. Loose

@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "common/quantized_stories.h"
 #include "common/test_util.h"
 #include "cpu/gemm.h"
 #include "cpu/quantize.h"
@@ -28,20 +29,12 @@
 #include "resq/quant/recipe.h"
 #include "resq/runtime/packed_cuda.h"
 #include "resq/runtime/packed_model.h"
+#include "cuda/cuda_torch_test.h"
 
 namespace resq {
 namespace {
 
-class PackedCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (gpu::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount reports none)";
-    if (!at::hasCUDA()) GTEST_SKIP() << "this libtorch has no CUDA (at::hasCUDA() is false)";
-    const std::string why = packed_cuda_unavailable_reason();
-    if (!why.empty()) GTEST_SKIP() << why;
-  }
-  static at::Device cuda() { return at::Device(at::kCUDA, 0); }
-};
+using PackedCudaTest = test::CudaTorchTest;
 
 // Random packed linear N x (K4 + K8) (RTN of Gaussian weights, the CPU packer computes row sums).
 cpu::PackedLinear random_packed(int64_t N, int64_t K4, int64_t K8, bool bias, uint32_t seed) {
@@ -159,23 +152,8 @@ TEST_F(PackedCudaTest, KvCacheQuantEqualsPackedKvCacheQuantBitForBit) {
   }
 }
 
-// A quantized stories260K checkpoint (the pipeline, as tests/runtime/test_packed_runtime.cpp).
-std::string quantized_stories(const std::string& recipe) {
-  static test::TempDir* dir = new test::TempDir();  // shared by the suite, removed at exit
-  const std::string out = dir->file(recipe);
-  if (!std::filesystem::exists(out)) {
-    QuantizeOptions o;
-    o.model_dir = test::shared_path("models/stories260K");
-    o.out_dir = out;
-    o.recipe = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/" + recipe + ".json");
-    o.calib_path = test::shared_path("data/tinystories/valid_head.txt");
-    o.nsamples = 8;
-    o.seqlen = 128;
-    o.seed = 1;
-    quantize_model(o);
-  }
-  return out;
-}
+// A quantized stories260K checkpoint (the pipeline, shared with the runtime tests).
+std::string quantized_stories(const std::string& recipe) { return test::quantized_stories(recipe, /*seed=*/1, 8, 128); }
 
 TEST_F(PackedCudaTest, StoriesLogitsOnCudaMatchCpu) {
   // resq-rtn: 4/8-bit linears, o_proj permutation, fused Hadamard before down_proj (n = 172 =

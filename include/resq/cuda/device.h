@@ -4,7 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -102,5 +104,45 @@ class DeviceBuffer {
   T* p_ = nullptr;
   size_t n_ = 0;
 };
+
+// Times fn() with CUDA events on `stream`: `warmup` untimed calls (then a device sync), then
+// `repeats` timed calls (at least one), each preceded (untimed) by a write over `flush` when given so
+// that no operand is served from L2. Returns the median in microseconds. Shared by the GEMM and the
+// decoder-layer benchmarks.
+inline double median_event_time_us(int warmup, int repeats, DeviceBuffer<uint8_t>* flush, cudaStream_t stream,
+                                   const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  RESQ_CUDA_CHECK(cudaDeviceSynchronize());
+  cudaEvent_t a = nullptr, b = nullptr;
+  RESQ_CUDA_CHECK(cudaEventCreate(&a));
+  const cudaError_t created_b = cudaEventCreate(&b);
+  if (created_b != cudaSuccess) {
+    cudaEventDestroy(a);
+    RESQ_CUDA_CHECK(created_b);
+  }
+  std::vector<double> t;
+  try {
+    for (int i = 0; i < std::max(repeats, 1); ++i) {
+      if (flush && flush->size() > 0) {
+        RESQ_CUDA_CHECK(cudaMemsetAsync(flush->get(), i & 0xFF, flush->size(), stream));
+      }
+      RESQ_CUDA_CHECK(cudaEventRecord(a, stream));
+      fn();
+      RESQ_CUDA_CHECK(cudaEventRecord(b, stream));
+      RESQ_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0.0f;
+      RESQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(1000.0 * ms);
+    }
+  } catch (...) {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    throw;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
 
 }  // namespace resq::gpu
