@@ -320,6 +320,23 @@ at::Tensor Decoder::attention_bf16(const at::Tensor& q, const at::Tensor& k, con
   return out.view({B, T, H * hd});
 }
 
+at::Tensor masked_attention_rows(const at::Tensor& q3, const at::Tensor& k3, const at::Tensor& v3, const at::Tensor& mask,
+                                 at::ScalarType dtype) {
+  const int64_t R = q3.size(0), Tq = q3.size(1), hd = q3.size(2), L = k3.size(1);
+  const auto stat_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out3 = at::empty({R, Tq, hd}, q3.options());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, Tq * L * 8));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+    const int64_t rows = std::min(chunk, R - r0);
+    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
+                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
+    at::Tensor probs = at::softmax(scores, -1).to(dtype);
+    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
+  }
+  return out3;
+}
+
 namespace {
 
 // Attention in the compute dtype (the float32/float64 reference path): q [B, H, T, hd], k/v
@@ -333,26 +350,11 @@ at::Tensor attention_reference(const at::Tensor& q, at::Tensor k, at::Tensor v, 
     k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
     v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
   }
-  // Attention in chunks of (batch, head) rows: scores [rows, T, T] = mask + q·kᵀ/√hd (one baddbmm),
-  // softmax in float32 (float64 for float64 models), then · v. Chunks keep each scores buffer under
-  // ~16 MiB so glibc reuses heap memory instead of mmap()ing (and page-faulting) a fresh buffer for
-  // every layer: measured 6x faster on stories260K than one [B*H, T, T] buffer above the threshold.
   // The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
   const auto stat_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type).unsqueeze(0);
-  at::Tensor q3 = q.reshape({B * H, T, hd});
-  at::Tensor k3 = k.reshape({B * H, T, hd});
-  at::Tensor v3 = v.reshape({B * H, T, hd});
-  at::Tensor out3 = at::empty({B * H, T, hd}, q3.options());
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (T * T * 8));
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (int64_t r0 = 0; r0 < B * H; r0 += chunk) {
-    const int64_t rows = std::min(chunk, B * H - r0);
-    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
-                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
-    at::Tensor probs = at::softmax(scores, -1).to(dtype);
-    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
-  }
+  at::Tensor out3 = masked_attention_rows(q.reshape({B * H, T, hd}), k.reshape({B * H, T, hd}),
+                                          v.reshape({B * H, T, hd}), mask, dtype);
   return out3.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
 }
 

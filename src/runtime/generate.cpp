@@ -77,20 +77,9 @@ at::Tensor chunk_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                         .repeat({G, 1})
                         .to(q.device())
                         .unsqueeze(0);  // [1, G*t, L]
-  at::Tensor q3 = q.reshape({B * Hkv, G * t, hd});  // rows (g, i) of KV group j
-  at::Tensor k3 = k.reshape({B * Hkv, L, hd});
-  at::Tensor v3 = v.reshape({B * Hkv, L, hd});
-  at::Tensor out3 = at::empty({B * Hkv, G * t, hd}, q3.options());
-  // Chunks of (batch, kv head) keep each scores buffer under ~16 MiB (a long prefill's [G*t, L]).
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, G * t * L * 8));
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (int64_t r0 = 0; r0 < B * Hkv; r0 += chunk) {
-    const int64_t rows = std::min(chunk, B * Hkv - r0);
-    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
-                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
-    at::Tensor probs = at::softmax(scores, -1).to(dtype);
-    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
-  }
+  // Rows (g, i) of KV group j against one copy of the group's keys.
+  at::Tensor out3 = masked_attention_rows(q.reshape({B * Hkv, G * t, hd}), k.reshape({B * Hkv, L, hd}),
+                                          v.reshape({B * Hkv, L, hd}), mask, dtype);
   // [B, Hkv, G, t, hd] -> [B, t, Hkv, G, hd] = [B, t, H*hd] (head j*G + g)
   return out3.view({B, Hkv, G, t, hd}).permute({0, 3, 1, 2, 4}).reshape({B, t, H * hd});
 }

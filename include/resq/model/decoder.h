@@ -67,6 +67,15 @@ struct RopeTables {
   at::Tensor mask;
 };
 
+// The reference attention core shared by Decoder::run_layer and incremental decoding: for rows r of
+// q3 [R, Tq, hd] against k3/v3 [R, L, hd], scores = mask + q·kᵀ/√hd (one baddbmm) in float32
+// (float64 when dtype is float64), softmax, probabilities cast to dtype, · v -> [R, Tq, hd] in
+// dtype. mask: additive [1, Tq, L] (0 or -inf) in that statistics dtype. Runs in chunks of rows that
+// keep each scores buffer under ~16 MiB, so glibc reuses heap memory instead of mmap()ing (and
+// page-faulting) a fresh buffer per layer: measured 6x faster on stories260K than one buffer.
+at::Tensor masked_attention_rows(const at::Tensor& q3, const at::Tensor& k3, const at::Tensor& v3, const at::Tensor& mask,
+                                 at::ScalarType dtype);
+
 class Decoder {
  public:
   // Loads config.json and the safetensors weights of a HF model directory; validates every tensor
