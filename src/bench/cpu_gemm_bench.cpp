@@ -2,6 +2,7 @@
 #include "resq/bench/cpu_gemm_bench.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -84,7 +85,7 @@ nlohmann::json run_cpu_gemm_bench(const CpuBenchOptions& o, void (*on_row)(const
                            {"warmup", o.warmup},
                            {"repeats", o.repeats},
                            {"rows", nlohmann::json::array()}};
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::mt19937 rng(static_cast<uint32_t>(o.seed));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (const LayerShape& s : bench_layer_shapes(o.models)) {

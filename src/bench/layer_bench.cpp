@@ -3,6 +3,7 @@
 #include "resq/bench/layer_bench.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
@@ -200,7 +201,7 @@ nlohmann::json run_layer_prefill_bench(const LayerBenchOptions& o, void (*on_row
     throw UsageError("resq bench --layer: " + why + "; no CUDA device can be used; use --cpu for the CPU benchmark");
   }
   if (o.seqlen < 1) throw UsageError("resq bench: --layer-seqlen must be >= 1");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   int dev = 0;
   RESQ_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop{};

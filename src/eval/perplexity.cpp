@@ -2,6 +2,7 @@
 #include "resq/eval/perplexity.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -46,7 +47,7 @@ PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t
   r.num_predictions = windows * (seqlen - 1);
   r.window_nll.reserve(windows);
 
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const auto start = std::chrono::steady_clock::now();
   auto last_report = start;
   for (int64_t w0 = 0; w0 < windows; w0 += batch) {
@@ -95,7 +96,7 @@ KlResult evaluate_kl_divergence(Decoder& reference, Decoder& candidate, const st
   int64_t windows = static_cast<int64_t>(ids.size()) / seqlen;
   if (max_windows >= 0) windows = std::min(windows, max_windows);
   if (windows == 0) throw UsageError("the text has fewer tokens than one window of " + std::to_string(seqlen));
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   double total = 0.0;
   for (int64_t w = 0; w < windows; ++w) {
     at::Tensor x = at::empty({1, seqlen}, at::TensorOptions().dtype(at::kLong));

@@ -3,6 +3,7 @@
 #include "resq/quant/pipeline.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -645,7 +646,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     stages[name + "_peak_rss_gib"] = peak_rss_gib();
     spdlog::info("quantize: {} done in {:.1f} s | {}", name, seconds_since(since), memory_note());
   };
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   // Keep every buffer up to 32 MiB (glibc's maximum) on the heap and never trim it: freshly mmap()ed
   // buffers page-fault on first touch, which on this VM costs more than the arithmetic done in them
   // (measured 30x on [2048, 8192] float32 temporaries). Big buffers (hidden states, Hessians) are

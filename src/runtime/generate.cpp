@@ -4,6 +4,7 @@
 #include "resq/runtime/generate.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <chrono>
@@ -275,7 +276,7 @@ at::Tensor DecodeSession::run_layer(int64_t index, const at::Tensor& hidden, con
 
 at::Tensor DecodeSession::step(const at::Tensor& ids) {
   // ids [B, t] -> logits [B, t, vocab]
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (ids.dim() != 2) throw ShapeError("DecodeSession::step: ids must be [batch, tokens], got dim " + std::to_string(ids.dim()));
   const int64_t B = ids.size(0), t = ids.size(1);
   if (B < 1 || t < 1) {

@@ -2,6 +2,7 @@
 // the missing-device error, and on a device the packed bench layer vs the bf16 layer of its
 // dequantized weights. Device tests GTEST_SKIP() without a device or a CUDA libtorch.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
@@ -72,7 +73,7 @@ double rel_frobenius(const at::Tensor& a, const at::Tensor& ref) {
 // The same assembly (packing, o_proj perm, fused Hadamard, 4/8 KV) on the CPU integer runtime, so it
 // is checked without a device: packed tiny layer vs the bf16 layer of its dequantized weights.
 TEST(LayerBench, CpuPackedLayerCloseToDequantizedBf16Layer) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const ModelConfig c = synthetic_shape_config("tiny");  // d 128, 8 x 16 heads, 4 kv, ffn 352
   const Decoder packed = make_bench_layer(c, BenchLayerKind::kResqPacked, 7, "cpu");
   const Decoder ref = make_bench_layer(c, BenchLayerKind::kResqDequantized, 7, "cpu");
@@ -97,7 +98,7 @@ using LayerBenchDeviceTest = test::CudaTorchTest;
 // the same dequantized weights and transforms: only the activation / KV quantization differs. Loose
 // tolerance: 4-bit per-token activations cost ~10% relative error per linear.
 TEST_F(LayerBenchDeviceTest, PackedLayerCloseToDequantizedBf16Layer) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const ModelConfig c = synthetic_shape_config("tiny");  // d 128, 8 x 16 heads, 4 kv, ffn 352
   const Decoder packed = make_bench_layer(c, BenchLayerKind::kResqPacked, 7, "cuda");
   const Decoder ref = make_bench_layer(c, BenchLayerKind::kResqDequantized, 7, "cuda");
@@ -118,7 +119,7 @@ TEST_F(LayerBenchDeviceTest, PackedLayerCloseToDequantizedBf16Layer) {
 
 // The bf16 baseline (plain torch ops, cuBLAS) runs on the device: x [1, 32, d] -> finite [1, 32, d].
 TEST_F(LayerBenchDeviceTest, Bf16LayerRuns) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const ModelConfig c = synthetic_shape_config("tiny");
   const Decoder m = make_bench_layer(c, BenchLayerKind::kBf16, 7, "cuda");
   const at::Tensor x = at::randn({1, 32, c.hidden_size}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));

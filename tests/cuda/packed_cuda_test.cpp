@@ -5,6 +5,7 @@
 // checkpoint evaluated on cuda vs cpu. Device tests GTEST_SKIP() without a device or without a CUDA
 // libtorch (at::hasCUDA() false); argument errors that need no device run everywhere.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
@@ -160,7 +161,7 @@ TEST_F(PackedCudaTest, StoriesLogitsOnCudaMatchCpu) {
   // 4 x 43: block > 1, so not bit-exact with the CPU), 4/8-bit KV cache; rtn-w4a4kv4: plain 4-bit.
   for (const std::string recipe : {"resq-rtn", "rtn-w4a4kv4"}) {
     const std::string dir = quantized_stories(recipe);
-    at::NoGradGuard guard;
+    c10::NoGradGuard guard;
     LoadOptions on_cuda;
     on_cuda.device = "cuda";
     Decoder g = load_model_for_eval(dir, on_cuda);

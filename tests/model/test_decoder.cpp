@@ -1,6 +1,7 @@
 // Decoder forward pass: stories260K against the independent float64 fixture, random-init Qwen2
 // (biases) and GQA/tied models against a naive float64 reference, and decoder plumbing.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -30,7 +31,7 @@ TEST(Decoder, Stories260KLogitsMatchFixture) {
   const auto fixture = wikitext_fixture();
   const auto ids = fixture["first_64_ids"].get<std::vector<int64_t>>();
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"));
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   at::Tensor logits = decoder.forward(ids_tensor(ids)).squeeze(0);  // [64, 512]
   ASSERT_EQ(logits.size(0), 64);
   ASSERT_EQ(logits.size(1), 512);
@@ -75,7 +76,7 @@ TEST(Decoder, Float64MatchesFixtureTightly) {
   LoadOptions lo;
   lo.dtype = "float64";
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"), lo);
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   at::Tensor logits = decoder.forward(ids_tensor(ids)).squeeze(0);
   const auto expected = fixture["first_64_logits"]["row_63"].get<std::vector<double>>();
   for (size_t v = 0; v < expected.size(); ++v) ASSERT_NEAR(logits[63][v].item<double>(), expected[v], 1e-9);
@@ -97,7 +98,7 @@ void check_against_reference(const std::string& shape, uint64_t seed) {
   Decoder decoder = Decoder::load(model_dir, lo);
   std::vector<int64_t> ids;
   for (int64_t t = 0; t < 19; ++t) ids.push_back((t * 37 + 11) % config.vocab_size);
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   at::Tensor logits = decoder.forward(ids_tensor(ids)).squeeze(0);
 
   TensorStore store = TensorStore::open_model_dir(model_dir);
@@ -128,7 +129,7 @@ TEST(Decoder, GqaTiedMatchesReference) { check_against_reference("tiny-gqa-tied"
 
 TEST(Decoder, BatchedWindowsEqualSingleWindows) {
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"));
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   at::Tensor ids = at::randint(0, 512, {3, 40}, at::TensorOptions().dtype(at::kLong));
   at::Tensor batched = decoder.forward(ids);
   for (int64_t b = 0; b < 3; ++b) {
@@ -157,7 +158,7 @@ class CountingObserver : public ForwardObserver {
 TEST(Decoder, ObserverSeesEveryLinearInput) {
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"));
   CountingObserver obs;
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   decoder.forward(at::zeros({2, 7}, at::TensorOptions().dtype(at::kLong)), &obs);
   EXPECT_EQ(obs.linear_calls, 5 * 7 + 1);  // 7 linears per layer + lm_head
   EXPECT_EQ(obs.value_calls, 5);
@@ -175,7 +176,7 @@ class Negate : public TensorTransform {
 
 TEST(Decoder, OnlineTransformsAreApplied) {
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"));
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   at::Tensor ids = at::randint(0, 512, {1, 16}, at::TensorOptions().dtype(at::kLong));
   at::Tensor base = decoder.forward(ids);
   for (auto& layer : decoder.layers()) layer.qk_transform = std::make_shared<Negate>();
@@ -216,7 +217,7 @@ TEST(Decoder, LoadErrorsNameTheTensor) {
 
 TEST(Decoder, RejectsOutOfVocabIds) {
   Decoder decoder = Decoder::load(test::shared_path("models/stories260K"));
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   EXPECT_THROW(decoder.forward(at::full({1, 4}, 512, at::TensorOptions().dtype(at::kLong))), ShapeError);
 }
 

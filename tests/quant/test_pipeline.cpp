@@ -1,6 +1,7 @@
 // The quantization pipeline end to end: rotations are exact (rotated fp model == original logits),
 // the fp recipe round-trips, quantized directories load for eval, and bad inputs fail clearly.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -43,7 +44,7 @@ QuantizeOptions options_for(const std::string& model, const std::string& out, co
 
 // Max |logits(quantized dir) - logits(original)| over a fixed token sequence, relative to max |logits|.
 double relative_logit_change(const std::string& original, const std::string& quantized, int64_t vocab) {
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   std::vector<int64_t> ids;
   for (int64_t t = 0; t < 48; ++t) ids.push_back((t * 53 + 7) % vocab);
   at::Tensor x = at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);

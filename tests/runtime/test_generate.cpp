@@ -4,6 +4,7 @@
 // (seeded, top-k, frequencies), greedy generation (deterministic, equal to argmax of the full
 // forward) and the errors (empty prompt, positions beyond the model, batch changes, bad options).
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -63,7 +64,7 @@ double argmax_agreement(const at::Tensor& a, const at::Tensor& b) {
 
 TEST(DecodeSession, IncrementalMatchesFullForwardFloat32) {
   Decoder d = Decoder::load(stories_dir());
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const at::Tensor ids = story_ids(2, 96);
   const at::Tensor full = d.forward(ids);
   DecodeSession s(d);
@@ -93,7 +94,7 @@ TEST(DecodeSession, IncrementalMatchesFullForwardFloat64) {
   LoadOptions o;
   o.dtype = "float64";
   Decoder d = Decoder::load(stories_dir(), o);
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const at::Tensor ids = story_ids(2, 80);
   const at::Tensor full = d.forward(ids);
   DecodeSession s(d);
@@ -111,7 +112,7 @@ TEST(DecodeSession, SlidingWindowMatchesFullForward) {
   d.final_norm_weight = base.final_norm_weight;
   d.lm_head = base.lm_head;
   d.layers() = base.layers();
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const at::Tensor ids = story_ids(1, 48);
   const at::Tensor full = d.forward(ids);
   // The window matters here (else this test would not test it) ...
@@ -139,7 +140,7 @@ TEST_F(DecodePacked, PackedIncrementalMatchesPackedFullForwardAndCachesPackedRow
   ASSERT_EQ(d.layers()[0].q->implementation(), "packed-cpu");
   const auto kv = std::dynamic_pointer_cast<const PackedKvCacheQuant>(d.layers()[0].k_cache_transform);
   ASSERT_TRUE(kv) << "packed mode must use the packed KV cache";
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const int64_t B = 2, T = 80, Hkv = 4, hd = 8, r_h = kv->r_h();
   ASSERT_GT(r_h, 0);
   const at::Tensor ids = story_ids(B, T);
@@ -203,7 +204,7 @@ TEST_F(DecodePacked, PackedIncrementalMatchesPackedFullForwardAndCachesPackedRow
 
 TEST_F(DecodePacked, SimulateModeIncrementalMatchesSimulatedFullForward) {
   Decoder d = load_model_for_eval(checkpoint(), LoadOptions{}, ExecutionMode::kSimulate);
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const at::Tensor ids = story_ids(2, 64);
   const at::Tensor full = d.forward(ids);
   DecodeSession s(d);
@@ -234,7 +235,7 @@ TEST_F(DecodePacked, GreedyGenerationIsDeterministic) {
 
 TEST(Generate, GreedyIsDeterministicAndEqualsArgmaxOfTheFullForward) {
   Decoder d = Decoder::load(stories_dir());
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   const at::Tensor ids = story_ids(1, 12);
   const std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 12);
   GenerateOptions o;
@@ -307,7 +308,7 @@ TEST(GenerateSampler, SeededTopKAndFrequencies) {
 
 TEST(DecodeSession, ErrorsAreClear) {
   Decoder d = Decoder::load(stories_dir());
-  at::NoGradGuard guard;
+  c10::NoGradGuard guard;
   DecodeSession s(d);
   const auto opts = at::TensorOptions().dtype(at::kLong);
   EXPECT_THROW(s.step(at::zeros({1, 0}, opts)), ShapeError);

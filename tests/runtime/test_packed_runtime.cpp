@@ -3,6 +3,7 @@
 // KvFakeQuant (bit-exact), and a whole stories260K checkpoint: bit-exact weight round trip, packed vs
 // simulated logits and perplexity, mode errors.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -206,7 +207,7 @@ TEST_F(PackedStories, PackedLogitsMatchSimulatedLogits) {
   for (const std::string recipe : {"resq-rtn", "quarot", "rtn-w4a4kv4"}) {
     nlohmann::json report;
     const std::string dir = quantize(recipe, 1, &report);
-    at::NoGradGuard guard;
+    c10::NoGradGuard guard;
     Decoder packed = load_model_for_eval(dir, LoadOptions{});
     Decoder simulated = load_model_for_eval(dir, LoadOptions{}, ExecutionMode::kSimulate);
     EXPECT_EQ(packed.layers()[0].q->implementation(), "packed-cpu");
