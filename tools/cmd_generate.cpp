@@ -96,10 +96,10 @@ void run_generate(const GenerateCliOptions& o) {
   if (packed_kv && kv.stored > 0) {
     std::snprintf(ratio, sizeof ratio, "; %.2fx smaller than fp32", static_cast<double>(kv.fp32) / static_cast<double>(kv.stored));
   }
-  std::printf("kv cache: %lld bytes %s for %lld positions (fp32 would take %lld bytes, bf16 %lld%s)\n",
+  std::printf("kv cache: %lld bytes %s for %lld positions (fp32 would take %lld bytes, bf16 %lld%s; %s cache)\n",
               static_cast<long long>(kv.stored), packed_kv ? "packed 4/8-bit" : o.common.dtype.c_str(),
               static_cast<long long>(r.prompt_tokens + r.decode_steps), static_cast<long long>(kv.fp32),
-              static_cast<long long>(kv.bf16), ratio);
+              static_cast<long long>(kv.bf16), ratio, r.cache_kind.c_str());
   std::printf("(%d threads, %s, %s, mode %s)\n", at::get_num_threads(), o.common.device.c_str(), o.common.dtype.c_str(),
               mode_name.c_str());
 
@@ -122,7 +122,8 @@ void run_generate(const GenerateCliOptions& o) {
     j["decode_seconds"] = r.decode_seconds;
     j["decode_tokens_per_second"] = r.decode_tokens_per_second();
     j["kv_cache"] = {{"bytes", kv.stored}, {"fp32_bytes", kv.fp32}, {"bf16_bytes", kv.bf16},
-                     {"packed", packed_kv}, {"positions", r.prompt_tokens + r.decode_steps}};
+                     {"packed", packed_kv}, {"positions", r.prompt_tokens + r.decode_steps},
+                     {"kind", r.cache_kind}};
     j["dtype"] = o.common.dtype;
     j["device"] = o.common.device;
     j["threads"] = at::get_num_threads();

@@ -214,16 +214,6 @@ RopeTables Decoder::rope_tables(int64_t seq_len) const {
   }
   rope_cache_.cos = angles.cos().to(device_, dtype_);
   rope_cache_.sin = angles.sin().to(device_, dtype_);
-  // Additive attention mask [T, T]: 0 where key j is visible from query i (j <= i, and within the
-  // sliding window if any), -inf elsewhere.
-  at::Tensor positions = at::arange(seq_len, at::TensorOptions().dtype(at::kLong));
-  at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // i - j
-  at::Tensor hidden = distance < 0;
-  if (config_.sliding_window) hidden = at::logical_or(hidden, distance >= *config_.sliding_window);
-  const auto mask_type = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  rope_cache_.mask = at::zeros({seq_len, seq_len}, at::TensorOptions().dtype(mask_type))
-                         .masked_fill(hidden, -std::numeric_limits<double>::infinity())
-                         .to(device_);
   rope_len_ = seq_len;
   return rope_cache_;
 }
@@ -282,86 +272,27 @@ at::Tensor Decoder::apply_linear(const std::shared_ptr<Linear>& lin, const at::T
   return y.view(shape);
 }
 
-at::Tensor Decoder::attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const RopeTables& rope) const {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
-  const int64_t Hkv = k.size(1), G = H / Hkv;
-  // Rows (t, g) of one KV group: the G query heads sharing KV head j, position-major, so a block of
-  // query positions is one contiguous [Bq * G, hd] matrix and one GEMM serves the whole group.
-  // qg [B, Hkv, T, G, hd], kb/vb [B, Hkv, T, hd], all bf16 contiguous.
-  at::Tensor qg = q.reshape({B, Hkv, G, T, hd}).permute({0, 1, 3, 2, 4}).to(at::kBFloat16).contiguous();
-  at::Tensor kb = k.to(at::kBFloat16).contiguous();
-  at::Tensor vb = v.to(at::kBFloat16).contiguous();
-  at::Tensor out = at::empty({B, T, Hkv, G, hd}, q.options());  // == [B, T, H*hd] (head j*G + g)
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  // Query blocks of Bq positions see keys [0, t1) only: the causal mask hides everything after, so
-  // skipping those columns changes nothing (exp(-inf) = 0) and halves the work at T = 2048. Bq * G
-  // rows x T columns of float32 scores stay a few MiB.
-  const int64_t Bq = std::min<int64_t>(T, std::max<int64_t>(64, 1024 / G));
-  at::Tensor mask = rope.mask.to(at::kFloat);
-  at::Tensor scores_buf = at::empty({Bq * G * T}, q.options());
-  at::Tensor o_buf = at::empty({Bq * G, hd}, q.options());
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < Hkv; ++j) {
-      at::Tensor qj = qg[b][j], kj = kb[b][j], vj = vb[b][j];  // [T, G, hd], [T, hd], [T, hd]
-      for (int64_t t0 = 0; t0 < T; t0 += Bq) {
-        const int64_t rows = std::min(Bq, T - t0), t1 = t0 + rows;
-        at::Tensor qa = qj.narrow(0, t0, rows).view({rows * G, hd});
-        at::Tensor scores = scores_buf.narrow(0, 0, rows * G * t1).view({rows * G, t1});
-        gemm_nt_bf16(qa, kj.narrow(0, 0, t1), scores, scale, 0.0f);
-        scores.view({rows, G, t1}).add_(mask.narrow(0, t0, rows).narrow(1, 0, t1).unsqueeze(1));
-        at::Tensor probs = at::softmax(scores, -1).to(at::kBFloat16);  // [rows*G, t1]
-        at::Tensor o = o_buf.narrow(0, 0, rows * G);
-        gemm_nn_bf16(probs, vj.narrow(0, 0, t1), o, 0.0f);
-        out[b].narrow(0, t0, rows).select(1, j).copy_(o.view({rows, G, hd}));
-      }
-    }
-  }
-  return out.view({B, T, H * hd});
+AttentionPath Decoder::attention_path() const {
+  return attention_path_ ? *attention_path_ : choose_attention_path(device_, dtype_, matmul_dtype_);
 }
 
-at::Tensor masked_attention_rows(const at::Tensor& q3, const at::Tensor& k3, const at::Tensor& v3, const at::Tensor& mask,
-                                 at::ScalarType dtype) {
-  const int64_t R = q3.size(0), Tq = q3.size(1), hd = q3.size(2), L = k3.size(1);
-  const auto stat_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor out3 = at::empty({R, Tq, hd}, q3.options());
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, Tq * L * 8));
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (int64_t r0 = 0; r0 < R; r0 += chunk) {
-    const int64_t rows = std::min(chunk, R - r0);
-    at::Tensor scores = at::baddbmm(mask, q3.narrow(0, r0, rows).to(stat_type),
-                                    k3.narrow(0, r0, rows).to(stat_type).transpose(1, 2), /*beta=*/1.0, scale);
-    at::Tensor probs = at::softmax(scores, -1).to(dtype);
-    out3.narrow(0, r0, rows).copy_(at::bmm(probs, v3.narrow(0, r0, rows)));
+void Decoder::set_attention_path(AttentionPath path) {
+  if (path == AttentionPath::kFused && !fused_attention_compiled()) {
+    throw UnsupportedError("Decoder::set_attention_path: this libtorch has no fused scaled_dot_product_attention");
   }
-  return out3;
+  attention_path_ = path;
 }
-
-namespace {
-
-// Attention in the compute dtype (the float32/float64 reference path): q [B, H, T, hd], k/v
-// [B, Hkv, T, hd] -> [B, T, H*hd].
-at::Tensor attention_reference(const at::Tensor& q, at::Tensor k, at::Tensor v, const RopeTables& rope,
-                               at::ScalarType dtype) {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), Hkv = k.size(1);
-  // GQA: KV head j serves query heads [j*G, (j+1)*G) (HF repeat_kv).
-  const int64_t G = H / Hkv;
-  if (G > 1) {
-    k = k.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
-    v = v.unsqueeze(2).expand({B, Hkv, G, T, hd}).reshape({B, H, T, hd});
-  }
-  // The additive causal (and sliding-window) mask [T, T] is cached with the RoPE tables.
-  const auto stat_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor mask = rope.mask.narrow(0, 0, T).narrow(1, 0, T).to(stat_type).unsqueeze(0);
-  at::Tensor out3 = masked_attention_rows(q.reshape({B * H, T, hd}), k.reshape({B * H, T, hd}),
-                                          v.reshape({B * H, T, hd}), mask, dtype);
-  return out3.view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});  // [B, T, H*hd]
-}
-
-}  // namespace
 
 at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const RopeTables& rope,
                               ForwardObserver* observer) const {
+  const DecoderLayer& layer = layers_.at(index);
+  TransientKvCache cache(layer.k_cache_transform, layer.v_cache_transform);
+  const int64_t T = hidden.size(1);
+  return run_layer(index, hidden, rope.cos.narrow(0, 0, T), rope.sin.narrow(0, 0, T), cache, observer);
+}
+
+at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                              LayerKvCache& cache, ForwardObserver* observer) const {
   const DecoderLayer& layer = layers_.at(index);
   if (!layer.loaded()) {
     throw Error("Decoder::run_layer: layer " + std::to_string(index) + " is not loaded");
@@ -369,6 +300,10 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
   const ModelConfig& c = config_;
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t H = c.num_heads, Hkv = c.num_kv_heads, hd = c.head_dim;
+  if (cos.size(0) != T || sin.size(0) != T) {
+    throw ShapeError("Decoder::run_layer: " + std::to_string(cos.size(0)) + " RoPE rows for a chunk of " +
+                     std::to_string(T) + " tokens");
+  }
 
   // ---- attention block: hidden [B, T, d]
   at::Tensor x = rms_norm(hidden, layer.input_norm_weight, c.rms_norm_eps);
@@ -382,9 +317,7 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
   at::Tensor k = apply_linear(layer.k, x).view({B, T, Hkv, hd}).transpose(1, 2);
   at::Tensor v = apply_linear(layer.v, x).view({B, T, Hkv, hd}).transpose(1, 2);
 
-  at::Tensor cos = rope.cos.narrow(0, 0, T);  // [T, hd], broadcast over [B, H]
-  at::Tensor sin = rope.sin.narrow(0, 0, T);
-  q = q * cos + rotate_half(q) * sin;
+  q = q * cos + rotate_half(q) * sin;  // cos/sin [T, hd] broadcast over [B, H]
   k = k * cos + rotate_half(k) * sin;
   if (layer.qk_transform) {
     q = layer.qk_transform->apply(q);
@@ -394,15 +327,11 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     observer->on_keys(index, k);
     observer->on_values(index, v);
   }
-  if (layer.k_cache_transform) k = layer.k_cache_transform->apply(k);
-  if (layer.v_cache_transform) v = layer.v_cache_transform->apply(v);
-
-  at::Tensor attn;  // [B, T, H*hd]
-  if (matmul_dtype_ == at::kBFloat16) {
-    attn = attention_bf16(q, k, v, rope);
-  } else {
-    attn = attention_reference(q, k, v, rope, dtype_);
-  }
+  AttentionSpec spec;
+  spec.window = c.sliding_window;
+  spec.dtype = dtype_;
+  spec.path = attention_path();
+  const at::Tensor attn = cache.append_and_attend(q, k, v, spec);  // [B, T, H*hd]
   if (observer) observer->on_linear_input({index, LinearKind::kO}, attn);
   at::Tensor h = hidden + apply_linear(layer.o, attn);
 
@@ -412,12 +341,16 @@ at::Tensor Decoder::run_layer(int64_t index, const at::Tensor& hidden, const Rop
     observer->on_linear_input({index, LinearKind::kGate}, y);
     observer->on_linear_input({index, LinearKind::kUp}, y);
   }
-  // The MLP is per token: long inputs go through it in blocks of rows so that every [rows, ffn]
-  // intermediate stays <= 16 MiB. Larger buffers are mmap()ed fresh by glibc on every call, and their
-  // page faults cost more than the arithmetic here (measured: silu·up on a fresh [2048, 8192] float32
-  // buffer 2.0 s vs 0.06 s into a reused one). The down_proj observer then sees [1, rows, ffn] blocks.
+  // The MLP is per token: on the CPU, long inputs go through it in blocks of rows so that every
+  // [rows, ffn] intermediate stays <= 16 MiB. Larger buffers are mmap()ed fresh by glibc on every
+  // call, and their page faults cost more than the arithmetic here (measured: silu·up on a fresh
+  // [2048, 8192] float32 buffer 2.0 s vs 0.06 s into a reused one). The down_proj observer then sees
+  // [1, rows, ffn] blocks. On CUDA the caching allocator reuses memory and one large GEMM per linear
+  // is fastest, so the MLP runs whole.
   const int64_t ffn = c.intermediate_size, rows_total = B * T;
-  const int64_t block = std::max<int64_t>(64, (int64_t{16} << 20) / (4 * std::max<int64_t>(ffn, 1)));
+  const int64_t block = device_.is_cpu()
+                            ? std::max<int64_t>(64, (int64_t{16} << 20) / (4 * std::max<int64_t>(ffn, 1)))
+                            : rows_total;
   if (rows_total <= block) {
     at::Tensor act = at::silu(apply_linear(layer.gate, y)) * apply_linear(layer.up, y);  // [B, T, ffn]
     if (layer.down_input_transform) act = layer.down_input_transform->apply(act);

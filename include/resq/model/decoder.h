@@ -6,10 +6,13 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "resq/model/attention.h"
 #include "resq/model/config.h"
+#include "resq/model/kv_cache.h"
 #include "resq/model/linear.h"
 
 namespace resq {
@@ -59,22 +62,12 @@ struct LoadOptions {
   bool keep_global_dtype = false;
 };
 
-// Cos/sin tables for RoPE in the HF rotate_half convention: [T, head_dim] each, and the additive
-// causal attention mask [T, T] (0 or -inf) for the same length.
+// Cos/sin tables for RoPE in the HF rotate_half convention: [T, head_dim] each, in the compute dtype on
+// the decoder's device (row p holds position p). The attention mask is attention_mask()'s.
 struct RopeTables {
   at::Tensor cos;
   at::Tensor sin;
-  at::Tensor mask;
 };
-
-// The reference attention core shared by Decoder::run_layer and incremental decoding: for rows r of
-// q3 [R, Tq, hd] against k3/v3 [R, L, hd], scores = mask + q·kᵀ/√hd (one baddbmm) in float32
-// (float64 when dtype is float64), softmax, probabilities cast to dtype, · v -> [R, Tq, hd] in
-// dtype. mask: additive [1, Tq, L] (0 or -inf) in that statistics dtype. Runs in chunks of rows that
-// keep each scores buffer under ~16 MiB, so glibc reuses heap memory instead of mmap()ing (and
-// page-faulting) a fresh buffer per layer: measured 6x faster on stories260K than one buffer.
-at::Tensor masked_attention_rows(const at::Tensor& q3, const at::Tensor& k3, const at::Tensor& v3, const at::Tensor& mask,
-                                 at::ScalarType dtype);
 
 class Decoder {
  public:
@@ -97,6 +90,12 @@ class Decoder {
   at::Tensor embed(const at::Tensor& ids) const;  // [B, T] -> [B, T, d]
   at::Tensor run_layer(int64_t layer, const at::Tensor& hidden, const RopeTables& rope,
                        ForwardObserver* observer = nullptr) const;  // [B, T, d] -> [B, T, d]
+  // The one layer forward behind run_layer above (which passes a TransientKvCache over the layer's
+  // cache transforms) and DecodeSession (a persistent cache): hidden [B, t, d] of positions
+  // [cache.length(), cache.length() + t), cos/sin [t, hd] the RoPE rows of those positions ->
+  // [B, t, d]; the chunk's K/V go into `cache`, attention runs through it on attention_path().
+  at::Tensor run_layer(int64_t layer, const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                       LayerKvCache& cache, ForwardObserver* observer = nullptr) const;
   at::Tensor head(const at::Tensor& hidden, ForwardObserver* observer = nullptr) const;  // -> logits
   RopeTables rope_tables(int64_t seq_len) const;  // cached per length
 
@@ -108,6 +107,12 @@ class Decoder {
   // Measured ~5x faster than float32 on the 2-core Zen 4 machine (docs/PERF.md).
   void set_matmul_dtype(at::ScalarType dtype);
   at::ScalarType matmul_dtype() const { return matmul_dtype_; }
+
+  // Attention path of run_layer: choose_attention_path() for the device, dtype and matmul dtype unless
+  // set here (tests and benchmarks compare paths). kFused where fused_attention_compiled() is false
+  // throws UnsupportedError.
+  AttentionPath attention_path() const;
+  void set_attention_path(AttentionPath path);
 
   // Layer storage (lazy loading keeps one layer's weights in memory at a time).
   void load_layer(int64_t layer);
@@ -123,11 +128,6 @@ class Decoder {
   void load_or_check_layer(int64_t layer, bool materialize);
   // x [..., in] -> [..., out] through `lin`, in bf16 when matmul_dtype_ says so (see set_matmul_dtype).
   at::Tensor apply_linear(const std::shared_ptr<Linear>& lin, const at::Tensor& x) const;
-  // Causal (and sliding-window) attention in bf16 products: q [B, H, T, hd], k/v [B, Hkv, T, hd]
-  // float32 -> [B, T, H*hd] float32.
-  at::Tensor attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const RopeTables& rope) const;
-
   ModelConfig config_;
   at::ScalarType dtype_;
   at::Device device_;
@@ -135,6 +135,7 @@ class Decoder {
   std::shared_ptr<TensorStore> store_;
   std::vector<DecoderLayer> layers_;
   at::ScalarType matmul_dtype_ = at::kFloat;
+  std::optional<AttentionPath> attention_path_;  // set_attention_path's choice, else automatic
   // bf16 copies of dense float32 weights [out, in], keyed by the Linear they were made from (the
   // shared_ptr keeps that address from being reused while it is cached).
   mutable std::map<const Linear*, std::pair<std::shared_ptr<Linear>, at::Tensor>> bf16_weights_;

@@ -16,6 +16,7 @@
 
 #include "cpu/quantize.h"
 #include "resq/model/decoder.h"
+#include "resq/model/kv_cache.h"
 
 namespace resq {
 
@@ -32,22 +33,20 @@ struct KvCacheBytes {
 };
 
 // Appends tokens to a sequence batch and returns their logits, keeping each layer's K/V between
-// calls: step() on a whole prompt is a chunked prefill (causal attention inside the chunk, full
-// attention to the cache), step() on one token per sequence is a decode step. The arithmetic is
-// that of Decoder::run_layer (same linears, RMSNorm, RoPE at absolute positions, qk_transform, K/V
-// cache transforms, GQA, sliding window), so the logits equal Decoder::forward on the whole sequence
-// up to floating-point summation order. Linear::forward runs directly (Decoder::set_matmul_dtype is
-// not used). Every layer must be loaded. The decoder must outlive the session.
+// calls: step() on a whole prompt is a prefill (causal attention inside the chunk, full attention to
+// the cache), step() on one token per sequence is a decode step. Every layer runs through
+// Decoder::run_layer (the one layer forward of eval too) with this session's cache of that layer, so
+// the logits equal Decoder::forward on the whole sequence up to floating-point summation order.
+// Every layer must be loaded. The decoder must outlive the session.
 //
-// Cache storage per layer and per K / V:
-//   - PackedKvCacheQuant transform (packed checkpoint, --mode packed): cpu::QuantizedActivations
-//     rows ordered (position, batch, kv head), each row one (token, head): the first hd - r_h
-//     channels 4-bit (two per byte, low nibble first), the last r_h 8-bit, per-row scale/zero per
-//     part; attention reads them dequantized (s * (q - z)), exactly the values the full forward's
-//     PackedKvCacheQuant::apply produces (the quantization is per row, so appending is exact).
-//   - any other transform (KvFakeQuant in --mode simulate), or none (fp models): the transformed
-//     K/V [B, Hkv, T, hd] in the compute dtype. The transform must act per (token, head), as every
-//     resq KV transform does.
+// Cache per layer (make_layer_kv_cache, resq/runtime/kv_caches.h):
+//   - PackedKvCacheQuant transform (packed checkpoint on the CPU): packed 4/8-bit rows on the host,
+//     ordered (position, batch, kv head), attention over their dequantized values;
+//   - PackedCudaKvCacheQuant transform (packed checkpoint on --device cuda): the paged 4/8-bit CUDA
+//     cache; decode steps read it directly (kv_decode_attention_cuda), a prefill into the empty cache
+//     runs the fused attention over the same quantize-dequantized K/V;
+//   - any other transform (KvFakeQuant in --mode simulate), or none (fp models): the transformed K/V
+//     [B, Hkv, T, hd] in the compute dtype.
 class DecodeSession {
  public:
   explicit DecodeSession(const Decoder& decoder);
@@ -60,7 +59,8 @@ class DecodeSession {
   // ids [B, t] int64, t >= 1 (B fixed by the first call) -> logits [B, t, vocab] (float32; float64
   // for float64 models), the tokens taking positions [position(), position() + t). Throws
   // ShapeError for t < 1, a batch change, an id outside the vocabulary or a position beyond
-  // config().max_position_embeddings; Error when a layer is not loaded.
+  // config().max_position_embeddings; Error when a layer is not loaded. A step that throws leaves
+  // the session as it was before the call.
   at::Tensor step(const at::Tensor& ids);
 
   int64_t position() const { return position_; }  // tokens cached per sequence
@@ -68,14 +68,15 @@ class DecodeSession {
   int64_t max_positions() const;                   // config().max_position_embeddings
   // Empties the cache (the next step starts at position 0 with any batch size).
   void reset();
-  // Prepares the RoPE tables for `length` positions at once (Decoder::rope_tables(n) also builds an
-  // n x n mask, so one call at the final length beats the geometric growth step() does on its own).
-  // Throws ShapeError beyond max_positions().
+  // Prepares the RoPE tables and the caches for `length` positions at once (one allocation instead
+  // of geometric growth). Throws ShapeError beyond max_positions().
   void reserve(int64_t length);
 
-  // Whether layer `layer` stores packed rows, and those rows (position() * B * Hkv rows, ordered
-  // (position, batch, kv head)). packed_keys/values throw Error for a non-packed layer.
+  // Whether layer `layer` stores packed 4/8-bit rows (CPU rows or the paged CUDA cache), and the CPU
+  // rows (position() * B * Hkv rows, ordered (position, batch, kv head)); packed_keys/values throw
+  // Error for a layer whose cache is not PackedRowsKvCache.
   bool packed_cache(int64_t layer) const;
+  const char* cache_kind(int64_t layer) const;  // LayerKvCache::name(): "packed-rows", "paged-cuda", "dense"
   const cpu::QuantizedActivations& packed_keys(int64_t layer) const;
   const cpu::QuantizedActivations& packed_values(int64_t layer) const;
   // Dequantized / stored K or V of a layer: [B, Hkv, position(), hd] in the compute dtype.
@@ -85,12 +86,10 @@ class DecodeSession {
   KvCacheBytes cache_bytes() const;
 
  private:
-  struct Cache;  // one of K / V of one layer
-  at::Tensor run_layer(int64_t index, const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin);
   void ensure_rope(int64_t length);
 
   const Decoder* decoder_;
-  std::vector<std::unique_ptr<Cache>> k_cache_, v_cache_;  // [layers]
+  std::vector<std::unique_ptr<LayerKvCache>> caches_;  // [layers]
   int64_t position_ = 0;
   int64_t batch_ = 0;
   at::Tensor cos_, sin_;  // [rope_len_, hd] rows of Decoder::rope_tables, compute dtype
@@ -136,6 +135,7 @@ struct GenerateResult {
   double decode_seconds = 0.0;   // the 1-token steps (and sampling) that produced tokens[1..]
   int64_t decode_steps = 0;      // = tokens.size() - 1
   KvCacheBytes cache;            // at the end
+  std::string cache_kind;        // layer 0's LayerKvCache::name() ("packed-rows", "paged-cuda", "dense")
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;
 };
