@@ -169,4 +169,15 @@ void PagedKvPlan::chunk_queries(int64_t pos0, int64_t t, std::vector<int32_t>* b
   }
 }
 
+std::vector<PagedKvPlan::ByteMove> PagedKvPlan::regrow_moves(int64_t blocks_per_seq_new, int64_t block_bytes) const {
+  if (blocks_per_seq_new < blocks_per_seq) {
+    throw ShapeError("PagedKvPlan: cannot shrink from " + std::to_string(blocks_per_seq) + " to " +
+                     std::to_string(blocks_per_seq_new) + " blocks per sequence");
+  }
+  std::vector<ByteMove> moves;
+  const int64_t old_bytes = blocks_per_seq * block_bytes, new_bytes = blocks_per_seq_new * block_bytes;
+  for (int64_t b = 0; b < batch; ++b) moves.push_back({b * old_bytes, b * new_bytes, old_bytes});
+  return moves;
+}
+
 }  // namespace resq

@@ -110,11 +110,9 @@ class PagedCudaKvCache : public LayerKvCache {
     const auto opts = at::TensorOptions().dtype(at::kByte).device(device);
     at::Tensor k_new = at::zeros({layout.buffer_bytes()}, opts), v_new = at::zeros({layout.buffer_bytes()}, opts);
     if (plan_.batch == B && length_ > 0) {
-      const int64_t old_seq = plan_.blocks_per_seq * Hkv * layout.head_block_bytes();
-      const int64_t new_seq = blocks * Hkv * layout.head_block_bytes();
-      for (int64_t b = 0; b < B; ++b) {
-        k_new.narrow(0, b * new_seq, old_seq).copy_(k_cache_.narrow(0, b * old_seq, old_seq));
-        v_new.narrow(0, b * new_seq, old_seq).copy_(v_cache_.narrow(0, b * old_seq, old_seq));
+      for (const PagedKvPlan::ByteMove& m : plan_.regrow_moves(blocks, Hkv * layout.head_block_bytes())) {
+        k_new.narrow(0, m.dst, m.bytes).copy_(k_cache_.narrow(0, m.src, m.bytes));
+        v_new.narrow(0, m.dst, m.bytes).copy_(v_cache_.narrow(0, m.src, m.bytes));
       }
     }
     k_cache_ = k_new;

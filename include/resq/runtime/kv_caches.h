@@ -67,6 +67,12 @@ struct PagedKvPlan {
   // "sequence" with sequence b's block table and context length pos0 + i + 1 (so causality needs no
   // mask). block_tables int32 [B * t][blocks_per_seq], context_lens int32 [B * t].
   void chunk_queries(int64_t pos0, int64_t t, std::vector<int32_t>* block_tables, std::vector<int32_t>* context_lens) const;
+  // Growing to `blocks_per_seq_new` (same batch) moves sequence b's bytes [b * old, b * old + old)
+  // to b * new, where old / new = blocks per sequence * bytes per block (all kv heads): the copies.
+  struct ByteMove {
+    int64_t src = 0, dst = 0, bytes = 0;
+  };
+  std::vector<ByteMove> regrow_moves(int64_t blocks_per_seq_new, int64_t block_bytes) const;
 };
 // Blocks per sequence for `positions` positions (at least 1).
 int64_t paged_kv_blocks_for(int64_t positions);
