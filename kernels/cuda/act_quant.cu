@@ -222,7 +222,8 @@ void launch_act_quant(const In* x, const ActQuantArgs& args_in, cudaStream_t str
   }
   RESQ_CHECK_OR_THROW(smem <= smem_budget, UnsupportedError,
                       fn + "row of K = " + std::to_string(K) + " needs " + std::to_string(smem) +
-                          " bytes of shared memory, the device allows " + std::to_string(smem_budget));
+                          " bytes of shared memory, the device allows " +
+                          std::to_string(smem_budget));
   static std::array<std::atomic<bool>, 64> ready{};
   if (device < 0 || device >= 64 || !ready[static_cast<size_t>(device)].load()) {
     cudaFuncAttributes attr{};
@@ -232,8 +233,8 @@ void launch_act_quant(const In* x, const ActQuantArgs& args_in, cudaStream_t str
                                          static_cast<int>(smem_budget)));
     if (device >= 0 && device < 64) ready[static_cast<size_t>(device)].store(true);
   }
-  act_quant_kernel<In>
-      <<<static_cast<unsigned>(a.M), kThreads, static_cast<size_t>(smem), stream>>>(x, a, mix_group);
+  act_quant_kernel<In><<<static_cast<unsigned>(a.M), kThreads, static_cast<size_t>(smem), stream>>>(
+      x, a, mix_group);
   RESQ_CUDA_CHECK_LAUNCH("act_quant_kernel");
 }
 
