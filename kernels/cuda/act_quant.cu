@@ -2,7 +2,9 @@
 // resq::cpu::quantize_activations_reference (same format:: formulas, exactly rounded intrinsics),
 // optionally fused with a column gather and the online Hadamard / a dense rotation (fixed fp32
 // order of resq/cuda/act_transform.h). One CTA per token row; the row is read once from global
-// memory into shared memory, transformed there, reduced (min/max per part) and quantized.
+// memory into shared memory, transformed there, reduced (min/max per part) and quantized. The
+// Hadamard block mix stages groups of columns in shared memory after the row (act_transform.h), so
+// the block size is bounded only by the device's shared memory.
 #include "cuda/act_quant.cuh"
 
 #include <cuda_bf16.h>
@@ -19,8 +21,10 @@
 namespace resq::gpu {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = static_cast<int>(kActQuantThreads);
 constexpr int kWarps = kThreads / kWarpSize;
+static_assert(kActQuantStaticSmemBytes == 4 * kWarps * static_cast<int64_t>(sizeof(float)),
+              "act_transform.h's static shared-memory figure must match block_min_max's scratch");
 
 __device__ __forceinline__ float load_as_float(const float* p) { return *p; }
 // bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits.
@@ -53,10 +57,12 @@ __device__ __forceinline__ void block_min_max(float (&v)[4], float* red) {
   }
 }
 
-// Grid: M blocks of kThreads; dynamic shared memory: K floats (2K with a rotation).
+// Grid: M blocks of kThreads; dynamic shared memory: K floats, then K more with a rotation or
+// block * mix_group (the block-mix staging buffer) with an online Hadamard of block > 1.
 // x: In [M][ldx_in]; writes row blockIdx.x of every output of `a`.
 template <typename In>
-__global__ void __launch_bounds__(kThreads) act_quant_kernel(const In* __restrict__ x, ActQuantArgs a) {
+__global__ void __launch_bounds__(kThreads)
+    act_quant_kernel(const In* __restrict__ x, ActQuantArgs a, int64_t mix_group) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ float zbuf[];
   __shared__ float red[4 * kWarps];
@@ -70,34 +76,33 @@ __global__ void __launch_bounds__(kThreads) act_quant_kernel(const In* __restric
   for (int64_t j = tid; j < K; j += kThreads) z[j] = load_as_float(row + (a.perm ? a.perm[j] : j));
   __syncthreads();
 
-  // 2. Transform.
+  // 2. Transform. The Hadamard phases are those of act_transform.h, in the order that
+  // emulate_hadamard_row_kernel runs them on the host.
   if (a.transform == ActTransform::kHadamard) {
     const HadamardRowParams& h = a.hadamard;
     if (h.signs) {
-      for (int64_t j = tid; j < K; j += kThreads) z[j] = format::mul_rn(z[j], h.signs[j]);
+      hadamard_signs_phase(z, h, tid, kThreads);
       __syncthreads();
     }
     for (int64_t hw = 1; hw < h.pow2; hw *= 2) {
-      for (int64_t q = tid; q < K / 2; q += kThreads) {
-        int64_t lo = 0, hi = 0;
-        fwht_pair(q, hw, h.pow2, &lo, &hi);
-        fwht_apply_pair(z, lo, hi);
-      }
+      hadamard_fwht_phase(z, h, hw, tid, kThreads);
       __syncthreads();
     }
     if (h.block == 1) {
       if (h.scale != 1.0f) {
-        for (int64_t j = tid; j < K; j += kThreads) z[j] = format::mul_rn(z[j], h.scale);
+        hadamard_scale_phase(z, h, tid, kThreads);
         __syncthreads();
       }
     } else {
-      // Column a of the [block, pow2] view is read and rewritten by one thread only.
-      for (int64_t c = tid; c < h.pow2; c += kThreads) {
-        float col[kMaxHadamardBlock];
-        for (int64_t b = 0; b < h.block; ++b) col[b] = z[b * h.pow2 + c];
-        for (int64_t d = 0; d < h.block; ++d) z[d * h.pow2 + c] = hadamard_mix_value(h.mix, h.block, col, d);
+      // Groups of mix_group columns: stage the group after the row, then every thread writes its
+      // share of the group's block * mix_group outputs in place (the staged copy is the input).
+      float* stage = zbuf + K;
+      for (int64_t a0 = 0; a0 < h.pow2; a0 += mix_group) {
+        hadamard_stage_phase(z, stage, h, mix_group, a0, tid, kThreads);
+        __syncthreads();
+        hadamard_mix_phase(z, stage, h, mix_group, a0, tid, kThreads);
+        __syncthreads();
       }
-      __syncthreads();
     }
   } else if (a.transform == ActTransform::kRotation) {
     float* y = zbuf + K;
@@ -195,17 +200,7 @@ void launch_act_quant(const In* x, const ActQuantArgs& args_in, cudaStream_t str
                           std::to_string(kMaxActQuantRow));
   int64_t smem = K * static_cast<int64_t>(sizeof(float));
   if (a.transform == ActTransform::kHadamard) {
-    const HadamardRowParams& h = a.hadamard;
-    RESQ_CHECK_OR_THROW(h.n == K && h.pow2 >= 1 && (h.pow2 & (h.pow2 - 1)) == 0 && h.block >= 1 &&
-                            h.pow2 * h.block == K,
-                        ShapeError,
-                        fn + "online Hadamard of n = " + std::to_string(h.n) + " (pow2 " +
-                            std::to_string(h.pow2) + " x block " + std::to_string(h.block) +
-                            ") does not match K = " + std::to_string(K));
-    RESQ_CHECK_OR_THROW(h.block <= kMaxHadamardBlock, UnsupportedError,
-                        fn + "Hadamard block " + std::to_string(h.block) + " above " +
-                            std::to_string(kMaxHadamardBlock));
-    RESQ_CHECK_OR_THROW(h.block == 1 || h.mix != nullptr, ShapeError, fn + "Hadamard mix is null");
+    check_hadamard_row(a.hadamard, K, fn);
   } else if (a.transform == ActTransform::kRotation) {
     RESQ_CHECK_OR_THROW(a.rotation != nullptr && K > 0, ShapeError,
                         fn + "rotation is null (or K == 0)");
@@ -216,20 +211,30 @@ void launch_act_quant(const In* x, const ActQuantArgs& args_in, cudaStream_t str
   RESQ_CUDA_CHECK(cudaGetDevice(&device));
   int max_optin = 0;
   RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const int64_t static_smem = 4 * kWarps * static_cast<int64_t>(sizeof(float));
-  RESQ_CHECK_OR_THROW(smem + static_smem <= max_optin, UnsupportedError,
+  const int64_t smem_budget = max_optin - kActQuantStaticSmemBytes;
+  // The block-mix staging buffer is sized from what this device allows (plan_hadamard_mix).
+  int64_t mix_group = 0;
+  if (a.transform == ActTransform::kHadamard) {
+    const HadamardRowParams& h = a.hadamard;
+    const HadamardMixPlan plan = plan_hadamard_mix(h.n, h.pow2, h.block, smem_budget, fn);
+    mix_group = plan.group;
+    smem = plan.smem_bytes;
+  }
+  RESQ_CHECK_OR_THROW(smem <= smem_budget, UnsupportedError,
                       fn + "row of K = " + std::to_string(K) + " needs " + std::to_string(smem) +
-                          " bytes of shared memory, the device allows " + std::to_string(max_optin));
+                          " bytes of shared memory, the device allows " +
+                          std::to_string(smem_budget));
   static std::array<std::atomic<bool>, 64> ready{};
   if (device < 0 || device >= 64 || !ready[static_cast<size_t>(device)].load()) {
     cudaFuncAttributes attr{};
     require_kernel_image(cudaFuncGetAttributes(&attr, act_quant_kernel<In>), "act_quant_cuda");
     RESQ_CUDA_CHECK(cudaFuncSetAttribute(act_quant_kernel<In>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(max_optin - static_smem)));
+                                         static_cast<int>(smem_budget)));
     if (device >= 0 && device < 64) ready[static_cast<size_t>(device)].store(true);
   }
-  act_quant_kernel<In><<<static_cast<unsigned>(a.M), kThreads, static_cast<size_t>(smem), stream>>>(x, a);
+  act_quant_kernel<In><<<static_cast<unsigned>(a.M), kThreads, static_cast<size_t>(smem), stream>>>(
+      x, a, mix_group);
   RESQ_CUDA_CHECK_LAUNCH("act_quant_kernel");
 }
 

@@ -15,7 +15,9 @@ namespace resq::gpu {
 enum class ActTransform { kNone, kHadamard, kRotation };
 
 // Largest row length K4 + K8 the kernel handles (the row is staged in shared memory: 4 bytes per
-// element, 8 with a dense rotation; the device's opt-in limit also applies and is checked).
+// element, 8 with a dense rotation, plus the block-mix staging buffer with an online Hadamard of
+// block > 1; the device's opt-in limit also applies and is checked: e.g. n = 18944 with block 148
+// takes 94,720 bytes, within sm_86/sm_89's 101,376).
 constexpr int64_t kMaxActQuantRow = 56 * 1024;
 
 // Per call. All pointers are device pointers.
@@ -68,8 +70,8 @@ inline GpuActivationsView quantized_activations_view(const ActQuantArgs& a) {
 }
 
 // x: float [M][ldx_in] (device). Throws ShapeError / ConfigError (clip outside (0, 1]) /
-// UnsupportedError (row too long for shared memory, Hadamard block > kMaxHadamardBlock, device
-// older than sm_80) / CudaError.
+// UnsupportedError (row, or row plus one staged block-mix column, too large for the device's shared
+// memory; device older than sm_80) / CudaError.
 void act_quant_cuda(const float* x, const ActQuantArgs& args, cudaStream_t stream);
 // x: bf16 bits [M][ldx_in] (device), converted exactly to fp32 first.
 void act_quant_bf16_cuda(const uint16_t* x, const ActQuantArgs& args, cudaStream_t stream);

@@ -152,15 +152,41 @@ TEST_F(CudaDeviceTest, ActQuantBf16InputAndGatherEqualCpuReference) {
   out.expect_equals_reference(z, 1.0f, 1.0f);
 }
 
-// Power-of-two online Hadamard: the GPU equals apply_online_hadamard(float) + the CPU quantizer.
-// Non-power-of-two (block > 1): equals the fixed-order host reference of act_transform.h.
+// Online Hadamard of every model intermediate size (make-model shapes and families; factorizations
+// in tests/kernels/act_hadamard_test.cpp): power of two, the GPU equals apply_online_hadamard(float)
+// + the CPU quantizer; block > 1 (up to 344 for 11008 = 32 x 344, with the block mix staged in
+// groups of columns), the fixed-order host reference of act_transform.h, bit for bit. Also a
+// 4/8 split, bf16 input and more rows than SMs on the largest blocks.
 TEST_F(CudaDeviceTest, ActQuantWithOnlineHadamardEqualsCpu) {
-  for (int64_t n : {int64_t{4096}, int64_t{192}, int64_t{11008}}) {
+  struct C {
+    int64_t n, K8, M;
+    bool bf16;
+  };
+  const C cases[] = {{4096, 0, 17, false},  {8192, 0, 17, false},  {192, 0, 17, false},
+                     {172, 0, 17, false},   {352, 0, 17, false},   {160, 0, 17, false},
+                     {4864, 0, 17, false},  {11008, 0, 17, false}, {14336, 0, 17, false},
+                     {18944, 0, 17, false}, {11008, 1376, 9, false}, {18944, 0, 9, true},
+                     {11008, 0, 300, false}};
+  for (const C& c : cases) {
+    const int64_t n = c.n, M = c.M, K4 = n - c.K8;
+    SCOPED_TRACE("n = " + std::to_string(n) + ", K8 = " + std::to_string(c.K8) + ", M = " + std::to_string(M) +
+                 (c.bf16 ? ", bf16" : ""));
     resq::Rng rng(static_cast<uint64_t>(n));
     const resq::OnlineHadamard t = resq::make_online_hadamard(n, rng, /*random_signs=*/true);
     const HadamardRowHost h = make_hadamard_row_host(t.n, t.pow2, t.block, t.block_matrix, t.signs);
-    const int64_t M = 17;
-    auto x = random_rows(M, n, static_cast<uint32_t>(n));
+    auto x = random_rows(M, n, static_cast<uint32_t>(n + M));
+    std::vector<uint16_t> xb;
+    if (c.bf16) {
+      // The kernel converts bf16 exactly; the host works on the same (truncated) values.
+      xb.resize(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &x[i], 4);
+        xb[i] = static_cast<uint16_t>(bits >> 16);
+        bits = static_cast<uint32_t>(xb[i]) << 16;
+        std::memcpy(&x[i], &bits, 4);
+      }
+    }
     std::vector<float> z = x;
     if (t.block == 1) {
       resq::apply_online_hadamard(t, z.data(), M);
@@ -168,13 +194,18 @@ TEST_F(CudaDeviceTest, ActQuantWithOnlineHadamardEqualsCpu) {
       for (int64_t m = 0; m < M; ++m) hadamard_row_reference(h.view(), z.data() + m * n);
     }
     DeviceBuffer<float> dx(x), dsigns(h.signs), dmix(h.mix);
-    ActOut out(M, n, 0);
+    DeviceBuffer<uint16_t> dxb(xb);
+    ActOut out(M, K4, c.K8);
     ActQuantArgs a = out.args(1.0f, 1.0f);
     a.transform = ActTransform::kHadamard;
     a.hadamard = h.view();
     a.hadamard.signs = dsigns.get();
     a.hadamard.mix = h.mix.empty() ? nullptr : dmix.get();
-    act_quant_cuda(dx.get(), a, nullptr);
+    if (c.bf16) {
+      act_quant_bf16_cuda(dxb.get(), a, nullptr);
+    } else {
+      act_quant_cuda(dx.get(), a, nullptr);
+    }
     RESQ_CUDA_CHECK(cudaDeviceSynchronize());
     out.expect_equals_reference(z, 1.0f, 1.0f);
   }
