@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One command on a GPU machine (no network): unpack the .debs packed by pack-deps.sh into a prefix,
-# configure + build resq with CUDA against the installed PyTorch's CUDA libtorch, run the GPU tests
-# (test_cuda) and the host emulation tests (test_kernels), then `resq bench`, and write logs and
-# JSON results to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results). Budget: < 10 minutes.
+# configure + build resq with CUDA against the installed PyTorch's CUDA libtorch, run the GPU suite
+# (test_cuda, test_kernels, test_core), stories260K end to end (quantize, eval packed on cpu and cuda,
+# generate on cuda with the paged KV cache), then `resq bench --layer --e2e` (GEMMs vs cuBLASLt, the
+# decoder layer vs plain libtorch, the whole model), and write report.md (one line per stage with its
+# status and time, the ppl/decode lines and the bench tables), run.log, the JSON results and
+# logs.tar.gz to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results): 6 files, the device tool
+# returns at most 8. Budget: < 10 minutes.
 #   scripts/gpu/run.sh [RESULTS_DIR]
 # Environment: RESQ_GPU_DEBS (folder of .debs; default .gpu-debs, shared/gpu-debs or ../shared/gpu-debs),
 # RESQ_GPU_PREFIX (unpack prefix, default /tmp/resq-gpu-prefix), RESQ_BENCH_ARGS (extra arguments
@@ -77,7 +81,7 @@ cmake -S "${ROOT}" -B "${BUILD}" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DRESQ_W
   -DCMAKE_PREFIX_PATH="${TORCH_PREFIX}${EXTRA_PREFIX:+;${EXTRA_PREFIX}}" \
   > "${RESULTS}/configure.log" 2>&1 || { tail -40 "${RESULTS}/configure.log"; fail "configure failed"; }
 step "build"
-cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_kernels \
+cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_kernels test_core \
   > "${RESULTS}/build.log" 2>&1 || { tail -60 "${RESULTS}/build.log"; fail "build failed"; }
 step "built after $(( $(date +%s) - START )) s"
 
@@ -86,31 +90,63 @@ STATUS=0
 if [[ -z "${RESQ_SHARED_DIR:-}" && ! -d "${ROOT}/../shared/models" && -d "${ROOT}/.gpu-shared" ]]; then
   export RESQ_SHARED_DIR="${ROOT}/.gpu-shared"
 fi
-step "test_cuda (GPU kernels vs CPU references, bit for bit)"
-if ! "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json" > "${RESULTS}/test_cuda.log" 2>&1; then
-  STATUS=1
-fi
-grep -E '^\[ +(OK|FAILED|SKIPPED|PASSED) ' "${RESULTS}/test_cuda.log" | tee -a "${LOG}"
-step "test_kernels (CPU kernels + host emulation of the CUDA GEMM)"
-if ! OMP_WAIT_POLICY=PASSIVE "${BUILD}/tests/test_kernels" --gtest_output="json:${RESULTS}/test_kernels.json" \
-     > "${RESULTS}/test_kernels.log" 2>&1; then
-  STATUS=1
-fi
-tail -3 "${RESULTS}/test_kernels.log" | tee -a "${LOG}"
+# Each stage appends one line to the report: name, status, seconds.
+REPORT="${RESULTS}/report.md"
+{
+  echo "# resq GPU run $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "commit $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo '?'), $(head -1 "${RESULTS}/nvidia-smi.txt" 2>/dev/null || true)"
+  grep -E "^torch|^libtorch|release" "${LOG}" | head -3
+  echo
+  echo "| stage | status | seconds |"
+  echo "| --- | --- | --- |"
+} > "${REPORT}"
+stage() {  # stage NAME TIMEOUT_S LOGFILE CMD...: runs CMD, logs, records status
+  local name="$1" limit="$2" logf="$3"; shift 3
+  step "${name}"
+  local t0 rc
+  t0=$(date +%s)
+  timeout "${limit}" "$@" > "${RESULTS}/${logf}" 2>&1
+  rc=$?
+  [[ ${rc} -eq 0 ]] || STATUS=1
+  echo "| ${name} | $([[ ${rc} -eq 0 ]] && echo ok || echo "FAILED (rc ${rc})") | $(( $(date +%s) - t0 )) |" >> "${REPORT}"
+  tail -4 "${RESULTS}/${logf}" | tee -a "${LOG}"
+}
+export OMP_WAIT_POLICY=PASSIVE
+stage "test_cuda (GPU kernels and runtime vs CPU references)" 240 test_cuda.log \
+  "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json"
+grep -E '^\[ +(FAILED|SKIPPED) ' "${RESULTS}/test_cuda.log" | sort -u | tee -a "${LOG}" "${REPORT}" >/dev/null || true
+stage "test_kernels (CPU kernels + host emulation of the CUDA kernels)" 240 test_kernels.log \
+  "${BUILD}/tests/test_kernels" --gtest_output="json:${RESULTS}/test_kernels.json"
+stage "test_core (runtime, decoding, attention; CUDA libtorch)" 300 test_core.log "${BUILD}/tests/test_core"
 
-step "resq bench (GPU)"
-# shellcheck disable=SC2086
-if ! timeout 400 "${BUILD}/resq" bench --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-} \
-     > "${RESULTS}/bench.log" 2>&1; then
-  STATUS=1
+# End to end on stories260K: quantize (CPU), eval packed on cpu and cuda, generate on cuda (paged KV).
+SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
+if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_head.txt" ]]; then
+  Q="${BUILD}/stories-resq"
+  stage "quantize stories260K (resq.json)" 180 quantize.log "${BUILD}/resq" quantize --model "${SHARED}/models/stories260K" \
+    --out "${Q}" --config "${ROOT}/configs/resq.json" --calib "${SHARED}/data/tinystories/valid_head.txt" \
+    --nsamples 32 --seqlen 256 --seed 0
+  for dev in cpu cuda; do
+    stage "eval packed stories260K --device ${dev}" 180 "eval_${dev}.log" "${BUILD}/resq" eval --model "${Q}" \
+      --data "${SHARED}/data/tinystories/valid_head.txt" --seqlen 256 --max-windows 300 --device "${dev}" \
+      --json "${BUILD}/eval_${dev}.json"
+  done
+  stage "generate --device cuda (paged 4/8-bit KV cache)" 120 generate_cuda.log "${BUILD}/resq" generate --model "${Q}" \
+    --device cuda --prompt "Once upon a time" --max-new-tokens 64
+  grep -hE "^ppl|kv cache|decode:" "${RESULTS}"/eval_*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | tee -a "${REPORT}" >/dev/null || true
 fi
-cat "${RESULTS}/bench.log" >> "${LOG}"
-tail -5 "${RESULTS}/bench.log"
+
+# shellcheck disable=SC2086
+stage "resq bench (GEMM vs cuBLASLt, layer prefill vs plain libtorch, end to end)" 420 bench.log \
+  "${BUILD}/resq" bench --layer --e2e --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-}
+{ echo; echo '```'; grep -vE "^\[" "${RESULTS}/bench.log" | tail -60; echo '```'; } >> "${REPORT}"
 
 step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
-# The device tool brings back at most 8 files: keep run.log and the JSON results as they are and
-# pack the detailed logs into one archive.
-(cd "${RESULTS}" && tar czf logs.tar.gz --remove-files nvidia-smi.txt configure.log build.log test_cuda.log \
-  test_kernels.log bench.log) || echo "run.sh: could not pack the logs (they stay as files)"
+echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
+# The device tool brings back at most 8 files: report.md, run.log and the JSON results stay as they
+# are; the detailed logs go into one archive.
+(cd "${RESULTS}" && ls ./*.log | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T - nvidia-smi.txt configure.log build.log) \
+  || echo "run.sh: could not pack the logs (they stay as files)"
 ls -l "${RESULTS}"
 exit "${STATUS}"
