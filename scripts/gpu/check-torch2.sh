@@ -4,13 +4,13 @@
 # Debian 12's libtorch 1.13, so code behind TORCH_VERSION_MAJOR >= 2 (the fused SDPA path) and any
 # API that 2.x removed (at::NoGradGuard) would otherwise first fail on the GPU machine.
 #   scripts/gpu/check-torch2.sh [BUILD_DIR]     (default build/, configured with compile_commands.json)
-# Downloads Debian 13's libtorch-dev (2.6 headers, ~2.4 MB) once into .gpu-debs/torch2 (git-ignored).
+# Downloads Debian 13's libtorch-dev (2.6 headers, ~2.4 MB) once into BUILD_DIR/torch2-headers.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BUILD="${1:-${ROOT}/build}"
 CC_JSON="${BUILD}/compile_commands.json"
 [[ -f "${CC_JSON}" ]] || { echo "check-torch2: ${CC_JSON} missing (configure the build first)" >&2; exit 1; }
-CACHE="${ROOT}/.gpu-debs/torch2"
+CACHE="${BUILD}/torch2-headers"
 HEADERS="${CACHE}/root/usr/include"
 if [[ ! -f "${HEADERS}/torch/csrc/api/include/torch/version.h" ]]; then
   mkdir -p "${CACHE}/lists/partial" "${CACHE}/debs"
