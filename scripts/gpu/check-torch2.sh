@@ -17,9 +17,12 @@ if [[ ! -f "${HEADERS}/torch/csrc/api/include/torch/version.h" ]]; then
   echo "deb [trusted=yes] http://deb.debian.org/debian trixie main" > "${CACHE}/sources.list"
   APT=(-o "Dir::Etc::sourcelist=${CACHE}/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=${CACHE}/lists"
        -o APT::Get::List-Cleanup=0)
-  apt-get "${APT[@]}" update -q > "${CACHE}/update.log" 2>&1 || { tail -5 "${CACHE}/update.log"; exit 1; }
-  (cd "${CACHE}/debs" && apt-get "${APT[@]}" download libtorch-dev > /dev/null 2>&1)
-  dpkg -x "${CACHE}"/debs/libtorch-dev_*.deb "${CACHE}/root"
+  # Exit code 3 (not 1) when the headers cannot be fetched, so CI can tell "could not check" from
+  # "does not compile".
+  apt-get "${APT[@]}" update -q > "${CACHE}/update.log" 2>&1 || { tail -5 "${CACHE}/update.log"; exit 3; }
+  (cd "${CACHE}/debs" && apt-get "${APT[@]}" download libtorch-dev > "${CACHE}/download.log" 2>&1) ||
+    { tail -5 "${CACHE}/download.log"; exit 3; }
+  dpkg -x "${CACHE}"/debs/libtorch-dev_*.deb "${CACHE}/root" || exit 3
 fi
 VERSION="$(grep -E '^#define TORCH_VERSION_(MAJOR|MINOR) ' "${HEADERS}/torch/csrc/api/include/torch/version.h" | awk '{print $3}' | paste -sd.)"
 echo "check-torch2: libtorch ${VERSION} headers from ${HEADERS}" >&2

@@ -130,9 +130,14 @@ class PagedCudaKvCache : public LayerKvCache {
     const bool bf16 = k.scalar_type() == at::kBFloat16;
     const at::ScalarType st = bf16 ? at::kBFloat16 : at::kFloat;
     const at::Tensor kr = k.to(st).transpose(1, 2).contiguous(), vr = v.to(st).transpose(1, 2).contiguous();
-    const std::vector<int64_t> slots = plan_.chunk_slots(pos0, t);
-    const at::Tensor slot_dev =
-        at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong)).to(k.device());
+    // PagedKvPlan::chunk_slots computed on the device: slot(b, pos0 + i) = b * blocks_per_seq * 16 +
+    // pos0 + i, rows ordered (b, i). A host vector would need a copy from pageable memory per layer
+    // and step, which synchronizes the stream and stalls decoding.
+    const auto lopts = at::TensorOptions().dtype(at::kLong).device(k.device());
+    const at::Tensor slot_dev = (at::arange(B, lopts).mul_(plan_.blocks_per_seq * gpu::kKvBlockTokens).unsqueeze(1) +
+                                 at::arange(pos0, pos0 + t, lopts).unsqueeze(0))
+                                    .reshape({B * t})
+                                    .contiguous();
     auto* kc = k_cache_.data_ptr<uint8_t>();
     auto* vc = v_cache_.data_ptr<uint8_t>();
     if (bf16) {
