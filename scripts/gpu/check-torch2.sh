@@ -63,8 +63,7 @@ while IFS=$'\t' read -r dir cmd; do
     grep -E "error" "${CACHE}/last.log" | head -5
   fi
 done < "${CACHE}/commands.txt"
-if ((FAIL)); then
-  echo "check-torch2: ${FAIL} of ${N} translation units fail against libtorch ${VERSION}" >&2
-  exit 1
-fi
-echo "check-torch2: all ${N} translation units compile against libtorch ${VERSION}" >&2
+echo "check-torch2: $((N - FAIL)) of ${N} translation units compile against libtorch ${VERSION}" >&2
+# The closing line CI reads: each translation unit is one check.
+echo "check-torch2: $((N - FAIL)) passed, ${FAIL} failed"
+((FAIL == 0)) || exit 1
