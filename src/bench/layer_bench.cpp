@@ -1,5 +1,6 @@
-// Decoder-layer prefill benchmark of `resq bench` (layer_bench.h): a bf16 layer vs the resq packed
-// layer built from the same random weights, timed with CUDA events around Decoder::run_layer.
+// Decoder-layer prefill benchmark of `resq bench` (layer_bench.h): a plain-libtorch bf16 layer (the
+// baseline), resq's bf16 layer and the resq packed layer built from the same random weights, timed
+// with CUDA events; and build_bench_layer, the one builder of bench layers (also for --e2e).
 #include "resq/bench/layer_bench.h"
 
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include <functional>
 #include <memory>
 
+#include "resq/bench/plain_layer.h"
 #include "resq/common/error.h"
 #include "resq/format/packed.h"
 #include "resq/linalg/random.h"
@@ -73,51 +75,69 @@ std::vector<SiteSpec> bench_layer_site_specs(const ModelConfig& c) {
 
 namespace {
 
-// RTN-quantized w [N, K] (float32, CPU) -> the LinearData a checkpoint reader would return for spec
-// (q reordered to spec.packed_column_order(), split at K4 and packed like CheckpointWriter does).
+// RTN-quantized w [N, K] (any device) -> the LinearData a checkpoint reader would return for spec:
+// q reordered to spec.packed_column_order() and packed like CheckpointWriter does (w4: two 4-bit
+// two's-complement codes per byte, even column in the low nibble, an odd K4's pad nibble 0; w8:
+// the 8-bit columns). The reorder and the nibble packing run as torch ops on q's device (on cuda
+// that takes the 1.4 s per Llama-3-8B layer of the scalar pack_weights_reference off the CPU);
+// only the packed bytes and scales are copied to the host arrays of LinearData.
 format::LinearData packed_site_data(const SiteSpec& s, const QuantizedWeight& qw) {
   format::LinearData d;
   d.spec = s;
-  d.dims = {s.N, s.K4(), s.K8()};
+  const int64_t N = s.N, K4 = s.K4(), K8 = s.K8(), rb4 = format::packed4_row_bytes(K4);
+  d.dims = {N, K4, K8};
   d.perm = s.packed_column_order();
-  const at::Tensor perm = at::from_blob(d.perm.data(), {s.K}, at::TensorOptions().dtype(at::kInt)).to(at::kLong);
-  const at::Tensor q = qw.q.index_select(1, perm).contiguous();  // [N, K] int8, packed order
-  d.w4.resize(static_cast<size_t>(s.N * format::packed4_row_bytes(s.K4())));
-  d.w8.resize(static_cast<size_t>(s.N * s.K8()));
-  format::pack_weights_reference(q.data_ptr<int8_t>(), s.N, s.K4(), s.K8(), d.w4.data(), d.w8.data());
-  const at::Tensor s4 = qw.scale_low.contiguous(), s8 = qw.scale_high.contiguous();
-  d.scale4.assign(s4.data_ptr<float>(), s4.data_ptr<float>() + s.N);
-  d.scale8.assign(s8.data_ptr<float>(), s8.data_ptr<float>() + s.N);
+  const at::Tensor perm =
+      at::from_blob(d.perm.data(), {s.K}, at::TensorOptions().dtype(at::kInt)).to(qw.q.device(), at::kLong);
+  const at::Tensor q = qw.q.index_select(1, perm);  // [N, K] int8, packed order, q's device
+  if (K4 > 0) {
+    at::Tensor q4 = q.narrow(1, 0, K4).to(at::kInt).bitwise_and(0xF);  // [N, K4] nibbles 0..15
+    if (K4 % 2 == 1) q4 = at::cat({q4, at::zeros({N, 1}, q4.options())}, 1);
+    const at::Tensor w4 = (q4.slice(1, 0, 2 * rb4, 2) + q4.slice(1, 1, 2 * rb4, 2).mul(16))
+                              .to(at::kByte)
+                              .to(at::kCPU)
+                              .contiguous();  // [N, rb4]
+    d.w4.assign(w4.data_ptr<uint8_t>(), w4.data_ptr<uint8_t>() + N * rb4);
+  }
+  if (K8 > 0) {
+    const at::Tensor w8 = q.narrow(1, K4, K8).to(at::kCPU).contiguous();  // [N, K8] int8
+    d.w8.assign(w8.data_ptr<int8_t>(), w8.data_ptr<int8_t>() + N * K8);
+  }
+  const at::Tensor s4 = qw.scale_low.to(at::kCPU).contiguous(), s8 = qw.scale_high.to(at::kCPU).contiguous();
+  d.scale4.assign(s4.data_ptr<float>(), s4.data_ptr<float>() + N);
+  d.scale8.assign(s8.data_ptr<float>(), s8.data_ptr<float>() + N);
   return d;
+}
+
+void check_packed_device(BenchLayerKind kind, const at::Device& dev) {
+  if (kind != BenchLayerKind::kResqPacked || dev.is_cpu()) return;
+#if defined(RESQ_HAVE_CUDA)
+  if (!dev.is_cuda()) throw UnsupportedError("bench layer: the packed layer runs on cuda or cpu, not " + dev.str());
+  const std::string why = packed_cuda_unavailable_reason();
+  if (!why.empty()) throw UnsupportedError("bench layer: " + why);
+#else
+  throw UnsupportedError("bench layer: this resq binary was built without CUDA (RESQ_WITH_CUDA=OFF or no nvcc)");
+#endif
 }
 
 }  // namespace
 
-Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_t seed, const std::string& device) {
-  const at::Device dev(device);
-  if (kind == BenchLayerKind::kResqPacked && !dev.is_cpu()) {
-#if defined(RESQ_HAVE_CUDA)
-    if (!dev.is_cuda()) throw UnsupportedError("bench layer: the packed layer runs on cuda or cpu, not " + device);
-    const std::string why = packed_cuda_unavailable_reason();
-    if (!why.empty()) throw UnsupportedError("bench layer: " + why);
-#else
-    throw UnsupportedError("bench layer: this resq binary was built without CUDA (RESQ_WITH_CUDA=OFF or no nvcc)");
-#endif
-  }
-  ModelConfig c = config;
-  c.num_layers = 1;
+void build_bench_layer(Decoder& m, int64_t index, BenchLayerKind kind, uint64_t seed, const BenchBuildOptions& o,
+                       const PlainLayerWeights* weights) {
+  const ModelConfig& c = m.config();
+  const at::Device dev = m.device();
+  check_packed_device(kind, dev);
+  if (index < 0 || index >= c.num_layers) throw ShapeError("bench layer: layer " + std::to_string(index) + " out of range");
   const std::vector<SiteSpec> specs = bench_layer_site_specs(c);
-  const int64_t d = c.hidden_size, hd = c.head_dim;
-  const at::ScalarType dtype = at::kBFloat16;
-  Decoder m(c, dtype, dev);
-  DecoderLayer& L = m.layers()[0];
-  L.input_norm_weight = at::ones({d}, at::TensorOptions().dtype(dtype).device(dev));
-  L.post_attention_norm_weight = at::ones({d}, at::TensorOptions().dtype(dtype).device(dev));
+  const int64_t hd = c.head_dim;
+  const at::ScalarType dtype = m.dtype();
+  DecoderLayer& L = m.layers()[static_cast<size_t>(index)];
+  L = DecoderLayer{};
 
-  // Transforms first, so that every kind draws the same weights below. U_C: random orthogonal
-  // [hd, hd]; U_D: the online Hadamard of size ffn (a random orthogonal block when ffn is not
-  // constructible, e.g. 14336 = 7 * 2048).
-  Rng rot_rng = Rng::derive(seed, "bench_layer", {0});
+  // Transforms first (a separate stream from the weights, so every kind gets the same weights).
+  // U_C: random orthogonal [hd, hd]; U_D: the online Hadamard of size ffn (a random orthogonal block
+  // when ffn is not constructible, e.g. 14336 = 7 * 2048).
+  Rng rot_rng = Rng::derive(seed, "bench_layer", {index});
   const MatrixXdR uc = random_orthogonal(hd, rot_rng);
   const auto hadamard = std::make_shared<const OnlineHadamard>(make_online_hadamard(c.intermediate_size, rot_rng, true));
   if (kind != BenchLayerKind::kBf16) {
@@ -125,18 +145,22 @@ Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_
     L.qk_transform = std::make_shared<MatrixTransform>(u.clone().to(dev, dtype));
   }
 
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  // [N, K] float32 on the draw device (or where the caller's weights are).
+  const PlainLayerWeights w = weights ? *weights : draw_bench_layer_weights(c, seed, index, o.draw_device);
+  L.input_norm_weight = w.input_norm.to(dev, dtype);
+  L.post_attention_norm_weight = w.post_attention_norm.to(dev, dtype);
+  const at::Tensor* ws[] = {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down};
   std::shared_ptr<Linear>* slots[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
   for (size_t i = 0; i < specs.size(); ++i) {
     const SiteSpec& s = specs[i];
-    const at::Tensor w = at::randn({s.N, s.K}, gen, at::TensorOptions().dtype(at::kFloat)).mul_(0.02);  // [N, K]
+    const at::Tensor& wi = *ws[i];
     if (kind == BenchLayerKind::kBf16) {
-      *slots[i] = std::make_shared<DenseLinear>(w.to(dev, dtype), at::Tensor());
+      *slots[i] = std::make_shared<DenseLinear>(wi.to(dev, dtype), at::Tensor());
       continue;
     }
     const at::Tensor mask = s.high_rule == "per_head" ? high_mask_per_head(s.K / hd, hd, s.high_count)
                                                       : high_mask_last(s.K, s.high_count);
-    const QuantizedWeight qw = rtn_quantize_weight(w, mask, s.weight_bits_low, s.weight_bits_high, 1.0, false);
+    const QuantizedWeight qw = rtn_quantize_weight(wi.to(at::kFloat), mask, s.weight_bits_low, s.weight_bits_high, 1.0, false);
     const bool down = s.kind == SiteKind::kDown;
     if (kind == BenchLayerKind::kResqDequantized) {
       *slots[i] = std::make_shared<DenseLinear>(qw.dequant.to(dev, dtype), at::Tensor());
@@ -160,6 +184,17 @@ Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_
     L.v_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, bench_layer_r_h(c), 1.0f);
   }
 #endif
+}
+
+Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_t seed, const std::string& device,
+                         const BenchBuildOptions& o, const PlainLayerWeights* weights) {
+  const at::Device dev(device);
+  check_packed_device(kind, dev);
+  ModelConfig c = config;
+  c.num_layers = 1;
+  (void)bench_layer_site_specs(c);  // shape errors before any allocation
+  Decoder m(c, parse_compute_dtype(o.dtype), dev);
+  build_bench_layer(m, 0, kind, seed, o, weights);
   return m;
 }
 
@@ -211,31 +246,47 @@ nlohmann::json run_layer_prefill_bench(const LayerBenchOptions& o, void (*on_row
                            {"seqlen", o.seqlen},
                            {"warmup", o.warmup},
                            {"repeats", o.repeats},
+                           {"libtorch", PlainTorchLayer::torch_version()},
+                           {"plain_attention", PlainTorchLayer::attention_path()},
+                           {"build_type", RESQ_BUILD_TYPE},
                            {"layer_prefill", nlohmann::json::array()}};
   const std::vector<std::string> models = o.models.empty() ? std::vector<std::string>{"llama-3-8b"} : o.models;
   const std::string device = "cuda:" + std::to_string(dev);
+  const at::Device cuda(device);
   for (const std::string& name : models) {
     const ModelConfig c = synthetic_shape_config(name);  // UsageError for an unknown name
     auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1);
     // Hidden states [1, T, d] ~ N(0, 1) in bf16 on the device.
-    const at::Tensor x = at::randn({1, o.seqlen, c.hidden_size}, gen, at::TensorOptions().dtype(at::kFloat))
-                             .to(at::Device(device), at::kBFloat16);
+    const at::Tensor x =
+        at::randn({1, o.seqlen, c.hidden_size}, gen, at::TensorOptions().dtype(at::kFloat)).to(cuda, at::kBFloat16);
+    // One draw of layer 0's weights (float32, CPU) for all three layers.
+    const PlainLayerWeights w = draw_bench_layer_weights(c, o.seed, 0, "cpu");
+    double plain_us = 0.0;
+    {
+      const PlainTorchLayer plain(c, to_device(w, at::kBFloat16, cuda));
+      plain_us = time_stream0_us(o.warmup, o.repeats, [&] { (void)plain.forward(x); });
+    }
     LayerTimes bf16, resq;
     {
-      const Decoder m = make_bench_layer(c, BenchLayerKind::kBf16, o.seed, device);
+      const Decoder m = make_bench_layer(c, BenchLayerKind::kBf16, o.seed, device, {}, &w);
       bf16 = time_layer(m, x, o);
     }
     {
-      const Decoder m = make_bench_layer(c, BenchLayerKind::kResqPacked, o.seed, device);
+      const Decoder m = make_bench_layer(c, BenchLayerKind::kResqPacked, o.seed, device, {}, &w);
       resq = time_layer(m, x, o);
     }
     nlohmann::json row = {{"model", name},
                           {"seqlen", o.seqlen},
+                          {"plain_us", plain_us},
                           {"bf16_us", bf16.layer_us},
                           {"resq_us", resq.layer_us},
+                          {"bf16_vs_plain", plain_us / bf16.layer_us},
+                          {"packed_vs_plain", plain_us / resq.layer_us},
                           {"speedup", bf16.layer_us / resq.layer_us},
                           {"bf16_linears_us", bf16.linears_us},
-                          {"resq_linears_us", resq.linears_us}};
+                          {"resq_linears_us", resq.linears_us},
+                          {"libtorch", PlainTorchLayer::torch_version()},
+                          {"plain_attention", PlainTorchLayer::attention_path()}};
     result["layer_prefill"].push_back(row);
     if (on_row) on_row(row);
   }

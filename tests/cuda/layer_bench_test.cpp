@@ -1,6 +1,7 @@
-// Tests of the decoder-layer prefill benchmark (src/bench/layer_bench.cpp): the site specs (host),
-// the missing-device error, and on a device the packed bench layer vs the bf16 layer of its
-// dequantized weights. Device tests GTEST_SKIP() without a device or a CUDA libtorch.
+// Tests of the decoder-layer prefill benchmark (src/bench/layer_bench.cpp, plain_layer.cpp): the
+// site specs, the plain-libtorch baseline layer against Decoder::run_layer (host), the missing-device
+// error, and on a device the packed bench layer vs the bf16 layer of its dequantized weights and the
+// plain layer in bf16. Device tests GTEST_SKIP() without a device or a CUDA libtorch.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -8,13 +9,18 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <string>
 
 #include "resq/bench/layer_bench.h"
+#include "resq/bench/plain_layer.h"
 #include "resq/common/error.h"
 #include "resq/cuda/device.h"
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
 #include "resq/runtime/packed_cuda.h"
+#include "resq/runtime/packed_model.h"
+#include "resq/quant/quantizers.h"
+#include "resq/format/packed.h"
 #include "cuda/cuda_torch_test.h"
 
 namespace resq {
@@ -65,6 +71,47 @@ TEST(LayerBench, NoUsableDeviceIsAUsageError) {
                UnsupportedError);
 }
 
+// The bench packing (torch ops in layer_bench.cpp) against the format's scalar reference packer on
+// the RTN codes of the drawn weights, byte for byte, for every site (o_proj with its per-head column
+// permutation): tiny (even K4) and a shape with odd K4 (d 72 = 9 heads x 8: K4 = 63, pad nibble).
+TEST(LayerBenchSpecs, PackedSitesEqualReferencePacking) {
+  c10::NoGradGuard no_grad;
+  ModelConfig odd = synthetic_shape_config("tiny");
+  odd.hidden_size = 72;
+  odd.num_heads = 9;
+  odd.num_kv_heads = 3;
+  odd.head_dim = 8;
+  odd.intermediate_size = 40;
+  for (const ModelConfig& c : {synthetic_shape_config("tiny"), odd}) {
+    const Decoder m = make_bench_layer(c, BenchLayerKind::kResqPacked, 4, "cpu");
+    const PlainLayerWeights w = draw_bench_layer_weights(c, 4, 0, "cpu");
+    const auto specs = bench_layer_site_specs(c);
+    const DecoderLayer& L = m.layers()[0];
+    const at::Tensor* ws[] = {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down};
+    const std::shared_ptr<Linear>* lins[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& s = specs[i];
+      SCOPED_TRACE("d " + std::to_string(c.hidden_size) + ", site " + std::to_string(i));
+      const auto* p = dynamic_cast<const PackedCpuLinear*>(lins[i]->get());
+      ASSERT_NE(p, nullptr);
+      const at::Tensor mask = s.high_rule == "per_head" ? high_mask_per_head(s.K / c.head_dim, c.head_dim, s.high_count)
+                                                        : high_mask_last(s.K, s.high_count);
+      const QuantizedWeight qw = rtn_quantize_weight(*ws[i], mask, 4, 8, 1.0, false);
+      std::vector<int32_t> order = s.packed_column_order();
+      const at::Tensor perm = at::from_blob(order.data(), {s.K}, at::TensorOptions().dtype(at::kInt)).to(at::kLong);
+      const at::Tensor q = qw.q.index_select(1, perm).contiguous();
+      std::vector<uint8_t> w4(static_cast<size_t>(s.N * format::packed4_row_bytes(s.K4())));
+      std::vector<int8_t> w8(static_cast<size_t>(s.N * s.K8()));
+      format::pack_weights_reference(q.data_ptr<int8_t>(), s.N, s.K4(), s.K8(), w4.data(), w8.data());
+      EXPECT_EQ(p->packed().w4, w4);
+      EXPECT_EQ(p->packed().w8, w8);
+      if (i == 3) {
+        EXPECT_EQ(s.K4() % 2, c.hidden_size == 72 ? 1 : 0);
+      }
+    }
+  }
+}
+
 double rel_frobenius(const at::Tensor& a, const at::Tensor& ref) {
   const at::Tensor af = a.to(at::kFloat).cpu(), rf = ref.to(at::kFloat).cpu();
   return (af - rf).norm().item<double>() / rf.norm().item<double>();
@@ -90,6 +137,86 @@ TEST(LayerBench, CpuPackedLayerCloseToDequantizedBf16Layer) {
   const double delta_err = rel_frobenius(y.to(at::kFloat) - xf, y_ref.to(at::kFloat) - xf);
   std::printf("cpu packed tiny layer: relative error of output - input %.4f\n", delta_err);
   EXPECT_LT(delta_err, 0.6);
+}
+
+// Largest |a - b| over the largest |b| (a scale-aware max error; both [B, T, d]).
+double rel_max(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor ad = a.to(at::kDouble).cpu(), bd = b.to(at::kDouble).cpu();
+  return (ad - bd).abs().max().item<double>() / bd.abs().max().item<double>();
+}
+
+// The baseline computes the function resq's bf16 bench layer computes: the plain layer (its own
+// RMSNorm, at::linear, RoPE tables, SDPA / explicit attention) against Decoder::run_layer of
+// make_bench_layer(kBf16) built from the same seed, in float32 and float64 on the CPU. Compared on the
+// layer's own contribution y - x (the residual x ~ N(0, 1) would hide errors of the small update).
+// Tolerances: the two may sum the same products in different orders (GEMMs of K <= 352 terms, a
+// softmax over <= 37 keys; SDPA kernels on a libtorch >= 2.0), which moves the result by a few units
+// of roundoff of the largest partial sums: bound 1e-5 relative to max |y - x| in float32 (u = 6e-8,
+// so ~100 u of headroom), 1e-13 in float64 (u = 1.1e-16). Measured with Debian's CPU libtorch 1.13:
+// 0 (its kernels happen to sum in the same order). Mutations of the plain layer measured: RoPE
+// rotate_half sign 9e-3 to 1.8e-2, GQA map h % Hkv instead of h / G 1.5e-2 to 3.9e-2; a bf16-rounded
+// operand (u = 4e-3) is of the same order — all far above the bounds.
+struct PlainCase {
+  const char* shape;
+  at::ScalarType dtype;
+  double tol;
+};
+
+class PlainLayerVsDecoder : public ::testing::TestWithParam<PlainCase> {};
+
+TEST_P(PlainLayerVsDecoder, SameFunctionToRounding) {
+  c10::NoGradGuard no_grad;
+  const PlainCase pc = GetParam();
+  const ModelConfig c = synthetic_shape_config(pc.shape);
+  const std::string dtype = pc.dtype == at::kDouble ? "float64" : "float32";
+  BenchBuildOptions build;
+  build.dtype = dtype;
+  const Decoder m = make_bench_layer(c, BenchLayerKind::kBf16, 11, "cpu", build);
+  const PlainTorchLayer plain(c, to_device(draw_bench_layer_weights(c, 11, 0, "cpu"), pc.dtype, at::kCPU));
+  // The same weights, bit for bit (both drawn by draw_bench_layer_weights).
+  const auto* q = dynamic_cast<const DenseLinear*>(m.layers()[0].q.get());
+  ASSERT_NE(q, nullptr);
+  EXPECT_TRUE(at::equal(q->weight(), plain.weights().q));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const int64_t B = 2, T = 37;
+  const at::Tensor x = at::randn({B, T, c.hidden_size}, gen, at::TensorOptions().dtype(at::kDouble)).to(pc.dtype);
+  const at::Tensor y_dec = m.run_layer(0, x, m.rope_tables(T));
+  const at::Tensor y_plain = plain.forward(x);
+  ASSERT_EQ(y_plain.sizes(), x.sizes());
+  EXPECT_EQ(y_plain.scalar_type(), pc.dtype);
+  const double err = rel_max(y_plain - x, y_dec - x);
+  std::printf("%s %s (attention %s): max |plain - decoder| / max |y - x| = %.3g\n", pc.shape, dtype.c_str(),
+              PlainTorchLayer::attention_path(), err);
+  EXPECT_LT(err, pc.tol);
+  // Causality: the first 5 positions do not depend on the later ones.
+  const at::Tensor y5 = plain.forward(x.narrow(1, 0, 5).contiguous());
+  EXPECT_LT(rel_max(y5 - x.narrow(1, 0, 5), y_plain.narrow(1, 0, 5) - x.narrow(1, 0, 5)), pc.tol);
+}
+
+// tiny: GQA 8/4 heads, hd 16; tiny-gqa-tied: 8/2 heads, hd 8; tiny-llama3: Llama-3.1 RoPE scaling.
+INSTANTIATE_TEST_SUITE_P(Shapes, PlainLayerVsDecoder,
+                         ::testing::Values(PlainCase{"tiny", at::kFloat, 1e-5}, PlainCase{"tiny-gqa-tied", at::kFloat, 1e-5},
+                                           PlainCase{"tiny-llama3", at::kFloat, 1e-5},
+                                           PlainCase{"tiny", at::kDouble, 1e-13},
+                                           PlainCase{"tiny-llama3", at::kDouble, 1e-13}));
+
+TEST(PlainLayer, RejectsWrongShapes) {
+  const ModelConfig c = synthetic_shape_config("tiny");
+  PlainLayerWeights w = draw_bench_layer_weights(c, 0, 0, "cpu");
+  EXPECT_THROW(PlainTorchLayer(c, w).forward(at::zeros({1, 4, c.hidden_size + 1})), ShapeError);
+  w.k = w.k.t();  // [d, kv_size] instead of [kv_size, d]
+  EXPECT_THROW(PlainTorchLayer(c, w), ShapeError);
+  const std::string path = PlainTorchLayer::attention_path();
+  EXPECT_TRUE(path == "sdpa-gqa" || path == "sdpa-expand-kv" || path == "explicit-softmax") << path;
+}
+
+// Different layers of a bench model get different weights; the same (seed, layer) the same ones.
+TEST(PlainLayer, WeightsAreSeededPerLayer) {
+  const ModelConfig c = synthetic_shape_config("tiny");
+  const PlainLayerWeights a = draw_bench_layer_weights(c, 3, 0, "cpu"), b = draw_bench_layer_weights(c, 3, 1, "cpu");
+  EXPECT_TRUE(at::equal(a.down, draw_bench_layer_weights(c, 3, 0, "cpu").down));
+  EXPECT_FALSE(at::equal(a.down, b.down));
+  EXPECT_NEAR(a.gate.std().item<double>(), 0.02, 0.002);
 }
 
 using LayerBenchDeviceTest = test::CudaTorchTest;
@@ -125,6 +252,24 @@ TEST_F(LayerBenchDeviceTest, Bf16LayerRuns) {
   const at::Tensor x = at::randn({1, 32, c.hidden_size}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
   const at::Tensor y = m.run_layer(0, x, m.rope_tables(32));
   EXPECT_TRUE(at::isfinite(y.to(at::kFloat)).all().item<bool>());
+}
+
+// The plain baseline in bf16 on the device (SDPA where the libtorch has it) against resq's bf16 layer
+// of the same weights: both round to bf16 at different points, so they agree to bf16 accuracy only.
+TEST_F(LayerBenchDeviceTest, PlainLayerCloseToBf16LayerOnDevice) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig c = synthetic_shape_config("tiny");
+  const PlainLayerWeights w = draw_bench_layer_weights(c, 7, 0, "cpu");
+  const Decoder m = make_bench_layer(c, BenchLayerKind::kBf16, 7, "cuda", {}, &w);
+  const PlainTorchLayer plain(c, to_device(w, at::kBFloat16, cuda()));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor x = at::randn({1, 64, c.hidden_size}, gen, at::TensorOptions().dtype(at::kFloat)).to(cuda(), at::kBFloat16);
+  const at::Tensor y = plain.forward(x), y_ref = m.run_layer(0, x, m.rope_tables(64));
+  const at::Tensor xf = x.to(at::kFloat);
+  const double err = rel_frobenius(y.to(at::kFloat) - xf, y_ref.to(at::kFloat) - xf);
+  std::printf("device bf16 plain vs resq bf16 layer (%s): relative error of output - input %.4f\n",
+              PlainTorchLayer::attention_path(), err);
+  EXPECT_LT(err, 0.05);
 }
 
 }  // namespace
