@@ -2,7 +2,7 @@
 # One command on a GPU machine (no network): unpack the .debs packed by pack-deps.sh into a prefix,
 # configure + build resq with CUDA against the installed PyTorch's CUDA libtorch, run the GPU suite
 # (test_cuda, test_kernels, test_core), stories260K end to end (quantize, eval packed on cpu and cuda,
-# generate on cuda with the paged KV cache), then `resq bench --layer --e2e` (GEMMs vs cuBLASLt, the
+# generate on cuda with the paged KV cache), then `resq bench` (GEMMs vs cuBLASLt, the
 # decoder layer vs plain libtorch, the whole model), and write report.md (one line per stage with its
 # status and time, the ppl/decode lines and the bench tables), run.log, the JSON results and
 # logs.tar.gz to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results): 6 files, the device tool
@@ -101,15 +101,26 @@ REPORT="${RESULTS}/report.md"
   echo "| stage | status | seconds |"
   echo "| --- | --- | --- |"
 } > "${REPORT}"
+# The device call allows 600 s in all: every stage gets at most what is left of RESQ_GPU_BUDGET_S
+# (default 560 s from the start), and a stage with under 15 s left is reported as skipped.
+DEADLINE=$(( START + ${RESQ_GPU_BUDGET_S:-560} ))
 stage() {  # stage NAME TIMEOUT_S LOGFILE CMD...: runs CMD, logs, records status
   local name="$1" limit="$2" logf="$3"; shift 3
+  local left=$(( DEADLINE - $(date +%s) ))
+  if (( left < 15 )); then
+    echo "| ${name} | SKIPPED (time budget spent) | 0 |" >> "${REPORT}"
+    step "${name}: skipped, time budget spent"
+    STATUS=1
+    return
+  fi
+  (( limit > left )) && limit=${left}
   step "${name}"
   local t0 rc
   t0=$(date +%s)
   timeout "${limit}" "$@" > "${RESULTS}/${logf}" 2>&1
   rc=$?
   [[ ${rc} -eq 0 ]] || STATUS=1
-  echo "| ${name} | $([[ ${rc} -eq 0 ]] && echo ok || echo "FAILED (rc ${rc})") | $(( $(date +%s) - t0 )) |" >> "${REPORT}"
+  echo "| ${name} | $([[ ${rc} -eq 0 ]] && echo ok || echo "FAILED (rc ${rc}$([[ ${rc} -eq 124 ]] && echo ', timed out'))") | $(( $(date +%s) - t0 )) |" >> "${REPORT}"
   tail -4 "${RESULTS}/${logf}" | tee -a "${LOG}"
 }
 export OMP_WAIT_POLICY=PASSIVE
@@ -124,7 +135,7 @@ stage "test_core (runtime, decoding, attention; CUDA libtorch)" 300 test_core.lo
 SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
 if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_head.txt" ]]; then
   Q="${BUILD}/stories-resq"
-  stage "quantize stories260K (resq.json)" 180 quantize.log "${BUILD}/resq" quantize --model "${SHARED}/models/stories260K" \
+  stage "quantize stories260K (resq.json)" 90 quantize.log "${BUILD}/resq" quantize --model "${SHARED}/models/stories260K" \
     --out "${Q}" --config "${ROOT}/configs/resq.json" --calib "${SHARED}/data/tinystories/valid_head.txt" \
     --nsamples 32 --seqlen 256 --seed 0
   for dev in cpu cuda; do
@@ -137,9 +148,10 @@ if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_
   grep -hE "^ppl|kv cache|decode:" "${RESULTS}"/eval_*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | tee -a "${REPORT}" >/dev/null || true
 fi
 
+
 # shellcheck disable=SC2086
 stage "resq bench (GEMM vs cuBLASLt, layer prefill vs plain libtorch, end to end)" 420 bench.log \
-  "${BUILD}/resq" bench --layer --e2e --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-}
+  "${BUILD}/resq" bench --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-}
 { echo; echo '```'; grep -vE "^\[" "${RESULTS}/bench.log" | tail -60; echo '```'; } >> "${REPORT}"
 
 step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"

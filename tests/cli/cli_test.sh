@@ -128,6 +128,8 @@ for r in rows:
 PY
 then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: bench JSON"; fi
 check "bench without --cpu" 2 "use --cpu" -- "$RESQ" bench
+check "bench --e2e without a GPU" 2 "use --cpu" -- "$RESQ" bench --e2e --e2e-layers 2
+check "bench --layer without a GPU" 2 "use --cpu" -- "$RESQ" bench --layer
 check "bench unknown model" 2 "unknown model 'gpt5'" -- "$RESQ" bench --cpu --models gpt5
 
 # A truncated checkpoint is rejected with the file named, exit 1.
