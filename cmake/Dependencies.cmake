@@ -3,6 +3,9 @@ find_package(Torch REQUIRED)
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
 find_package(CLI11 REQUIRED)
 find_package(nlohmann_json 3.9 REQUIRED)
+# spdlog (and the {fmt} it brings) is linked PRIVATE to resq_common only: src/common/log.cpp is the one
+# translation unit that includes it, so no torch target ever sees Debian's fmt headers (PyTorch's pip
+# wheels ship a newer {fmt} of their own in torch/include).
 find_package(spdlog REQUIRED)
 find_package(PkgConfig REQUIRED)
 
