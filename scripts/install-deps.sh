@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-  libgtest-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev liblapacke-dev
+  libgtest-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev liblapack-dev
   libopenblas0-openmp
 )
 

@@ -2,7 +2,6 @@
 // outlier channels) in a temporary directory, quantizes it with each recipe of configs/ and prints
 // recipe | bits | ppl | KL divergence vs fp | seconds.
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +11,7 @@
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
@@ -52,8 +52,8 @@ void run_demo(const DemoOptions& o) {
   synthetic.seed = o.common.seed;
   const ModelConfig config = synthetic_shape_config("tiny");
   const auto channels = write_synthetic_model(config, model_dir, synthetic);
-  spdlog::info("demo: wrote random-init tiny model ({:.2f} M parameters, {} planted outlier channels) to {}",
-               config.parameter_count() / 1e6, channels.size(), model_dir);
+  log::info(strprintf("demo: wrote random-init tiny model (%.2f M parameters, %zu planted outlier channels) to %s",
+                      config.parameter_count() / 1e6, channels.size(), model_dir.c_str()));
   const std::string calib_path = (work / "calib.txt").string();
   {
     std::ofstream(calib_path) << synthetic_text(o.common.seed + 2, 40000);

@@ -1,15 +1,16 @@
 // `resq eval`: WikiText-2 (or any text) perplexity of a model directory.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 #include <memory>
 #include <optional>
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
 #include "resq/runtime/packed_model.h"
@@ -44,8 +45,8 @@ void run_eval(const EvalOptions& o) {
   const bool add_bos = tokenizer->adds_bos() && !o.no_bos;
   const auto ids = tokenize_for_eval(*tokenizer, text, add_bos);
   const double tokenize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("tokenized {} ({} bytes) into {} tokens with {} ({}BOS prepended) in {:.2f} s", text_path,
-               text.size(), ids.size(), tokenizer->kind(), add_bos ? "" : "no ", tokenize_seconds);
+  log::info(strprintf("tokenized %s (%zu bytes) into %zu tokens with %s (%sBOS prepended) in %.2f s", text_path.c_str(),
+                      text.size(), ids.size(), tokenizer->kind().c_str(), add_bos ? "" : "no ", tokenize_seconds));
 
   LoadOptions load;
   load.dtype = o.common.dtype;
@@ -55,11 +56,14 @@ void run_eval(const EvalOptions& o) {
   if (!o.mode.empty()) mode = parse_execution_mode(o.mode);
   Decoder decoder = load_model_for_eval(o.common.model, load, mode);
   const std::string mode_name = quantized ? execution_mode_name(mode.value_or(ExecutionMode::kPacked)) : "fp";
-  if (quantized) spdlog::info("packed checkpoint, mode {} (linears: {})", mode_name, decoder.layers()[0].q->implementation());
+  if (quantized) {
+    log::info("packed checkpoint, mode " + mode_name + " (linears: " + decoder.layers()[0].q->implementation() + ")");
+  }
   const auto& c = decoder.config();
-  spdlog::info("model {}: {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {:.2f} M parameters, dtype {}",
-               o.common.model, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size,
-               c.parameter_count() / 1e6, o.common.dtype);
+  log::info(strprintf("model %s: %" PRId64 " layers, hidden %" PRId64 ", %" PRId64 " heads / %" PRId64
+                      " kv heads, vocab %" PRId64 ", %.2f M parameters, dtype %s",
+                      o.common.model.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size,
+                      c.parameter_count() / 1e6, o.common.dtype.c_str()));
 
   PerplexityOptions po;
   po.seqlen = o.seqlen;

@@ -3,14 +3,15 @@
 // prefill and decode throughput and the KV cache's size.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 
+#include <cinttypes>
 #include <cstdio>
 #include <memory>
 #include <optional>
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/model/decoder.h"
 #include "resq/runtime/generate.h"
 #include "resq/runtime/packed_model.h"
@@ -64,13 +65,14 @@ void run_generate(const GenerateCliOptions& o) {
   const std::string mode_name = quantized ? execution_mode_name(mode.value_or(ExecutionMode::kPacked)) : "fp";
   const ModelConfig& c = decoder.config();
   g.eos_id = c.eos_token_id;
-  spdlog::info("model {} ({}{}): {} layers, {} heads / {} kv heads, head_dim {}, max {} positions; prompt: {} tokens ({}BOS)",
-               o.common.model, mode_name, quantized ? ", linears " + decoder.layers()[0].q->implementation() : "",
-               c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_position_embeddings, prompt.size(),
-               add_bos ? "" : "no ");
-  spdlog::info("sampling: {}", o.temperature == 0.0 ? std::string("greedy")
-                                                    : "temperature " + std::to_string(o.temperature) + ", top-k " +
-                                                          std::to_string(o.top_k) + ", seed " + std::to_string(o.common.seed));
+  const std::string linears = quantized ? ", linears " + decoder.layers()[0].q->implementation() : "";
+  log::info(strprintf("model %s (%s%s): %" PRId64 " layers, %" PRId64 " heads / %" PRId64 " kv heads, head_dim %" PRId64
+                      ", max %" PRId64 " positions; prompt: %zu tokens (%sBOS)",
+                      o.common.model.c_str(), mode_name.c_str(), linears.c_str(), c.num_layers, c.num_heads,
+                      c.num_kv_heads, c.head_dim, c.max_position_embeddings, prompt.size(), add_bos ? "" : "no "));
+  log::info("sampling: " + (o.temperature == 0.0 ? std::string("greedy")
+                                                 : "temperature " + std::to_string(o.temperature) + ", top-k " +
+                                                       std::to_string(o.top_k) + ", seed " + std::to_string(o.common.seed)));
 
   const GenerateResult r = generate(decoder, prompt, g);
 

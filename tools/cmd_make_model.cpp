@@ -1,10 +1,10 @@
 // `resq make-model`: writes a random-init HF model directory of a named real shape with planted
 // activation outliers (for tests, scale and speed benchmarks; no download needed).
-#include <spdlog/spdlog.h>
 
 #include <memory>
 
 #include "common.h"
+#include "resq/common/log.h"
 #include "resq/model/synthetic.h"
 
 namespace resq::tools {
@@ -21,7 +21,8 @@ void run_make_model(MakeModelOptions& o) {
   apply_runtime_options(o.common);
   o.synthetic.seed = o.common.seed;
   const ModelConfig config = synthetic_shape_config(o.shape);
-  spdlog::info("make-model: shape {} ({:.1f} M parameters) -> {}", o.shape, config.parameter_count() / 1e6, o.out);
+  log::info(strprintf("make-model: shape %s (%.1f M parameters) -> %s", o.shape.c_str(), config.parameter_count() / 1e6,
+                      o.out.c_str()));
   const auto channels = write_synthetic_model(config, o.out, o.synthetic);
   std::printf("wrote %s: shape %s, %lld parameters, seed %llu, outlier channels [", o.out.c_str(), o.shape.c_str(),
               static_cast<long long>(config.parameter_count()), static_cast<unsigned long long>(o.common.seed));

@@ -1,12 +1,12 @@
 // `resq quantize`: ResQ (or baseline) quantization of a HF model directory into a packed mixed 4/8-bit
 // checkpoint (docs/FORMAT.md), reported against its bit budget.
-#include <spdlog/spdlog.h>
-
+#include <cinttypes>
 #include <cstdio>
 #include <memory>
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/quant/pipeline.h"
 #include "resq/quant/recipe.h"
 
@@ -42,8 +42,8 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.seqlen = o.seqlen;
   q.seed = o.common.seed;
   q.globals_dtype = o.globals_dtype;
-  spdlog::info("quantize: {} with recipe '{}' ({}), {} x {} calibration tokens, seed {}", q.model_dir, q.recipe.name,
-               o.config, q.nsamples, q.seqlen, q.seed);
+  log::info(strprintf("quantize: %s with recipe '%s' (%s), %" PRId64 " x %" PRId64 " calibration tokens, seed %" PRIu64,
+                      q.model_dir.c_str(), q.recipe.name.c_str(), o.config.c_str(), q.nsamples, q.seqlen, q.seed));
   const nlohmann::json report = quantize_model(q);
   const auto& st = report["stages"];
   std::printf("wrote %s (recipe %s: W%.2f A%.2f KV%.2f bits)\n", o.out.c_str(), q.recipe.name.c_str(),

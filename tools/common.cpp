@@ -2,7 +2,6 @@
 #include "common.h"
 
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,6 +10,7 @@
 #include <thread>
 
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 
 namespace resq::tools {
 
@@ -36,11 +36,7 @@ void add_json_option(CLI::App* cmd, CommonOptions& o) {
 }
 
 void apply_runtime_options(const CommonOptions& o) {
-  const auto level = spdlog::level::from_str(o.log_level);
-  if (level == spdlog::level::off && o.log_level != "off") {
-    throw UsageError("--log-level: expected trace, debug, info, warn, error or off, got '" + o.log_level + "'");
-  }
-  spdlog::set_level(level);
+  log::set_level(o.log_level);  // UsageError on an unknown level name
   if (o.threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(o.threads));
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);

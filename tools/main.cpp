@@ -1,8 +1,5 @@
 // resq command-line entry point: dispatches to one subcommand per tools/cmd_*.cpp and is the only
 // place that turns exceptions into log messages and exit codes (0 ok, 1 error, 2 usage error).
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
-
 #include <malloc.h>
 #include <unistd.h>
 
@@ -12,6 +9,7 @@
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 
 int main(int argc, char** argv) {
   // OpenMP threads (ours, libtorch's, OpenBLAS's: all libgomp) spin at barriers by default. With
@@ -27,11 +25,6 @@ int main(int argc, char** argv) {
   // activations every layer, and returning them to the kernel each time costs page faults.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
-  // Logs and progress go to stderr; results go to stdout.
-  auto logger = spdlog::stderr_color_mt("resq");
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
-
   CLI::App app{"resq: ResQ mixed 4/8-bit post-training quantization of LLMs"};
   app.require_subcommand(1);
   app.set_version_flag("--version,-V", [] { return resq::tools::version_text(); });
@@ -49,13 +42,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);  // --help/--version exit 0; bad flags exit non-zero with CLI11's message
   } catch (const resq::UsageError& e) {
-    spdlog::error("{}", e.what());
+    resq::log::error(e.what());
     return 2;
   } catch (const resq::Error& e) {
-    spdlog::error("{}", e.what());
+    resq::log::error(e.what());
     return 1;
   } catch (const std::exception& e) {
-    spdlog::error("internal error: {}", e.what());
+    resq::log::error(std::string("internal error: ") + e.what());
     return 1;
   }
   return 0;

@@ -13,6 +13,8 @@ OUT="$(cd "${OUT}" && pwd)"
 # Headers / static libraries / CMake and pkg-config files the build uses (cmake/Dependencies.cmake)
 # and the shared libraries they link at run time. libtorch comes from the GPU machine's PyTorch;
 # cmake (>= 3.25), g++ and the CUDA toolkit (nvcc, cudart, cublasLt) must be there already.
+# LAPACK/BLAS are packed for machines that have none; run.sh uses the system's when it has them.
+# No LAPACKE: resq calls LAPACK's Fortran routines itself (include/resq/linalg/lapack.h).
 PACKAGES=(
   libeigen3-dev libcli11-dev nlohmann-json3-dev
   libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
@@ -20,8 +22,7 @@ PACKAGES=(
   libsentencepiece-dev libsentencepiece0
   libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
   libutf8proc-dev libutf8proc2
-  liblapacke-dev liblapacke libtmglib-dev libtmglib3 liblapack-dev liblapack3 libblas-dev libblas3
-  libgfortran5
+  liblapack-dev liblapack3 libblas-dev libblas3 libgfortran5
   pkgconf pkgconf-bin libpkgconf3 ninja-build
 )
 

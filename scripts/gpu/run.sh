@@ -12,7 +12,8 @@
 # RESQ_GPU_PREFIX (unpack prefix, default /tmp/resq-gpu-prefix), RESQ_BENCH_ARGS (extra arguments
 # for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs), RESQ_TORCH_PREFIX
 # (a libtorch CMake prefix instead of the installed PyTorch's, e.g. to rehearse this script on a
-# machine without PyTorch: /usr/lib/x86_64-linux-gnu/cmake/Torch).
+# machine without PyTorch: /usr/lib/x86_64-linux-gnu/cmake/Torch), RESQ_GPU_LAPACK (system, debian
+# or auto: whose LAPACK/BLAS to link; auto = the system's when it has one).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 RESULTS="${1:-${OUT:-${ROOT}/gpu-results}}"
@@ -43,10 +44,56 @@ if [[ -n "${DEBS}" ]] && ls "${DEBS}"/*.deb >/dev/null 2>&1; then
   find "${PREFIX}/usr" -name '*.cmake' -exec \
     sed -i "s|\"/usr/include|\"${PREFIX}/usr/include|g; s|\"/usr/lib/|\"${PREFIX}/usr/lib/|g" {} +
   MULTIARCH="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
-  export PKG_CONFIG_PATH="${PREFIX}/usr/lib/${MULTIARCH}/pkgconfig:${PREFIX}/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
-  export LD_LIBRARY_PATH="${PREFIX}/usr/lib/${MULTIARCH}:${PREFIX}/usr/lib/${MULTIARCH}/lapack:${PREFIX}/usr/lib/${MULTIARCH}/blas:${LD_LIBRARY_PATH:-}"
+  LIBDIR="${PREFIX}/usr/lib/${MULTIARCH}"
+  export PKG_CONFIG_PATH="${LIBDIR}/pkgconfig:${PREFIX}/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
+  export LD_LIBRARY_PATH="${LIBDIR}:${LD_LIBRARY_PATH:-}"
   export PATH="${PATH}:${PREFIX}/usr/bin"
-  EXTRA_PREFIX="${PREFIX}/usr;${PREFIX}/usr/lib/${MULTIARCH}/cmake;${PREFIX}/usr/share/cmake"
+  EXTRA_PREFIX="${PREFIX}/usr;${LIBDIR}/cmake;${PREFIX}/usr/share/cmake"
+
+  # LAPACK/BLAS: exactly one, the same at link and at run time. The system's when ldconfig knows
+  # liblapack.so.3 and libblas.so.3 (an image may carry a newer LAPACK, and libraries built against
+  # it, e.g. its own LAPACKE 3.12, fail to link against Debian's 3.11 put first); Debian's unpacked
+  # lapack/ and blas/ only when the system has none. RESQ_GPU_LAPACK=system|debian forces a choice
+  # (to rehearse either branch on one machine). CMake finds it with find_package(LAPACK).
+  LDCONFIG="$(command -v ldconfig || echo /sbin/ldconfig)"
+  ABI_TAG=""  # ldconfig -p also lists other ABIs' libraries (i386): only this machine's
+  case "$(uname -m)" in x86_64) ABI_TAG="x86-64" ;; aarch64) ABI_TAG="AArch64" ;; esac
+  ldconfig_path() {
+    "${LDCONFIG}" -p 2>/dev/null | awk -v n="$1" -v t="${ABI_TAG}" '$1 == n && index($0, t) { print $NF; exit }'
+  }
+  SYS_LAPACK="$(ldconfig_path liblapack.so.3)"
+  SYS_BLAS="$(ldconfig_path libblas.so.3)"
+  LAPACK_FROM="${RESQ_GPU_LAPACK:-auto}"
+  if [[ "${LAPACK_FROM}" == auto ]]; then
+    LAPACK_FROM=debian
+    if [[ -n "${SYS_LAPACK}" && -n "${SYS_BLAS}" ]]; then LAPACK_FROM=system; fi
+  fi
+  if [[ "${LAPACK_FROM}" == system ]]; then
+    [[ -n "${SYS_LAPACK}" && -n "${SYS_BLAS}" ]] || fail "RESQ_GPU_LAPACK=system but ldconfig -p lists no liblapack.so.3/libblas.so.3"
+    step "LAPACK/BLAS: the system's (${SYS_LAPACK}, ${SYS_BLAS})"
+    # Without the development links (liblapack.so, libblas.so) CMake cannot find them: link to the
+    # runtime libraries through links of our own (the binary still records liblapack.so.3).
+    rm -rf "${PREFIX}/system-lapack"
+    for lib in lapack blas; do
+      if [[ -z "$(ldconfig_path "lib${lib}.so")" ]]; then
+        mkdir -p "${PREFIX}/system-lapack"
+        ln -sf "$(ldconfig_path "lib${lib}.so.3")" "${PREFIX}/system-lapack/lib${lib}.so"
+      fi
+    done
+    if [[ -d "${PREFIX}/system-lapack" ]]; then
+      export CMAKE_LIBRARY_PATH="${PREFIX}/system-lapack${CMAKE_LIBRARY_PATH:+:${CMAKE_LIBRARY_PATH}}"
+    fi
+    # Debian's libgfortran (gcc 12) first on LD_LIBRARY_PATH would shadow the system's, which a
+    # system LAPACK built by a newer gfortran may need; the system's is backward compatible.
+    if [[ -n "$(ldconfig_path libgfortran.so.5)" ]]; then rm -f "${LIBDIR}"/libgfortran.so.5*; fi
+  elif [[ "${LAPACK_FROM}" == debian ]]; then
+    step "LAPACK/BLAS: Debian's, unpacked (${LIBDIR}/lapack, ${LIBDIR}/blas)"
+    # dpkg -x does not run the alternatives that would link them into ${LIBDIR}.
+    export LD_LIBRARY_PATH="${LIBDIR}/lapack:${LIBDIR}/blas:${LD_LIBRARY_PATH}"
+    export CMAKE_LIBRARY_PATH="${LIBDIR}/lapack:${LIBDIR}/blas${CMAKE_LIBRARY_PATH:+:${CMAKE_LIBRARY_PATH}}"
+  else
+    fail "RESQ_GPU_LAPACK=${LAPACK_FROM}: expected system, debian or auto"
+  fi
 else
   step "no .debs found (RESQ_GPU_DEBS, shared/gpu-debs): using the system's packages"
 fi

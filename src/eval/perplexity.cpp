@@ -3,13 +3,14 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
-#include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/model/decoder.h"
 
 namespace resq {
@@ -73,8 +74,8 @@ PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t
       const double eta = (windows - done) * seqlen / std::max(tps, 1e-9);
       double sum = 0;
       for (double v : r.window_nll) sum += v;
-      spdlog::info("eval: window {}/{} | {:.0f} tok/s | running ppl {:.4f} | ETA {:.0f} s", done, windows, tps,
-                   std::exp(sum / r.window_nll.size()), eta);
+      log::info(strprintf("eval: window %" PRId64 "/%" PRId64 " | %.0f tok/s | running ppl %.4f | ETA %.0f s", done,
+                          windows, tps, std::exp(sum / r.window_nll.size()), eta));
     }
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -1,5 +1,6 @@
-// PCA via LAPACKE_dsyevd with damping and a deterministic eigenvector sign convention, and the
-// ResQ basis built from it. LAPACKE is called directly (EIGEN_USE_LAPACKE is not defined).
+// PCA via LAPACK dsyevd with damping and a deterministic eigenvector sign convention, and the
+// ResQ basis built from it. LAPACK is called directly through resq/linalg/lapack.h (Eigen's own
+// LAPACK bindings, EIGEN_USE_LAPACKE, are not used).
 #include "resq/linalg/pca.h"
 
 #include <algorithm>
@@ -8,10 +9,8 @@
 #include <string>
 
 #include "resq/common/error.h"
+#include "resq/linalg/lapack.h"
 #include "resq/linalg/rotation.h"
-
-#define LAPACK_COMPLEX_CPP
-#include <lapacke.h>
 
 namespace resq {
 namespace {
@@ -49,7 +48,7 @@ PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction) {
   RESQ_CHECK_OR_THROW(std::isfinite(damp_fraction) && damp_fraction >= 0.0, ConfigError,
                       "pca_from_covariance: damp_fraction must be finite and >= 0, got " +
                           std::to_string(damp_fraction));
-  RESQ_CHECK_OR_THROW(cov.rows() <= std::numeric_limits<lapack_int>::max(), ShapeError,
+  RESQ_CHECK_OR_THROW(cov.rows() <= std::numeric_limits<lapack::Int>::max(), ShapeError,
                       "pca_from_covariance: n = " + std::to_string(cov.rows()) +
                           " exceeds LAPACK's integer range");
   const int64_t n = cov.rows();
@@ -74,11 +73,10 @@ PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction) {
   a.diagonal().array() += result.damping;
 
   result.eigenvalues.resize(n);
-  const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'L', static_cast<lapack_int>(n),
-                                         a.data(), static_cast<lapack_int>(n),
-                                         result.eigenvalues.data());
+  const lapack::Int info = lapack::dsyevd('V', 'L', static_cast<lapack::Int>(n), a.data(),
+                                          static_cast<lapack::Int>(n), result.eigenvalues.data());
   if (info != 0) {
-    throw Error("pca_from_covariance: LAPACKE_dsyevd failed on the [" + std::to_string(n) + ", " +
+    throw Error("pca_from_covariance: LAPACK dsyevd failed on the [" + std::to_string(n) + ", " +
                 std::to_string(n) + "] covariance with info = " + std::to_string(info) +
                 (info < 0 ? " (illegal argument)" : " (eigenvalue iteration did not converge)"));
   }

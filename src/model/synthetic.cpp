@@ -3,17 +3,18 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cinttypes>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/io/safetensors.h"
 #include "resq/model/shard_writer.h"
 #include "resq/text/sentencepiece_shim.h"
@@ -223,7 +224,7 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
     const int64_t d = c.hidden_size, ffn = c.intermediate_size;
     writer.add("model.embed_tokens.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
     for (int64_t i = 0; i < c.num_layers; ++i) {
-      if (c.num_layers >= 8) spdlog::info("make-model: layer {}/{}", i + 1, c.num_layers);
+      if (c.num_layers >= 8) log::info(strprintf("make-model: layer %" PRId64 "/%" PRId64, i + 1, c.num_layers));
       const std::string p = "model.layers." + std::to_string(i) + ".";
       writer.add(p + "input_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
       writer.add(p + "post_attention_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));

@@ -2,7 +2,6 @@
 // bit width (ResQ mixed 4/8-bit along K) in a single pass. See quantizers.h for the contract.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <lapacke.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "resq/common/error.h"
+#include "resq/linalg/lapack.h"
 #include "resq/quant/quantizers.h"
 
 namespace resq {
@@ -42,9 +42,9 @@ at::Tensor inverse_cholesky_upper(double* a, int64_t K, const std::vector<double
     const int64_t r = K - 1 - k;
     a[r * K + r] = (dead[static_cast<size_t>(k)] ? 1.0 : diag[static_cast<size_t>(k)]) + damp;
   }
-  const lapack_int n = static_cast<lapack_int>(K);
-  if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, a, n) != 0) return at::Tensor();
-  if (LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'L', 'N', n, a, n) != 0) return at::Tensor();
+  const lapack::Int n = static_cast<lapack::Int>(K);
+  if (lapack::dpotrf('L', n, a, n) != 0) return at::Tensor();
+  if (lapack::dtrtri('L', 'N', n, a, n) != 0) return at::Tensor();
   // Column-major lower M = L⁻¹ is stored row-major as Mᵀ: M[i][j] = a[j * K + i] (i >= j), and
   // U[r][c] = M[K-1-r][K-1-c] for c >= r.
   at::Tensor U = at::empty({K, K}, at::TensorOptions().dtype(at::kFloat));

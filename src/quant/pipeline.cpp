@@ -5,12 +5,12 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <malloc.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "resq/common/error.h"
+#include "resq/common/log.h"
 #include "resq/io/safetensors.h"
 #include "resq/linalg/pca.h"
 #include "resq/linalg/random.h"
@@ -64,11 +65,11 @@ double current_rss_gib() {
 // detail: also glibc's heap size, the part of it in use, and mmap()ed blocks (fragmentation shows
 // as a heap that grows while its in-use part does not).
 std::string memory_note(bool detail = false) {
-  std::string note = fmt::format("RSS {:.2f} GiB (peak {:.2f})", current_rss_gib(), peak_rss_gib());
+  std::string note = strprintf("RSS %.2f GiB (peak %.2f)", current_rss_gib(), peak_rss_gib());
   if (detail) {
     const struct mallinfo2 mi = ::mallinfo2();
-    note += fmt::format(", heap {:.2f} GiB of which {:.2f} in use, mmap {:.2f}", mi.arena / 1073741824.0,
-                        mi.uordblks / 1073741824.0, mi.hblkhd / 1073741824.0);
+    note += strprintf(", heap %.2f GiB of which %.2f in use, mmap %.2f", mi.arena / 1073741824.0,
+                      mi.uordblks / 1073741824.0, mi.hblkhd / 1073741824.0);
   }
   return note;
 }
@@ -288,9 +289,9 @@ void for_each_layer(Decoder& m, at::Tensor& hidden, const RopeTables& rope, int6
     m.unload_layer(l);
     release_free_heap();
     const double elapsed = seconds_since(start);
-    spdlog::info("{}: layer {}/{} | {:.0f} tok/s | ETA {:.0f} s | {}", stage, l + 1, m.config().num_layers,
-                 (l + 1) * N * hidden.size(1) / std::max(elapsed, 1e-9),
-                 elapsed / (l + 1) * (m.config().num_layers - l - 1), memory_note());
+    log::info(strprintf("%s: layer %" PRId64 "/%" PRId64 " | %.0f tok/s | ETA %.0f s | %s", stage, l + 1,
+                        m.config().num_layers, (l + 1) * N * hidden.size(1) / std::max(elapsed, 1e-9),
+                        elapsed / (l + 1) * (m.config().num_layers - l - 1), memory_note().c_str()));
   }
 }
 
@@ -644,7 +645,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   auto end_stage = [&stages](const std::string& name, std::chrono::steady_clock::time_point since) {
     stages[name + "_seconds"] = seconds_since(since);
     stages[name + "_peak_rss_gib"] = peak_rss_gib();
-    spdlog::info("quantize: {} done in {:.1f} s | {}", name, seconds_since(since), memory_note());
+    log::info(strprintf("quantize: %s done in %.1f s | %s", name.c_str(), seconds_since(since), memory_note().c_str()));
   };
   c10::NoGradGuard no_grad;
   // Keep every buffer up to 32 MiB (glibc's maximum) on the heap and never trim it: freshly mmap()ed
@@ -663,7 +664,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   lo.load_layers = false;
   lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
   Decoder m = Decoder::load(o.model_dir, lo);
-  spdlog::debug("quantize: globals loaded | {}", memory_note());
+  if (log::enabled(log::Level::debug)) log::debug("quantize: globals loaded | " + memory_note());
   // Calibration and GPTQ forward passes with bf16 products and float32 accumulation for models with
   // hidden size >= 1024, where those passes dominate the run (~5x faster than float32, docs/PERF.md);
   // the weights themselves (fusion, GPTQ, what is written) stay float32/float64 either way. Smaller
@@ -676,7 +677,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     bf16_products = v == "bf16";
   }
   if (bf16_products) m.set_matmul_dtype(at::kBFloat16);
-  spdlog::info("quantize: forward products in {}", bf16_products ? "bf16 (float32 accumulation)" : "float32");
+  log::info(std::string("quantize: forward products in ") + (bf16_products ? "bf16 (float32 accumulation)" : "float32"));
   const ModelConfig& c = m.config();
   const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
   const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
@@ -736,7 +737,10 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
                             kind == LinearKind::kDown;
       layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, &err);
       e[linear_kind_name(kind)] = err;
-      spdlog::debug("weights: layer {} {} quantized | {}", l, linear_kind_name(kind), memory_note(true));
+      if (log::enabled(log::Level::debug)) {
+        log::debug(strprintf("weights: layer %" PRId64 " %s quantized | %s", l, linear_kind_name(kind),
+                             memory_note(true).c_str()));
+      }
     };
     one(LinearKind::kQ, L.q, masks.in_mask, LinearKind::kQ);
     one(LinearKind::kK, L.k, masks.in_mask, LinearKind::kQ);
@@ -783,8 +787,8 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       m.unload_layer(l);
       release_free_heap();
       const double elapsed = seconds_since(start);
-      spdlog::info("weights ({}): layer {}/{} | ETA {:.0f} s | {}", w.method, l + 1, c.num_layers,
-                   elapsed / (l + 1) * (c.num_layers - l - 1), memory_note());
+      log::info(strprintf("weights (%s): layer %" PRId64 "/%" PRId64 " | ETA %.0f s | %s", w.method.c_str(), l + 1,
+                          c.num_layers, elapsed / (l + 1) * (c.num_layers - l - 1), memory_note().c_str()));
     }
     // The hidden states (512 MiB at 32 x 2048) and the Hessian buffers (~600 MiB) are not needed
     // while the global tensors are written.

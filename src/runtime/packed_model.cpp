@@ -4,7 +4,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>

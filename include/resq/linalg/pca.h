@@ -25,7 +25,7 @@ struct PcaResult {
 };
 
 // Eigendecomposition of a covariance C [n, n] (n >= 1): symmetrizes (C + C^T) / 2, adds
-// damp_fraction * mean(diag) to the diagonal and calls LAPACKE_dsyevd on a copy.
+// damp_fraction * mean(diag) to the diagonal and calls LAPACK's dsyevd on a copy.
 // Throws ShapeError (not square, empty), ConfigError (non-finite entries, negative diagonal,
 // damp_fraction negative or not finite) and resq::Error when LAPACK reports info != 0.
 // Reproducible bit for bit for one BLAS build and thread count (OpenBLAS may round differently
