@@ -131,6 +131,8 @@ step "build"
 cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_kernels test_core \
   > "${RESULTS}/build.log" 2>&1 || { tail -60 "${RESULTS}/build.log"; fail "build failed"; }
 step "built after $(( $(date +%s) - START )) s"
+# Which LAPACK/BLAS/torch the binary loads (one LAPACK: see the dependency section above).
+ldd "${BUILD}/resq" | grep -E 'lapack|blas|gfortran|torch_cuda|c10_cuda' | tee -a "${LOG}" || true
 
 STATUS=0
 # Shared test data: the copy pack-deps.sh made when ../shared did not travel with the tree.
