@@ -1,7 +1,7 @@
 // CUDA per-token activation quantizer into the packed 4/8-bit GPU layout, bit-identical to
 // resq::cpu::quantize_activations_reference (same format:: formulas, exactly rounded intrinsics),
 // optionally fused with a column gather and the online Hadamard / a dense rotation (fixed fp32
-// order of resq/cuda/act_transform.h). One CTA per token row; the row is read once from global
+// order of kernels/cuda/act_transform.h). One CTA per token row; the row is read once from global
 // memory into shared memory, transformed there, reduced (min/max per part) and quantized. The
 // Hadamard block mix stages groups of columns in shared memory after the row (act_transform.h), so
 // the block size is bounded only by the device's shared memory.
@@ -15,7 +15,7 @@
 #include <string>
 
 #include "resq/cuda/device.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 #include "resq/format/packed.h"
 
 namespace resq::gpu {

@@ -1,5 +1,5 @@
 // Launchers of the CUDA per-token activation quantizer: fp32/bf16 rows -> packed 4/8-bit GPU layout
-// (resq/cuda/gpu_layout.h), optionally fused with a column gather, the online Hadamard or a dense
+// (cuda/gpu_layout.h), optionally fused with a column gather, the online Hadamard or a dense
 // rotation; one CTA per row, one read of the input. Plain C++ declarations.
 #pragma once
 
@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
-#include "resq/cuda/act_transform.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/act_transform.h"
+#include "cuda/gpu_layout.h"
 
 namespace resq::gpu {
 

@@ -1,4 +1,4 @@
-// CUDA quantized KV cache (layout: resq/cuda/kv_cache_layout.h): the cache write, one warp per
+// CUDA quantized KV cache (layout: kernels/cuda/kv_cache_layout.h): the cache write, one warp per
 // (token, KV head, K|V) row, bit-identical to kv_write_reference (same format:: formulas, exactly
 // rounded intrinsics), and decode attention, one CTA per (sequence, query head) streaming the
 // paged key/value rows, dequantizing s * (q - z) in registers, fp32 dots, online softmax.
@@ -10,7 +10,7 @@
 
 #include "cuda/kv_cache.cuh"
 #include "resq/cuda/device.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 #include "resq/format/packed.h"
 
 namespace resq::gpu {

@@ -1,4 +1,4 @@
-// Launchers of the CUDA quantized KV cache (layout: resq/cuda/kv_cache_layout.h): the cache write
+// Launchers of the CUDA quantized KV cache (layout: kernels/cuda/kv_cache_layout.h): the cache write
 // (fp32 / bf16 K and V rows -> paged 4/8-bit rows, bit-identical to kv_write_reference) and decode
 // attention over a block table. Plain C++ declarations, plain pointers, no torch types.
 #pragma once
@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "resq/cuda/kv_cache_layout.h"
+#include "cuda/kv_cache_layout.h"
 
 namespace resq::gpu {
 

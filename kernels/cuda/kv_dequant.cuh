@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 
 namespace resq::gpu {
 

@@ -2,14 +2,14 @@
 // the exact fp32 epilogue of format::epilogue_value. sm_80/86/89: m16n8k64 .u4.s4 + m16n8k32 .u8.s8;
 // sm_90a (no int4 mma): int4 registers unpacked to int8, m16n8k32 .u8.s8 for both parts.
 //
-// Data flow per CTA (BM x BN output tile, see resq/cuda/mma_layout.h for every index function):
+// Data flow per CTA (BM x BN output tile, see cuda/mixed_gemm_layout.h for every index function):
 //   the K loop runs over pipeline stages of 128 bytes per row, first the K4 part (ceil(ceil(K4/2)
 //   / 128) stages) then the K8 part; each stage copies BM activation rows and BN weight rows with
 //   16-byte cp.async (zero-filled past the row end and past M / N) into an XOR-swizzled shared
 //   tile, STAGES deep; each warp then runs 4 k-steps of 32 bytes: ldmatrix.x4 fragments, mma.sync
 //   into the int32 accumulators of the part (acc4 or acc8). The epilogue writes y[m, n] from the
 //   accumulator registers directly (fp32 or bf16).
-// The same decomposition runs on the CPU in resq/cuda/gemm_emulation.h (tests/kernels).
+// The same decomposition runs on the CPU in tests/kernels/mixed_gemm_emulation.h (tests/kernels).
 #include "cuda/mixed_gemm.cuh"
 
 #include <array>
@@ -17,7 +17,7 @@
 #include <string>
 
 #include "resq/cuda/device.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 
 namespace resq::gpu {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 
 namespace resq::gpu {
 
@@ -15,7 +15,7 @@ enum class GemmOutput { kFloat32, kBFloat16 };
 // kAuto: 128x128 tiles when they fill the GPU (ceil(M/128) * ceil(N/128) >= SM count), else 32x64.
 enum class GemmTile { kAuto, kLarge, kSmall };
 
-// x: device activations [M][ldx4 / ldx8] in GPU layout (resq/cuda/gpu_layout.h), w: device weights
+// x: device activations [M][ldx4 / ldx8] in GPU layout (cuda/gpu_layout.h), w: device weights
 // from repack_linear_for_gpu (w4 [N][ldw4], w8 [N][ldw8]: 16-byte strides, zero padding), y: device
 // output [M][ldy] float32 or bf16 bits (ldy >= N, elements). Runs on `stream`, asynchronously.
 // y[m, n] = format::epilogue_value(acc4[m, n], acc8[m, n], ...) exactly (no FMA contraction).

@@ -21,7 +21,7 @@
 #include "cuda/mixed_gemm.cuh"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 
 namespace resq {
 namespace {

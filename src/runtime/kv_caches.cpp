@@ -140,7 +140,7 @@ int64_t PackedRowsKvCache::bytes() const { return rows_bytes(k_rows_) + rows_byt
 // ------------------------------------------------------------------ the paged plan
 
 int64_t paged_kv_blocks_for(int64_t positions) {
-  constexpr int64_t kBlock = 16;  // kKvBlockTokens of resq/cuda/kv_cache_layout.h (static_assert there)
+  constexpr int64_t kBlock = 16;  // kKvBlockTokens of kernels/cuda/kv_cache_layout.h (static_assert there)
   return std::max<int64_t>(1, (positions + kBlock - 1) / kBlock);
 }
 

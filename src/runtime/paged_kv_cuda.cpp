@@ -15,7 +15,7 @@
 #include "cuda/kv_cache.cuh"
 #include "resq/common/error.h"
 #include "resq/cuda/check.h"
-#include "resq/cuda/kv_cache_layout.h"
+#include "cuda/kv_cache_layout.h"
 #include "resq/runtime/packed_cuda.h"
 
 namespace resq {

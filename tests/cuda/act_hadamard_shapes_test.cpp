@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "cuda/act_quant.cuh"
-#include "resq/cuda/act_transform.h"
+#include "cuda/act_transform.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/synthetic.h"

@@ -17,9 +17,9 @@
 #include "cpu/quantize.h"
 #include "cuda/act_quant.cuh"
 #include "cuda/mixed_gemm.cuh"
-#include "resq/cuda/act_transform.h"
+#include "cuda/act_transform.h"
 #include "resq/cuda/device.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
 

@@ -1,5 +1,5 @@
 // GPU tests of the quantized KV cache kernels (kernels/cuda/kv_cache.cu) against the CPU
-// references of resq/cuda/kv_cache_layout.h: the cache write (fp32 and bf16 K/V, strided rows,
+// references of kernels/cuda/kv_cache_layout.h: the cache write (fp32 and bf16 K/V, strided rows,
 // padding slots) equals kv_write_reference byte for byte over the whole buffer; decode attention
 // (hd 8 / 64 / 128 / 256, MHA / GQA / MQA, ragged context lengths) equals
 // kv_decode_attention_reference within 1e-5 of max |v|. Device tests GTEST_SKIP() without a GPU;
@@ -18,7 +18,7 @@
 
 #include "cpu/gemm.h"
 #include "resq/cuda/device.h"
-#include "resq/cuda/kv_cache_layout.h"
+#include "cuda/kv_cache_layout.h"
 
 namespace {
 

@@ -22,7 +22,7 @@
 #include "cpu/quantize.h"
 #include "cuda/kv_dequant.cuh"
 #include "resq/common/error.h"
-#include "resq/cuda/act_transform.h"
+#include "cuda/act_transform.h"
 #include "resq/cuda/device.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"

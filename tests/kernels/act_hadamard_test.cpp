@@ -1,4 +1,4 @@
-// Host tests of the CUDA activation quantizer's online-Hadamard block mix (resq/cuda/act_transform.h,
+// Host tests of the CUDA activation quantizer's online-Hadamard block mix (kernels/cuda/act_transform.h,
 // kernels/cuda/act_quant.cu): the kernel's shared-memory plan (plan_hadamard_mix) for the
 // (pow2, block) of every model shape, and the host emulation of the kernel's exact thread / group
 // decomposition, which must equal the sequential reference hadamard_row_reference bit for bit.
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "resq/common/error.h"
-#include "resq/cuda/act_transform.h"
+#include "cuda/act_transform.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
-// Host tests of the CUDA kernels' index math (resq/cuda/mma_layout.h, gpu_layout.h,
-// act_transform.h) and of the CPU emulation of the mixed GEMM (resq/cuda/gemm_emulation.h): the
+// Host tests of the CUDA kernels' index math (cuda/mixed_gemm_layout.h, gpu_layout.h,
+// act_transform.h) and of the CPU emulation of the mixed GEMM (tests/kernels/mixed_gemm_emulation.h): the
 // emulated kernel decomposition (swizzled shared memory, cp.async zero-fill, ldmatrix, mma.sync
 // fragments, both the sm_80 int4 path and the sm_90a int4->int8 path) must equal
 // resq::cpu::gemm_w4a4_w8a8_reference bit for bit. No GPU needed: this is plain C++.
@@ -15,10 +15,10 @@
 
 #include "cpu/gemm.h"
 #include "cpu/quantize.h"
-#include "resq/cuda/act_transform.h"
-#include "resq/cuda/gemm_emulation.h"
-#include "resq/cuda/gpu_layout.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/act_transform.h"
+#include "kernels/mixed_gemm_emulation.h"
+#include "cuda/gpu_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 #include "resq/linalg/fwht.h"
 
 namespace {

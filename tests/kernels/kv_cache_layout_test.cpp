@@ -1,11 +1,11 @@
-// Host tests of the quantized paged KV cache (resq/cuda/kv_cache_layout.h): layout math (regions
+// Host tests of the quantized paged KV cache (kernels/cuda/kv_cache_layout.h): layout math (regions
 // aligned, byte offsets a bijection onto the buffer), the decode kernel's lane -> channel mapping,
 // kv_write_reference against cpu::quantize_activations_reference (what PackedKvCacheQuant stores),
 // kv_decode_attention_reference and a host emulation of the decode kernel (its warp / lane / online
 // softmax decomposition) against a float64 attention over rows dequantized from the CPU
 // quantizer's own output (so the paging / block-table path is checked too); GQA, ragged lengths,
 // error paths. No GPU needed: plain C++. Fixed seeds.
-#include "resq/cuda/kv_cache_layout.h"
+#include "cuda/kv_cache_layout.h"
 
 #include <gtest/gtest.h>
 

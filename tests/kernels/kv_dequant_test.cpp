@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cpu/quantize.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 
 namespace {
 

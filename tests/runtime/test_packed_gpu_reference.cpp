@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cpu/quantize.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 #include "resq/runtime/packed_model.h"
 
 namespace resq {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "resq/common/error.h"
-#include "resq/cuda/kv_cache_layout.h"
+#include "cuda/kv_cache_layout.h"
 #include "resq/model/attention.h"
 #include "resq/runtime/kv_caches.h"
 #include "resq/runtime/packed_model.h"

@@ -78,7 +78,7 @@ struct PagedKvPlan {
 int64_t paged_kv_blocks_for(int64_t positions);
 
 // The paged CUDA cache (null when this binary has no CUDA kernels): K and V of every (sequence,
-// position, kv head) written by kv_cache_write_cuda in the KvCacheLayout of resq/cuda/kv_cache_layout.h
+// position, kv head) written by kv_cache_write_cuda in the KvCacheLayout of kernels/cuda/kv_cache_layout.h
 // (bit-identical to PackedCudaKvCacheQuant's quantization), attention by kv_decode_attention_cuda
 // reading the 4/8-bit rows directly; a prefill chunk into an empty cache attends with the layer's fused
 // attention over the same quantize-dequantized K/V instead (the decode kernel is O(T^2) on CUDA cores).

@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "cpu/quantize.h"
-#include "resq/cuda/act_transform.h"
+#include "cuda/act_transform.h"
 #include "resq/cuda/device.h"
-#include "resq/cuda/gpu_layout.h"
+#include "cuda/gpu_layout.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
 #include "resq/model/linear.h"

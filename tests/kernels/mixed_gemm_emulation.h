@@ -1,7 +1,7 @@
 // CPU emulation of the CUDA mixed W4A4+W8A8 GEMM (kernels/cuda/mixed_gemm.cu): runs the kernel's
 // exact CTA / stage / warp / lane decomposition, its swizzled shared memory, cp.async zero-fill,
 // ldmatrix.x4 distribution and mma.sync fragment layouts (PTX ISA), built on the same index
-// functions as the kernel (resq/cuda/mma_layout.h, resq/cuda/gpu_layout.h). Host-only, slow; it
+// functions as the kernel (cuda/mixed_gemm_layout.h, cuda/gpu_layout.h). Host-only, slow; it
 // is the correctness evidence for the fragment math on machines without a GPU.
 #pragma once
 
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "resq/cuda/gpu_layout.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/gpu_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 
 namespace resq::gpu::emulation {
 

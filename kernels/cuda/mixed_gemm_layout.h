@@ -1,6 +1,6 @@
 // Tile, shared-memory and mma.sync fragment index math of the CUDA mixed W4A4+W8A8 GEMM
 // (kernels/cuda/mixed_gemm.cu), as plain __host__ __device__ functions: the kernel and the CPU
-// emulation (resq/cuda/gemm_emulation.h, tested in tests/kernels) call the very same functions.
+// emulation (tests/kernels/mixed_gemm_emulation.h, tested in tests/kernels) call the very same functions.
 //
 // Fragment layouts follow the PTX ISA ("Matrix Fragments for mma.m16n8k64" / "mma.m16n8k32",
 // integer types; "ldmatrix"); groupID = lane >> 2, threadID_in_group = lane % 4.

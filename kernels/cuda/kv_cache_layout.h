@@ -24,7 +24,7 @@
 
 #include "resq/common/error.h"
 #include "resq/common/host_device.h"
-#include "resq/cuda/mma_layout.h"
+#include "cuda/mixed_gemm_layout.h"
 #include "resq/format/packed.h"
 
 namespace resq::gpu {
