@@ -8,6 +8,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BUILD="${1:-${ROOT}/build}"
+[[ -d "${BUILD}" ]] || { echo "check-torch2: build folder ${BUILD} missing (configure the build first)" >&2; exit 1; }
+BUILD="$(cd "${BUILD}" && pwd)"  # absolute: the download runs in a subfolder
 CC_JSON="${BUILD}/compile_commands.json"
 [[ -f "${CC_JSON}" ]] || { echo "check-torch2: ${CC_JSON} missing (configure the build first)" >&2; exit 1; }
 CACHE="${BUILD}/torch2-headers"
@@ -19,9 +21,9 @@ if [[ ! -f "${HEADERS}/torch/csrc/api/include/torch/version.h" ]]; then
        -o APT::Get::List-Cleanup=0)
   # Exit code 3 (not 1) when the headers cannot be fetched, so CI can tell "could not check" from
   # "does not compile".
-  apt-get "${APT[@]}" update -q > "${CACHE}/update.log" 2>&1 || { tail -5 "${CACHE}/update.log"; exit 3; }
+  apt-get "${APT[@]}" update -q > "${CACHE}/update.log" 2>&1 || { tail -5 "${CACHE}/update.log" || true; exit 3; }
   (cd "${CACHE}/debs" && apt-get "${APT[@]}" download libtorch-dev > "${CACHE}/download.log" 2>&1) ||
-    { tail -5 "${CACHE}/download.log"; exit 3; }
+    { tail -5 "${CACHE}/download.log" || true; exit 3; }
   dpkg -x "${CACHE}"/debs/libtorch-dev_*.deb "${CACHE}/root" || exit 3
 fi
 VERSION="$(grep -E '^#define TORCH_VERSION_(MAJOR|MINOR) ' "${HEADERS}/torch/csrc/api/include/torch/version.h" | awk '{print $3}' | paste -sd.)"
