@@ -165,7 +165,6 @@ void load_vocab(TokenizerJsonReader& reader, const std::string& mw, Impl* impl) 
     impl->has_token = present;
     impl->vocab.build(std::move(texts), present);
   }
-
 }
 
 void read_model_options(const JsonFields& model, Impl* impl) {
@@ -209,7 +208,6 @@ void load_merges(const TokenizerJsonReader& reader, const std::string& mw, Impl*
     if (j < 0) throw ConfigError(where() + ": merged token '" + joined + "' is not in model.vocab");
     impl->merges.insert(l, r, static_cast<int32_t>(i), j);
   }
-
 }
 
 // ---------------------------------------------------------------- added tokens
@@ -289,7 +287,6 @@ void assign_added_ids(const std::vector<AddedToken>& entries, const std::string&
       impl->added.push_back(std::move(token));
     }
   }
-
 }
 
 // ---------------------------------------------------------------- BOS
@@ -297,10 +294,10 @@ void assign_added_ids(const std::vector<AddedToken>& entries, const std::string&
 // BOS: the post-processor template's prefix, overridden by tokenizer_config.json add_bos_token.
 void resolve_bos(const std::string& config_json, const std::string& origin,
                  const std::string& file, const std::vector<int32_t>& prefix_ids, Impl* impl) {
+  const std::string cfile = origin + "/tokenizer_config.json";
   std::optional<bool> config_add_bos;
   std::optional<std::string> config_bos_token;
   if (!config_json.empty()) {
-    const std::string cfile = origin + "/tokenizer_config.json";
     const json config_root = parse_json(config_json, cfile, JsonErrorKind::kFormat);
     if (!config_root.is_object()) throw FormatError(cfile + ": expected a JSON object");
     const JsonFields config(config_root, cfile, kHfJson);
@@ -329,13 +326,13 @@ void resolve_bos(const std::string& config_json, const std::string& origin,
     } else if (v >= 0) {
       impl->bos = v;
     } else {
-      throw ConfigError(origin + "/tokenizer_config.json: bos_token '" + *config_bos_token +
+      throw ConfigError(cfile + ": bos_token '" + *config_bos_token +
                         "' is not a token of " + file);
     }
   }
   impl->adds_bos = config_add_bos.value_or(!prefix_ids.empty());
   if (impl->adds_bos && !impl->bos) {
-    throw ConfigError(origin + "/tokenizer_config.json: add_bos_token is true but no BOS token "
+    throw ConfigError(cfile + ": add_bos_token is true but no BOS token "
                       "is defined (bos_token or a post_processor template)");
   }
   if (impl->bos && (*impl->bos < 0 || static_cast<size_t>(*impl->bos) >= impl->has_token.size() ||
