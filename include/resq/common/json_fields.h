@@ -10,7 +10,8 @@
 //   tokenizer.json: 'post_processor.processors[1].type' must be a string, got 3
 // Keys that are not plain words are quoted in the path: 'special_tokens["<s>"].ids'.
 //
-// Example (a checkpoint's metadata, FormatError on any problem, every key required and known):
+// Example (a checkpoint's metadata: FormatError on any problem, unknown keys refused; read_file is
+// resq/common/file.h):
 //
 //   const nlohmann::json j = parse_json(read_file(path), path, JsonErrorKind::kFormat);
 //   JsonFields meta(j, path, {JsonErrorKind::kFormat});
