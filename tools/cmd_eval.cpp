@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
@@ -38,7 +39,7 @@ void run_eval(const EvalOptions& o) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   const std::string text_path = o.data.empty() ? o.wikitext2 : o.data;
-  std::string text = read_text_file(text_path);
+  std::string text = read_file(text_path, "text file");
   if (!o.wikitext2.empty()) text = wikitext_join(text);
 
   auto tokenizer = load_tokenizer(o.common.model);

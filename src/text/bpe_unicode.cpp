@@ -1,5 +1,6 @@
-// Unicode and regex helpers of the byte-level BPE tokenizer: UTF-8 validation and lossy decoding,
-// normalization (utf8proc), and Oniguruma-compatible regex matching on PCRE2 (UTF + UCP + JIT).
+// Unicode and regex helpers of the byte-level BPE tokenizer: UTF-8 encoding, decoding, validation
+// and lossy decoding, character classes, GPT-2's byte table, normalization (utf8proc), and
+// Oniguruma-compatible regex matching on PCRE2 (UTF + UCP + JIT).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <utf8proc.h>
@@ -9,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "bpe_unicode.h"
 #include "resq/common/error.h"
 #include "resq/text/bpe_tokenizer.h"
 
@@ -50,6 +52,63 @@ int utf8_sequence_length(std::string_view text, size_t pos) {
 }
 
 }  // namespace
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+uint32_t decode_last(std::string_view s) {
+  size_t pos = s.size() - 1;
+  while (pos > 0 && (static_cast<unsigned char>(s[pos]) & 0xC0) == 0x80) --pos;
+  return decode_at(s, pos);
+}
+
+bool is_word_char(uint32_t cp) {
+  if (cp == 0x200C || cp == 0x200D) return true;
+  if ((cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) ||
+      (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189)) {
+    return true;
+  }
+  switch (utf8proc_category(static_cast<utf8proc_int32_t>(cp))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return false;
+  }
+}
+
+ByteLevelTable::ByteLevelTable() {
+  char_to_byte.fill(-1);
+  uint32_t next = 0x100;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    const uint32_t cp = printable ? static_cast<uint32_t>(b) : next++;
+    append_utf8(byte_to_utf8[b], cp);
+    char_to_byte[cp] = static_cast<int16_t>(b);
+  }
+}
+
+const ByteLevelTable& byte_level_table() {
+  static const ByteLevelTable table;
+  return table;
+}
 
 std::optional<size_t> find_invalid_utf8(std::string_view text) {
   size_t pos = 0;

@@ -2,22 +2,11 @@
 #include "resq/text/dataset.h"
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include "resq/common/error.h"
 #include "resq/text/tokenizer.h"
 
 namespace resq {
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path + ": cannot open text file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw IoError(path + ": read error");
-  return ss.str();
-}
 
 std::string wikitext_join(const std::string& raw) {
   std::vector<std::string> rows;

@@ -1,10 +1,10 @@
 // SentencePiece tokenizer (tokenizer.model) through libsentencepiece, and the tokenizer picker.
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "resq/common/error.h"
+#include "resq/common/file.h"
+#include "resq/common/json_fields.h"
 #include "resq/text/sentencepiece_shim.h"
 #include "resq/text/tokenizer.h"
 
@@ -15,15 +15,7 @@ namespace fs = std::filesystem;
 
 std::optional<nlohmann::json> read_json_if_exists(const std::string& path) {
   if (!fs::exists(path)) return std::nullopt;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ConfigError(path + ": invalid JSON: " + e.what());
-  }
+  return parse_json(read_file(path), path);
 }
 
 class SentencePieceTokenizer : public Tokenizer {

@@ -10,6 +10,8 @@
 #include <sstream>
 #include <string>
 
+#include "resq/common/file.h"
+
 namespace resq::test {
 
 // Directory of the read-only shared data (env RESQ_SHARED_DIR, else <source>/../shared).
@@ -28,11 +30,22 @@ inline std::string shared_path(const std::string& relative) {
   return path;
 }
 
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// Whole files through the library's reader: a missing file throws IoError naming it.
+using resq::read_file;
+
+// Runs `fn`, which must throw E, and returns the message (a test failure and "" otherwise).
+template <typename E, typename Fn>
+std::string message_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type, message: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return "";
 }
 
 inline void write_file(const std::string& path, const std::string& bytes) {

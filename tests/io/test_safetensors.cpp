@@ -37,20 +37,7 @@ std::string entry(const std::string& name, const std::string& dtype, const std::
          std::to_string(begin) + "," + std::to_string(end) + "]}";
 }
 
-// Runs f, expects exception E, returns its message ("" and a failure otherwise).
-template <typename E, typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type, message: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception thrown";
-  return "";
-}
+using test::message_of;  // runs f, expects exception E, returns its message
 
 bool has(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;

@@ -21,13 +21,7 @@ json llama_json() {
 
 template <typename E>
 std::string error_of(const json& j) {
-  try {
-    parse_model_config(j, "cfg.json");
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no exception for " << j.dump();
-  return "";
+  return test::message_of<E>([&] { parse_model_config(j, "cfg.json"); });
 }
 
 TEST(ModelConfig, Stories260K) {
@@ -150,6 +144,39 @@ TEST(ModelConfig, Errors) {
   test::write_file(dir.file("config.json"), "{ not json");
   EXPECT_THROW(load_model_config(dir.file("config.json")), ConfigError);
   EXPECT_THROW(load_model_config(dir.file("missing.json")), IoError);
+}
+
+TEST(ModelConfig, NullMeansNotSetAndMessagesNameTheKeyPath) {
+  json j = llama_json();
+  j["num_key_value_heads"] = nullptr;  // HF writes null for "not set"
+  j["rms_norm_eps"] = nullptr;
+  ModelConfig c = parse_model_config(j, "x");
+  EXPECT_EQ(c.num_kv_heads, 8);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+
+  j = llama_json();
+  j["num_attention_heads"] = "x";
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'num_attention_heads' must be an integer >= 1, got \"x\"");
+  j = llama_json();
+  j["rope_scaling"] = json::parse(R"({"rope_type": "llama3", "low_freq_factor": 1.0})");
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'rope_scaling.factor' missing (must be a number > 0)");
+  j["rope_scaling"]["factor"] = 8.0;
+  j["rope_scaling"]["high_freq_factor"] = 0.5;
+  EXPECT_NE(error_of<ConfigError>(j).find("'rope_scaling.high_freq_factor' must be > low_freq_factor"),
+            std::string::npos);
+  j = llama_json();
+  j["eos_token_id"] = json::array({"x"});
+  EXPECT_NE(error_of<ConfigError>(j).find("'eos_token_id' must be an integer or a list of integers"),
+            std::string::npos);
+  j = llama_json();
+  j["model_type"] = nullptr;
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'model_type' missing (must be a string)");
+
+  test::TempDir dir;
+  const std::string missing = dir.file("missing.json");
+  EXPECT_NE(test::message_of<IoError>([&] { load_model_config(missing); })
+                .find(missing + ": cannot open model config"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -164,6 +164,17 @@ TEST(Recipe, BadValuesNameKeyAndRange) {
   EXPECT_EQ(r.weights.blocksize, 1);
 }
 
+TEST(Recipe, MessagesNameTheRangeAndTheValue) {
+  expect_config_error(R"({"weights": {"clip_ratio": 1.5}})",
+                      {"configs/x.json: 'weights.clip_ratio' must be a number in (0, 1], got 1.5"});
+  expect_config_error(R"({"kv": {"bits_low": 9}})",
+                      {"configs/x.json: 'kv.bits_low' must be one of 2..8 or 16 (16 = not quantized), got 9"});
+  expect_config_error(R"({"weights": {"method": "awq"}})",
+                      {"'weights.method' must be one of \"gptq\", \"rtn\", \"none\", got \"awq\""});
+  // A section that is null is not a missing section.
+  expect_config_error(R"({"kv": null})", {"configs/x.json: 'kv' must be an object, got null"});
+}
+
 TEST(Recipe, LoadErrors) {
   test::TempDir dir;
   EXPECT_THROW(load_recipe(dir.file("missing.json")), IoError);

@@ -389,6 +389,40 @@ TEST(BpeErrors, UnsupportedComponentsNameTheField) {
   expect_error<UnsupportedError>([&] { build(j); }, {"version"});
 }
 
+// Errors inside nested components name the file and the whole key path; null means "not set".
+TEST(BpeErrors, NestedFieldsNameTheirPath) {
+  const json good = make_tokenizer({"a", "b", "ab", "<s>"}, {"a b"});
+  json j = good;
+  j["added_tokens"] = {added_token(3, "<s>", true, {{"lstrip", "no"}})};
+  expect_error<ConfigError>([&] { build(j); },
+                            {"mem/tokenizer.json: 'added_tokens[0].lstrip' must be true or false, got \"no\""});
+  j["added_tokens"] = {added_token(3, "<s>", true), {{"content", "x"}}};
+  expect_error<ConfigError>([&] { build(j); }, {"'added_tokens[1].id' missing (must be an integer)"});
+  j["added_tokens"] = nullptr;  // null added_tokens: none
+  EXPECT_EQ(build(j)->encode("ab"), (std::vector<int32_t>{2}));
+  j = good;
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"kind", "NFD"}}}}};
+  expect_error<ConfigError>([&] { build(j); },
+                            {"'normalizer.normalizers[1].type' missing (must be a string)"});
+  j = good;
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "a"}}}, {"behavior", "Isolated"},
+                        {"invert", 1}};
+  expect_error<ConfigError>([&] { build(j); }, {"'pre_tokenizer.invert' must be true or false, got 1"});
+  j = good;
+  j["post_processor"] = {{"type", "TemplateProcessing"},
+                         {"single", "<s> $A"},
+                         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", "3"}}}}}};
+  expect_error<ConfigError>([&] { build(j); },
+                            {"'post_processor.special_tokens[\"<s>\"].ids' must be an array, got \"3\""});
+  j = good;
+  j["model"]["unk_token"] = 7;
+  expect_error<ConfigError>([&] { build(j); }, {"'model.unk_token' must be a string, got 7"});
+  j = good;
+  j["model"]["byte_fallback"] = nullptr;  // null model options keep their defaults
+  j["model"]["continuing_subword_prefix"] = nullptr;
+  EXPECT_EQ(build(j)->encode("ab"), (std::vector<int32_t>{2}));
+}
+
 TEST(BpeErrors, FilesAndConfig) {
   expect_error<IoError>([] { load_bpe_tokenizer("/nonexistent/resq_dir"); },
                         {"/nonexistent/resq_dir/tokenizer.json"});

@@ -20,7 +20,7 @@ nlohmann::json load_fixture(const std::string& name) {
 }
 
 TEST(WikitextJoin, EqualsHfDatasetTextByteForByte) {
-  const std::string raw = read_text_file(shared_path("data/wikitext-2-raw/wiki.test.raw"));
+  const std::string raw = read_file(shared_path("data/wikitext-2-raw/wiki.test.raw"));
   const std::string expected = read_file(shared_path("data/wikitext-2-raw/test.hf_join.txt"));
   const std::string joined = wikitext_join(raw);
   ASSERT_EQ(joined.size(), expected.size());
