@@ -16,8 +16,11 @@ CALIB="${SHARED}/data/tinystories/train_head.txt"
 [[ -x "${RESQ}" ]] || { echo "checkpoint-digests: ${RESQ} is not an executable" >&2; exit 1; }
 [[ -d "${MODEL}" && -f "${CALIB}" ]] || { echo "checkpoint-digests: ${MODEL} or ${CALIB} missing" >&2; exit 1; }
 rm -rf "${WORK}"
-mkdir -p "${WORK}"
-for cfg in "${ROOT}"/configs/*.json; do
+mkdir -p "${WORK}/configs"
+# The checkpoint records the recipe's path: copy the recipes to the scratch folder so that two
+# checkouts in different folders record the same path.
+cp "${ROOT}"/configs/*.json "${WORK}/configs/"
+for cfg in "${WORK}"/configs/*.json; do
   name="$(basename "${cfg}" .json)"
   out="${WORK}/${name}"
   OMP_WAIT_POLICY=PASSIVE "${RESQ}" quantize --model "${MODEL}" --out "${out}" --config "${cfg}" --calib "${CALIB}" \
