@@ -24,9 +24,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr SiteKind kAllSites[kNumSites] = {SiteKind::kQ,    SiteKind::kK,  SiteKind::kV,   SiteKind::kO,
-                                           SiteKind::kGate, SiteKind::kUp, SiteKind::kDown};
-
 std::string read_file_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open");
@@ -98,85 +95,6 @@ std::string shape_text(const std::vector<int64_t>& s) { return format_shape(s); 
 
 }  // namespace
 
-// ------------------------------------------------------------------ names
-
-const char* site_name(SiteKind kind) {
-  switch (kind) {
-    case SiteKind::kQ: return "q_proj";
-    case SiteKind::kK: return "k_proj";
-    case SiteKind::kV: return "v_proj";
-    case SiteKind::kO: return "o_proj";
-    case SiteKind::kGate: return "gate_proj";
-    case SiteKind::kUp: return "up_proj";
-    case SiteKind::kDown: return "down_proj";
-  }
-  return "?";
-}
-
-SiteKind parse_site_name(const std::string& name, const std::string& source) {
-  for (SiteKind k : kAllSites) {
-    if (name == site_name(k)) return k;
-  }
-  throw FormatError(source + ": unknown linear site '" + name + "' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)");
-}
-
-std::pair<int64_t, int64_t> site_dims(const ModelConfig& c, SiteKind kind) {
-  switch (kind) {
-    case SiteKind::kQ: return {c.q_size(), c.hidden_size};
-    case SiteKind::kK:
-    case SiteKind::kV: return {c.kv_size(), c.hidden_size};
-    case SiteKind::kO: return {c.hidden_size, c.q_size()};
-    case SiteKind::kGate:
-    case SiteKind::kUp: return {c.intermediate_size, c.hidden_size};
-    case SiteKind::kDown: return {c.hidden_size, c.intermediate_size};
-  }
-  return {0, 0};
-}
-
-std::string site_prefix(int64_t layer, SiteKind kind) {
-  const bool attn = kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV || kind == SiteKind::kO;
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + site_name(kind);
-}
-
-// ------------------------------------------------------------------ SiteSpec
-
-int64_t SiteSpec::K8() const {
-  if (high_rule == "last") return high_count;
-  if (high_rule == "per_head") return high_group > 0 ? (K / high_group) * high_count : 0;
-  return 0;
-}
-
-std::vector<int64_t> SiteSpec::high_columns() const {
-  std::vector<int64_t> cols;
-  if (high_rule == "last") {
-    for (int64_t k = K - high_count; k < K; ++k) cols.push_back(k);
-  } else if (high_rule == "per_head" && high_group > 0) {
-    for (int64_t g = 0; g < K / high_group; ++g) {
-      for (int64_t k = (g + 1) * high_group - high_count; k < (g + 1) * high_group; ++k) cols.push_back(k);
-    }
-  }
-  return cols;
-}
-
-std::vector<int32_t> SiteSpec::packed_column_order() const {
-  std::vector<char> high(static_cast<size_t>(K), 0);
-  for (int64_t k : high_columns()) high[static_cast<size_t>(k)] = 1;
-  std::vector<int32_t> perm;
-  perm.reserve(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k)
-    if (!high[k]) perm.push_back(static_cast<int32_t>(k));
-  for (int64_t k = 0; k < K; ++k)
-    if (high[k]) perm.push_back(static_cast<int32_t>(k));
-  return perm;
-}
-
-bool SiteSpec::permuted() const {
-  const auto perm = packed_column_order();
-  for (size_t j = 0; j < perm.size(); ++j)
-    if (perm[j] != static_cast<int32_t>(j)) return true;
-  return false;
-}
-
 // ------------------------------------------------------------------ sizes
 
 double CheckpointSizes::bits_per_quantized_weight() const {
@@ -194,8 +112,8 @@ double CheckpointSizes::compression_vs_bf16() const {
 json CheckpointMeta::to_json() const {
   json sites_json = json::object();
   for (const auto& [kind, s] : sites) {
-    json high = {{"rule", s.high_rule}, {"count", s.high_count}};
-    if (s.high_rule == "per_head") high["group"] = s.high_group;
+    json high = {{"rule", high_rule_name(s.high_rule)}, {"count", s.high_count}};
+    if (s.high_rule == HighRule::kPerHead) high["group"] = s.high_group;
     sites_json[site_name(kind)] = {
         {"out_features", s.N},
         {"in_features", s.K},
@@ -274,21 +192,20 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
     spec.N = s.integer("out_features", N, N);
     spec.K = s.integer("in_features", K, K);
     const Fields high = s.object("high");
-    spec.high_rule = high.string("rule");
-    if (spec.high_rule == "last") {
+    const std::string rule = high.string("rule");
+    const std::optional<HighRule> parsed = parse_high_rule(rule);
+    if (!parsed) high.fail(high.key("rule"), "expected \"last\" or \"per_head\", got \"" + rule + "\"");
+    spec.high_rule = *parsed;
+    if (spec.high_rule == HighRule::kLast) {
       spec.high_count = high.integer("count", 0, K);
-    } else if (spec.high_rule == "per_head") {
+    } else {
       spec.high_group = high.integer("group", 1, K);
       if (K % spec.high_group != 0) high.fail(high.key("group"), "does not divide in_features " + std::to_string(K));
       spec.high_count = high.integer("count", 0, spec.high_group);
-    } else {
-      high.fail(high.key("rule"), "expected \"last\" or \"per_head\", got \"" + spec.high_rule + "\"");
     }
     high.no_unknown_keys();
     spec.has_bias = s.boolean("bias");
-    const bool bias_expected = (kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV) ? c.qkv_bias
-                               : kind == SiteKind::kO                                                  ? c.o_bias
-                                                                                                       : c.mlp_bias;
+    const bool bias_expected = site_has_bias(c, kind);
     if (spec.has_bias != bias_expected) s.fail(s.key("bias"), std::string("config.json says ") + (bias_expected ? "true" : "false"));
     const std::string storage = s.string("storage");
     if (storage == "packed") {
@@ -311,7 +228,7 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
     spec.activations.bits_low = static_cast<int>(a.integer("bits_low", 2, 16));
     spec.activations.bits_high = static_cast<int>(a.integer("bits_high", 2, 16));
     spec.activations.clip_ratio = a.number("clip_ratio", 1e-6, 1.0);
-    spec.activations.high_count = a.integer("high_count", 0, spec.high_rule == "per_head" ? spec.high_group : K);
+    spec.activations.high_count = a.integer("high_count", 0, spec.high_rule == HighRule::kPerHead ? spec.high_group : K);
     a.no_unknown_keys();
     s.no_unknown_keys();
     m.sites[kind] = spec;

@@ -28,6 +28,7 @@
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
 #include "resq/format/checkpoint.h"
+#include "resq/format/layout.h"
 #include "resq/quant/quantizers.h"
 #include "resq/runtime/transforms.h"
 #include "resq/text/dataset.h"
@@ -422,22 +423,6 @@ void fuse_layer(Decoder& m, int64_t l, const Rotations& R) {
 
 // ---------------------------------------------------------------------------- quantization
 
-struct SiteMasks {
-  at::Tensor in_mask;    // [d] q/k/v/gate/up inputs
-  at::Tensor o_mask;     // [q_size] per head
-  at::Tensor down_mask;  // [ffn]
-};
-
-SiteMasks site_masks(const ModelConfig& c, int64_t r, int64_t r_h, const Recipe& recipe, bool for_weights) {
-  SiteMasks s;
-  s.in_mask = high_mask_last(c.hidden_size, r);
-  s.o_mask = high_mask_per_head(c.num_heads, c.head_dim, r_h);
-  const bool down_high = for_weights ? recipe.weights.down_high : recipe.activations.down_high;
-  const int64_t r_ffn = down_high ? static_cast<int64_t>(std::llround(recipe.rotation.high_fraction * c.intermediate_size)) : 0;
-  s.down_mask = high_mask_last(c.intermediate_size, r_ffn);
-  return s;
-}
-
 // Quantizes one dense linear's weight: installs the dequantized weights (later layers' GPTQ inputs
 // propagate through them) and returns the integer result for the checkpoint; *rel_err receives
 // ||Ŵ - W|| / ||W||. The returned dequant tensor is dropped (the linear holds it).
@@ -456,8 +441,6 @@ QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& 
   q.dequant = at::Tensor();
   return q;
 }
-
-int64_t high_count(double fraction, int64_t n) { return static_cast<int64_t>(std::llround(fraction * n)); }
 
 // ---------------------------------------------------------------------------- writing
 
@@ -503,48 +486,17 @@ std::string weight_checksum(const at::Tensor& q, const at::Tensor& s_low, const 
   return buf;
 }
 
-// The checkpoint metadata of a recipe applied to a model: per-site splits, bits, storage.
-format::CheckpointMeta checkpoint_meta(const ModelConfig& c, const Recipe& recipe, int64_t r, int64_t r_h,
+// The checkpoint metadata of a recipe applied to a model: the layout's per-site splits, bits and
+// storage, the KV cache and online-transform settings.
+format::CheckpointMeta checkpoint_meta(const ModelConfig& c, const Recipe& recipe, const format::ModelLayout& layout,
                                        const Rotations& R, DType globals_dtype) {
-  using format::SiteKind;
   format::CheckpointMeta meta;
   meta.model = c;
   meta.model.tie_word_embeddings = false;
-  meta.r = r;
-  meta.r_h = r_h;
+  meta.r = layout.r;
+  meta.r_h = layout.r_h;
   meta.globals_dtype = globals_dtype;
-  const auto& w = recipe.weights;
-  const auto& a = recipe.activations;
-  const int64_t r_ffn = high_count(recipe.rotation.high_fraction, c.intermediate_size);
-  // Packed storage needs a 4-bit container for the low part and an 8-bit one for the high part.
-  const bool packable = w.method != "none" && w.bits_low <= format::kBits4 && w.bits_high <= format::kBits8;
-  for (int i = 0; i < format::kNumSites; ++i) {
-    const auto kind = static_cast<SiteKind>(i);
-    format::SiteSpec s;
-    s.kind = kind;
-    std::tie(s.N, s.K) = format::site_dims(c, kind);
-    int64_t act_high = 0;
-    if (kind == SiteKind::kO) {
-      s.high_rule = "per_head";
-      s.high_group = c.head_dim;
-      s.high_count = r_h;
-      act_high = r_h;
-    } else if (kind == SiteKind::kDown) {
-      s.high_count = w.down_high ? r_ffn : 0;
-      act_high = a.down_high ? r_ffn : 0;
-    } else {
-      s.high_count = r;
-      act_high = r;
-    }
-    s.has_bias = (kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV) ? c.qkv_bias
-                 : kind == SiteKind::kO                                                  ? c.o_bias
-                                                                                         : c.mlp_bias;
-    s.storage = packable ? format::LinearStorage::kPacked : format::LinearStorage::kDense;
-    s.weight_bits_low = w.method == "none" ? 16 : w.bits_low;
-    s.weight_bits_high = w.method == "none" ? 16 : w.bits_high;
-    s.activations = {a.enabled, a.bits_low, a.bits_high, a.clip_ratio, act_high};
-    meta.sites[kind] = s;
-  }
+  meta.sites = layout.sites;
   meta.kv = {recipe.kv.enabled, recipe.kv.bits_low, recipe.kv.bits_high, recipe.kv.k_clip_ratio, recipe.kv.v_clip_ratio};
   meta.online.qk_rotation = !R.u_c.empty();
   if (R.u_d) {
@@ -564,9 +516,8 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
                                    const format::CheckpointMeta& meta,
                                    const std::map<LinearKind, QuantizedWeight>& quantized) {
   const DecoderLayer& L = m.layers()[l];
-  const std::string p = "model.layers." + std::to_string(l) + ".";
-  add_tensor(writer, p + "input_layernorm.weight", L.input_norm_weight, DType::F32);
-  add_tensor(writer, p + "post_attention_layernorm.weight", L.post_attention_norm_weight, DType::F32);
+  add_tensor(writer, format::input_norm_tensor(l), L.input_norm_weight, DType::F32);
+  add_tensor(writer, format::post_attention_norm_tensor(l), L.post_attention_norm_weight, DType::F32);
   const std::shared_ptr<Linear>* linears[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
   nlohmann::json checksums = nlohmann::json::object();
   for (int i = 0; i < format::kNumSites; ++i) {
@@ -590,16 +541,16 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
       writer.add_dense_linear(prefix, spec, dt, w.data_ptr(), bias_ptr);
     }
   }
-  if (!R.u_c.empty()) add_tensor(writer, "resq.layers." + std::to_string(l) + ".qk_rotation", R.u_c[l], DType::F32);
+  if (!R.u_c.empty()) add_tensor(writer, format::qk_rotation_tensor(l), R.u_c[l], DType::F32);
   return checksums;
 }
 
 // The rotated embeddings, final norm and lm_head. Written (to disk: the writer does not buffer)
 // before the layer loop so that the model can drop them (1 GiB in bf16 at 1B scale) for the rest.
 void write_globals(format::CheckpointWriter& writer, const Decoder& m, const format::CheckpointMeta& meta) {
-  add_tensor(writer, "model.embed_tokens.weight", m.embed_weight, meta.globals_dtype);
-  add_tensor(writer, "model.norm.weight", m.final_norm_weight, DType::F32);
-  add_tensor(writer, "lm_head.weight", dense(m.lm_head, "lm_head").weight(), meta.globals_dtype);
+  add_tensor(writer, format::kEmbedTokensTensor, m.embed_weight, meta.globals_dtype);
+  add_tensor(writer, format::kFinalNormTensor, m.final_norm_weight, DType::F32);
+  add_tensor(writer, format::kLmHeadTensor, dense(m.lm_head, "lm_head").weight(), meta.globals_dtype);
 }
 
 // The online Hadamard, then config.json (untied), resq_config.json and tokenizer files; renames into
@@ -607,8 +558,8 @@ void write_globals(format::CheckpointWriter& writer, const Decoder& m, const for
 void finish_output(format::CheckpointWriter& writer, const Decoder& m, const QuantizeOptions& o, const Rotations& R,
                    const format::CheckpointMeta& meta) {
   if (R.u_d) {
-    writer.add_f32("resq.down_hadamard.signs", {R.u_d->n}, R.u_d->signs.data());
-    writer.add("resq.down_hadamard.block", DType::F64, {R.u_d->block, R.u_d->block}, R.u_d->block_matrix.data(),
+    writer.add_f32(format::kDownHadamardSignsTensor, {R.u_d->n}, R.u_d->signs.data());
+    writer.add(format::kDownHadamardBlockTensor, DType::F64, {R.u_d->block, R.u_d->block}, R.u_d->block_matrix.data(),
                R.u_d->block_matrix.size() * sizeof(double));
   }
   ModelConfig saved = m.config();
@@ -630,6 +581,21 @@ DType choose_globals_dtype(const std::string& requested, const ModelConfig& c) {
 }  // namespace
 
 // ---------------------------------------------------------------------------- public
+
+format::LayoutParams recipe_layout_params(const Recipe& recipe) {
+  format::LayoutParams p;
+  p.high_fraction = recipe.rotation.high_fraction;
+  p.weights_quantized = recipe.weights.method != "none";
+  p.weight_bits_low = recipe.weights.bits_low;
+  p.weight_bits_high = recipe.weights.bits_high;
+  p.weight_down_high = recipe.weights.down_high;
+  p.activations_enabled = recipe.activations.enabled;
+  p.activation_bits_low = recipe.activations.bits_low;
+  p.activation_bits_high = recipe.activations.bits_high;
+  p.activation_clip_ratio = recipe.activations.clip_ratio;
+  p.activation_down_high = recipe.activations.down_high;
+  return p;
+}
 
 nlohmann::json quantize_model(const QuantizeOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -679,8 +645,8 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   if (bf16_products) m.set_matmul_dtype(at::kBFloat16);
   log::info(std::string("quantize: forward products in ") + (bf16_products ? "bf16 (float32 accumulation)" : "float32"));
   const ModelConfig& c = m.config();
-  const int64_t r = high_count(recipe.rotation.high_fraction, c.hidden_size);
-  const int64_t r_h = high_count(recipe.rotation.high_fraction, c.head_dim);
+  // Which columns are 8-bit at every site, and the subspace sizes r, r_h the rotations keep apart.
+  const format::ModelLayout layout = format::model_layout(c, recipe_layout_params(recipe));
   prepare_globals(m, recipe);
   end_stage("load_prepare", t);
 
@@ -711,7 +677,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
 
   // 3. PCA + rotations; U_A into the embeddings and lm_head.
   t = std::chrono::steady_clock::now();
-  const Rotations R = build_rotations(m, recipe, cov.get(), o.seed, r, r_h);
+  const Rotations R = build_rotations(m, recipe, cov.get(), o.seed, layout.r, layout.r_h);
   cov.reset();
   fuse_globals(m, R);
   end_stage("rotation", t);
@@ -722,7 +688,6 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   t = std::chrono::steady_clock::now();
   nlohmann::json layer_errors = nlohmann::json::array();
   const auto& w = recipe.weights;
-  const SiteMasks masks = site_masks(c, r, r_h, recipe, /*for_weights=*/true);
   const at::ScalarType dt = m.dtype();
   std::map<LinearKind, QuantizedWeight> layer_quantized;  // the current layer's integer weights
   auto quantize_layer = [&](int64_t l, const std::map<LinearKind, at::Tensor>& H) {
@@ -730,8 +695,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     auto hess = [&](LinearKind k) { auto it = H.find(k); return it == H.end() ? at::Tensor() : it->second; };
     nlohmann::json e;
     e["layer"] = l;
-    auto one = [&](LinearKind kind, std::shared_ptr<Linear>& lin, const at::Tensor& mask, LinearKind hessian_of) {
+    auto one = [&](LinearKind kind, std::shared_ptr<Linear>& lin, LinearKind hessian_of) {
       double err = 0.0;
+      const at::Tensor mask = site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
       // q_proj's Hessian also serves k_proj and v_proj, gate_proj's also up_proj.
       const bool last_use = kind == LinearKind::kV || kind == LinearKind::kO || kind == LinearKind::kUp ||
                             kind == LinearKind::kDown;
@@ -742,16 +708,16 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
                              memory_note(true).c_str()));
       }
     };
-    one(LinearKind::kQ, L.q, masks.in_mask, LinearKind::kQ);
-    one(LinearKind::kK, L.k, masks.in_mask, LinearKind::kQ);
-    one(LinearKind::kV, L.v, masks.in_mask, LinearKind::kQ);
-    one(LinearKind::kO, L.o, masks.o_mask, LinearKind::kO);
-    one(LinearKind::kGate, L.gate, masks.in_mask, LinearKind::kGate);
-    one(LinearKind::kUp, L.up, masks.in_mask, LinearKind::kGate);
-    one(LinearKind::kDown, L.down, masks.down_mask, LinearKind::kDown);
+    one(LinearKind::kQ, L.q, LinearKind::kQ);
+    one(LinearKind::kK, L.k, LinearKind::kQ);
+    one(LinearKind::kV, L.v, LinearKind::kQ);
+    one(LinearKind::kO, L.o, LinearKind::kO);
+    one(LinearKind::kGate, L.gate, LinearKind::kGate);
+    one(LinearKind::kUp, L.up, LinearKind::kGate);
+    one(LinearKind::kDown, L.down, LinearKind::kDown);
     layer_errors.push_back(e);
   };
-  format::CheckpointMeta meta = checkpoint_meta(c, recipe, r, r_h, R, choose_globals_dtype(o.globals_dtype, c));
+  format::CheckpointMeta meta = checkpoint_meta(c, recipe, layout, R, choose_globals_dtype(o.globals_dtype, c));
   nlohmann::json provenance;
   nlohmann::json checksums = nlohmann::json::object();
   {

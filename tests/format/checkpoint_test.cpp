@@ -57,11 +57,11 @@ CheckpointMeta tiny_meta(const ModelConfig& c, int64_t r = 2, int64_t r_h = 1, i
     s.kind = kind;
     std::tie(s.N, s.K) = site_dims(c, kind);
     if (kind == SiteKind::kO) {
-      s.high_rule = "per_head";
+      s.high_rule = HighRule::kPerHead;
       s.high_group = c.head_dim;
       s.high_count = r_h;
     } else {
-      s.high_rule = "last";
+      s.high_rule = HighRule::kLast;
       s.high_count = kind == SiteKind::kDown ? 0 : r;
     }
     s.has_bias = c.qkv_bias && (kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV);
@@ -158,7 +158,7 @@ TEST(CheckpointSiteSpec, SiteDimsFollowTheConfig) {
 TEST(CheckpointSiteSpec, PackedColumnOrderPutsHighColumnsLast) {
   SiteSpec o;
   o.K = 16;
-  o.high_rule = "per_head";
+  o.high_rule = HighRule::kPerHead;
   o.high_group = 8;
   o.high_count = 2;
   EXPECT_EQ(o.K8(), 4);
@@ -168,7 +168,7 @@ TEST(CheckpointSiteSpec, PackedColumnOrderPutsHighColumnsLast) {
   EXPECT_TRUE(o.permuted());
   SiteSpec q;
   q.K = 16;
-  q.high_rule = "last";
+  q.high_rule = HighRule::kLast;
   q.high_count = 3;
   EXPECT_EQ(q.K8(), 3);
   EXPECT_FALSE(q.permuted());

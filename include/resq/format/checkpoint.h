@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "resq/format/layout.h"
 #include "resq/format/packed.h"
 #include "resq/io/dtype.h"
 #include "resq/io/safetensors.h"
@@ -25,71 +26,6 @@ constexpr int kCheckpointVersion = 1;
 constexpr const char* kCheckpointConfigFile = "resq_config.json";
 // Shards are cut above this size (HF's default "5GB" style limit, smaller so that writing streams).
 constexpr int64_t kDefaultMaxShardBytes = int64_t{2} << 30;
-
-// The seven linears of a decoder layer, in checkpoint order.
-enum class SiteKind { kQ, kK, kV, kO, kGate, kUp, kDown };
-constexpr int kNumSites = 7;
-const char* site_name(SiteKind kind);                // "q_proj", ..., "down_proj"
-std::string site_prefix(int64_t layer, SiteKind kind);  // "model.layers.3.self_attn.q_proj"
-// Throws FormatError for an unknown name.
-SiteKind parse_site_name(const std::string& name, const std::string& source);
-// {N, K} (out, in features) of a site in a model: q [q_size, d], k/v [kv_size, d], o [d, q_size],
-// gate/up [ffn, d], down [d, ffn].
-std::pair<int64_t, int64_t> site_dims(const ModelConfig& config, SiteKind kind);
-
-// How one site's weights are stored.
-//   kPacked: <prefix>.qweight4 U8 [N][ceil(K4/2)], .qweight8 I8 [N][K8], .scale4 F32 [N],
-//            .scale8 F32 [N], optional .perm I32 [K], optional .bias F32 [N].
-//   kDense:  <prefix>.weight (F32/BF16/F16) [N][K], optional .bias F32 [N] (weights that are not
-//            quantized, or whose bit widths do not fit the 4/8-bit containers).
-enum class LinearStorage { kPacked, kDense };
-
-// Activation / KV quantization settings the runtime needs (copied from the recipe at write time).
-struct ActivationQuantSpec {
-  bool enabled = false;
-  int bits_low = 4;
-  int bits_high = 8;
-  double clip_ratio = 1.0;
-  // High columns of the input under the site's high_rule/high_group (usually the weights' count;
-  // down_proj may differ when the recipe's weights.down_high != activations.down_high).
-  int64_t high_count = 0;
-};
-struct KvQuantSpec {
-  bool enabled = false;
-  int bits_low = 4;
-  int bits_high = 8;
-  double k_clip_ratio = 1.0;
-  double v_clip_ratio = 1.0;
-};
-
-// One site (the same for every layer).
-struct SiteSpec {
-  SiteKind kind = SiteKind::kQ;
-  int64_t N = 0;   // output features
-  int64_t K = 0;   // input features
-  // Which input columns (original order) form the high-precision part (8-bit container):
-  //   "last":     the last high_count columns (q/k/v, gate/up, down_proj);
-  //   "per_head": the last high_count columns of every group of high_group columns (o_proj: r_h of
-  //               every head of head_dim).
-  // The packed column order is [low columns ascending..., high columns ascending...]; when that is
-  // not the identity the checkpoint holds <prefix>.perm with perm[j] = original column of packed
-  // column j.
-  std::string high_rule = "last";
-  int64_t high_group = 0;  // per_head only
-  int64_t high_count = 0;
-  int64_t K8() const;                            // number of high columns
-  std::vector<int64_t> high_columns() const;     // ascending
-  bool permuted() const;                         // packed order != identity
-  bool has_bias = false;
-  LinearStorage storage = LinearStorage::kPacked;
-  int weight_bits_low = 4;   // values of the low part lie in [-2^(b-1), 2^(b-1) - 1]
-  int weight_bits_high = 8;
-  // Activation quantization of this site's input (high part = the same columns as the weights').
-  ActivationQuantSpec activations;
-  int64_t K4() const { return K - K8(); }
-  // perm [K] as described above (identity when !permuted()).
-  std::vector<int32_t> packed_column_order() const;
-};
 
 // The online transforms a runtime applies.
 struct OnlineSpec {
