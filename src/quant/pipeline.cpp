@@ -521,7 +521,7 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
   const std::shared_ptr<Linear>* linears[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
   nlohmann::json checksums = nlohmann::json::object();
   for (int i = 0; i < format::kNumSites; ++i) {
-    const auto kind = static_cast<format::SiteKind>(i);
+    const format::SiteKind kind = format::kAllSites[i];
     const format::SiteSpec& spec = meta.sites.at(kind);
     const std::string prefix = format::site_prefix(l, kind);
     const DenseLinear& d = dense(*linears[i], prefix);
@@ -531,14 +531,14 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
       const QuantizedWeight& q = quantized.at(static_cast<LinearKind>(i));
       at::Tensor qi = q.q.contiguous();
       at::Tensor sl = q.scale_low.to(at::kFloat).contiguous(), sh = q.scale_high.to(at::kFloat).contiguous();
-      writer.add_packed_linear(prefix, spec, qi.data_ptr<int8_t>(), sl.data_ptr<float>(), sh.data_ptr<float>(), bias_ptr);
+      writer.add_packed_linear(l, spec, qi.data_ptr<int8_t>(), sl.data_ptr<float>(), sh.data_ptr<float>(), bias_ptr);
       checksums[prefix] = weight_checksum(qi, sl, sh);
     } else {
       // Not quantized (weights.method none: kept in the globals' dtype) or bit widths that do not
       // fit the packed containers (dequantized values, exact in float32).
       const DType dt = meta.sites.at(kind).weight_bits_low >= 16 ? meta.globals_dtype : DType::F32;
       at::Tensor w = d.weight().to(at::kCPU, scalar_type_of(dt)).contiguous();
-      writer.add_dense_linear(prefix, spec, dt, w.data_ptr(), bias_ptr);
+      writer.add_dense_linear(l, spec, dt, w.data_ptr(), bias_ptr);
     }
   }
   if (!R.u_c.empty()) add_tensor(writer, format::qk_rotation_tensor(l), R.u_c[l], DType::F32);

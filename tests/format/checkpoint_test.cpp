@@ -138,7 +138,7 @@ Written write_checkpoint(const std::string& dir, const CheckpointMeta& m, uint64
       wl.s_low = random_floats(static_cast<size_t>(s.N), 0.01f, 1.0f);
       wl.s_high = random_floats(static_cast<size_t>(s.N), 0.001f, 0.1f);
       if (s.has_bias) wl.bias = random_floats(static_cast<size_t>(s.N), -1, 1);
-      writer.add_packed_linear(site_prefix(l, kind), s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
+      writer.add_packed_linear(l, s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
                                s.has_bias ? wl.bias.data() : nullptr);
       w.linears[{l, kind}] = std::move(wl);
     }
@@ -326,7 +326,7 @@ TEST(CheckpointWriter, RejectsOutOfRangeWeights) {
   std::vector<float> sc(static_cast<size_t>(s.N), 1.0f);
   q[5] = 4;  // 3-bit range is [-4, 3]
   try {
-    writer.add_packed_linear("x", s, q.data(), sc.data(), sc.data(), nullptr);
+    writer.add_packed_linear(0, s, q.data(), sc.data(), sc.data(), nullptr);
     FAIL() << "expected ShapeError";
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("q[0, 5] = 4 is outside the 3-bit range"), std::string::npos) << e.what();

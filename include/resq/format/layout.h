@@ -101,6 +101,10 @@ struct KvQuantSpec {
   double v_clip_ratio = 1.0;
 };
 
+// The range of a signed `bits`-bit weight code: [-2^(bits-1), 2^(bits-1) - 1].
+constexpr int weight_code_min(int bits) { return -(1 << (bits - 1)); }
+constexpr int weight_code_max(int bits) { return (1 << (bits - 1)) - 1; }
+
 // One site (the same for every layer). The packed column order is [low columns ascending..., high
 // columns ascending...]; when that is not the identity the checkpoint holds <prefix>.perm with
 // perm[j] = original column of packed column j.
