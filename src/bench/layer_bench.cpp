@@ -58,8 +58,9 @@ format::ModelLayout bench_layout(const ModelConfig& c) {
 int64_t bench_layer_r_h(const ModelConfig& c) { return bench_layout(c).r_h; }
 
 std::vector<SiteSpec> bench_layer_site_specs(const ModelConfig& c) {
+  const format::ModelLayout layout = bench_layout(c);
   std::vector<SiteSpec> specs;
-  for (const auto& [kind, s] : bench_layout(c).sites) {
+  for (const auto& [kind, s] : layout.sites) {
     specs.push_back(s);
     specs.back().has_bias = false;  // bench layers have no biases (draw_bench_layer_weights)
   }

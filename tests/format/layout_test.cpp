@@ -73,7 +73,8 @@ TEST(Layout, Stories260KUnderResqKeepsTheLast8Of64ColumnsHigh) {
 }
 
 TEST(Layout, Stories260KOProjKeepsTheLastChannelOfEveryHeadHigh) {
-  const SiteSpec& o = model_layout(stories260k(), LayoutParams{}).sites.at(SiteKind::kO);
+  const ModelLayout L = model_layout(stories260k(), LayoutParams{});
+  const SiteSpec& o = L.sites.at(SiteKind::kO);
   EXPECT_EQ(o.N, 64);
   EXPECT_EQ(o.K, 64);
   EXPECT_EQ(o.high_rule, HighRule::kPerHead);
