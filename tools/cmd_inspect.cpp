@@ -38,7 +38,7 @@ void run_inspect(const InspectOptions& o) {
   std::printf("subspaces: r = %lld of %lld (hidden), r_h = %lld of %lld (head)\n", static_cast<long long>(m.r),
               static_cast<long long>(c.hidden_size), static_cast<long long>(m.r_h), static_cast<long long>(c.head_dim));
   std::printf("%-10s %6s %6s %6s %6s | %-7s | %-8s | %-8s | %s\n", "site", "N", "K", "K4", "K8", "storage", "weights", "acts",
-              "columns");
+              "high columns");
   for (const auto& [kind, s] : m.sites) {
     const bool packed = s.storage == format::LinearStorage::kPacked;
     std::printf("%-10s %6lld %6lld %6lld %6lld | %-7s | %-8s | %-8s | %s\n", format::site_name(kind), static_cast<long long>(s.N),
@@ -46,10 +46,10 @@ void run_inspect(const InspectOptions& o) {
                 packed ? "packed" : "dense",
                 bits_text(s.weight_bits_low < 16, s.weight_bits_low, s.weight_bits_high, s.high_count).c_str(),
                 bits_text(s.activations.enabled, s.activations.bits_low, s.activations.bits_high, s.activations.high_count).c_str(),
-                s.permuted() ? "permuted (high channels of each head last)" : "identity");
+                format::describe_high_columns(s).c_str());
   }
   std::printf("kv cache: %s%s\n", bits_text(m.kv.enabled, m.kv.bits_low, m.kv.bits_high, m.r_h).c_str(),
-              m.kv.enabled ? (" (last r_h channels of each head high; clip K " + std::to_string(m.kv.k_clip_ratio) + ", V " +
+              m.kv.enabled ? (" (last r_h = " + std::to_string(m.r_h) + " channels of each head high; clip K " + std::to_string(m.kv.k_clip_ratio) + ", V " +
                               std::to_string(m.kv.v_clip_ratio) + ")").c_str()
                            : "");
   std::printf("online: U_C on q/k %s; U_D before down_proj %s\n", m.online.qk_rotation ? "yes" : "no",

@@ -13,6 +13,7 @@
 
 #include "resq/bench/plain_layer.h"
 #include "resq/common/error.h"
+#include "resq/format/layout.h"
 #include "resq/format/packed.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
@@ -34,43 +35,36 @@ namespace resq {
 using format::SiteKind;
 using format::SiteSpec;
 
-int64_t bench_layer_r_h(const ModelConfig& c) { return c.head_dim / 8; }
+namespace {
 
-std::vector<SiteSpec> bench_layer_site_specs(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, hd = c.head_dim, ffn = c.intermediate_size;
-  if (d <= 0 || hd <= 0 || ffn <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0) {
+// The bench layer splits as configs/resq.json does: format::LayoutParams' defaults are the paper's.
+format::ModelLayout bench_layout(const ModelConfig& c) {
+  const format::LayoutParams params;
+  if (c.hidden_size <= 0 || c.head_dim <= 0 || c.intermediate_size <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0) {
     throw ShapeError("bench layer: the config needs positive hidden_size, head_dim, intermediate_size and heads");
   }
-  if (d % 8 != 0 || hd % 8 != 0) {
-    throw ShapeError("bench layer: hidden_size " + std::to_string(d) + " and head_dim " + std::to_string(hd) +
-                     " must be multiples of 8 (1/8 of the columns are 8-bit)");
+  // Benchmarked shapes split exactly (no rounding of the subspace sizes).
+  if (!format::high_rank_is_exact(params.high_fraction, c.hidden_size) ||
+      !format::high_rank_is_exact(params.high_fraction, c.head_dim)) {
+    throw ShapeError("bench layer: hidden_size " + std::to_string(c.hidden_size) + " and head_dim " + std::to_string(c.head_dim) +
+                     " must split exactly at high_fraction " + std::to_string(params.high_fraction) +
+                     " (1/8 of the columns are 8-bit)");
   }
-  auto site = [](SiteKind kind, int64_t N, int64_t K, const char* rule, int64_t group, int64_t high) {
-    SiteSpec s;
-    s.kind = kind;
-    s.N = N;
-    s.K = K;
-    s.high_rule = rule;
-    s.high_group = group;
-    s.high_count = high;
-    s.has_bias = false;
-    s.storage = format::LinearStorage::kPacked;
-    s.weight_bits_low = 4;
-    s.weight_bits_high = 8;
-    s.activations.enabled = true;
-    s.activations.bits_low = 4;
-    s.activations.bits_high = 8;
-    s.activations.clip_ratio = 1.0;
-    s.activations.high_count = high;
-    return s;
-  };
-  return {site(SiteKind::kQ, c.q_size(), d, "last", 0, d / 8),
-          site(SiteKind::kK, c.kv_size(), d, "last", 0, d / 8),
-          site(SiteKind::kV, c.kv_size(), d, "last", 0, d / 8),
-          site(SiteKind::kO, d, c.q_size(), "per_head", hd, bench_layer_r_h(c)),
-          site(SiteKind::kGate, ffn, d, "last", 0, d / 8),
-          site(SiteKind::kUp, ffn, d, "last", 0, d / 8),
-          site(SiteKind::kDown, d, ffn, "last", 0, 0)};
+  return format::model_layout(c, params);
+}
+
+}  // namespace
+
+int64_t bench_layer_r_h(const ModelConfig& c) { return bench_layout(c).r_h; }
+
+std::vector<SiteSpec> bench_layer_site_specs(const ModelConfig& c) {
+  const format::ModelLayout layout = bench_layout(c);
+  std::vector<SiteSpec> specs;
+  for (const auto& [kind, s] : layout.sites) {
+    specs.push_back(s);
+    specs.back().has_bias = false;  // bench layers have no biases (draw_bench_layer_weights)
+  }
+  return specs;
 }
 
 namespace {
@@ -129,7 +123,7 @@ void build_bench_layer(Decoder& m, int64_t index, BenchLayerKind kind, uint64_t 
   check_packed_device(kind, dev);
   if (index < 0 || index >= c.num_layers) throw ShapeError("bench layer: layer " + std::to_string(index) + " out of range");
   const std::vector<SiteSpec> specs = bench_layer_site_specs(c);
-  const int64_t hd = c.head_dim;
+  const int64_t hd = c.head_dim, r_h = bench_layer_r_h(c);
   const at::ScalarType dtype = m.dtype();
   DecoderLayer& L = m.layers()[static_cast<size_t>(index)];
   L = DecoderLayer{};
@@ -158,9 +152,7 @@ void build_bench_layer(Decoder& m, int64_t index, BenchLayerKind kind, uint64_t 
       *slots[i] = std::make_shared<DenseLinear>(wi.to(dev, dtype), at::Tensor());
       continue;
     }
-    const at::Tensor mask = s.high_rule == "per_head" ? high_mask_per_head(s.K / hd, hd, s.high_count)
-                                                      : high_mask_last(s.K, s.high_count);
-    const QuantizedWeight qw = rtn_quantize_weight(wi.to(at::kFloat), mask, s.weight_bits_low, s.weight_bits_high, 1.0, false);
+    const QuantizedWeight qw = rtn_quantize_weight(wi.to(at::kFloat), site_weight_high_mask(s), s.weight_bits_low, s.weight_bits_high, 1.0, false);
     const bool down = s.kind == SiteKind::kDown;
     if (kind == BenchLayerKind::kResqDequantized) {
       *slots[i] = std::make_shared<DenseLinear>(qw.dequant.to(dev, dtype), at::Tensor());
@@ -175,13 +167,13 @@ void build_bench_layer(Decoder& m, int64_t index, BenchLayerKind kind, uint64_t 
     if (down && !fused) L.down_input_transform = std::make_shared<OnlineHadamardTransform>(*hadamard);
   }
   if (kind == BenchLayerKind::kResqPacked && dev.is_cpu()) {
-    L.k_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, bench_layer_r_h(c), 1.0f);
-    L.v_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, bench_layer_r_h(c), 1.0f);
+    L.k_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, r_h, 1.0f);
+    L.v_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, r_h, 1.0f);
   }
 #if defined(RESQ_HAVE_CUDA)
   if (kind == BenchLayerKind::kResqPacked && dev.is_cuda()) {
-    L.k_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, bench_layer_r_h(c), 1.0f);
-    L.v_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, bench_layer_r_h(c), 1.0f);
+    L.k_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, r_h, 1.0f);
+    L.v_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, r_h, 1.0f);
   }
 #endif
 }

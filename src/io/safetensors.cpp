@@ -1,5 +1,5 @@
 // Safetensors reader (mmap + full header validation), model-directory store (single file or HF
-// shard index), conversion of float tensors to float32/float64, and the atomic HF-compatible writer.
+// shard index) and conversion of float tensors to float32/float64 (the writer: safetensors_writer.cpp).
 #include "resq/io/safetensors.h"
 
 #include <fcntl.h>
@@ -20,21 +20,21 @@
 #include <utility>
 
 #include "resq/common/error.h"
+#include "posix_io.h"
 
 namespace resq {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using io_detail::errno_text;
+using io_detail::FdGuard;
+using io_detail::in_quotes;
+using io_detail::mul_overflows;
+
 namespace {
 
-constexpr const char* kIndexFile = "model.safetensors.index.json";
-constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kMetadataKey = "__metadata__";
-
-std::string errno_text() { return std::strerror(errno); }
-
-std::string in_quotes(const std::string& s) { return "'" + s + "'"; }
 
 // Little-endian u64 from 8 bytes, independent of the host byte order.
 uint64_t read_u64_le(const uint8_t* p) {
@@ -42,27 +42,6 @@ uint64_t read_u64_le(const uint8_t* p) {
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
 }
-
-// Closes a file descriptor on scope exit unless released.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  ~FdGuard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the result (close errors matter for written files).
-  int close_now() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 // Parses JSON text, also rejecting duplicate keys in any object (nlohmann would silently keep
 // the last one, which would let two header entries claim the same tensor name).
@@ -106,27 +85,6 @@ json parse_json_strict(const char* begin, const char* end, const std::string& wh
                       " more than once (JSON keys must be unique)");
   }
   return value;
-}
-
-// Checked a * b for sizes; false on overflow.
-bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
-
-// Rank of a dtype in HF's Dtype enum (declared in increasing alignment order); the HF writer
-// sorts tensors by decreasing rank, then by name, and so do we to produce identical files.
-int hf_dtype_rank(DType dtype) {
-  switch (dtype) {
-    case DType::BOOL: return 0;
-    case DType::U8: return 1;
-    case DType::I8: return 2;
-    case DType::I16: return 5;
-    case DType::F16: return 7;
-    case DType::BF16: return 8;
-    case DType::I32: return 9;
-    case DType::F32: return 11;
-    case DType::F64: return 12;
-    case DType::I64: return 13;
-  }
-  return -1;
 }
 
 // Parses one header entry into a view (data pointer set by the caller). `data_size` is the size
@@ -207,20 +165,6 @@ TensorView parse_entry(const std::string& path, const std::string& name, const j
   *begin_out = begin;
   *end_out = end;
   return view;
-}
-
-// Writes all bytes or throws IoError (handles short writes and EINTR).
-void write_all(int fd, const void* data, size_t nbytes, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (nbytes > 0) {
-    const ssize_t n = ::write(fd, p, nbytes);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw IoError(path + ": write failed: " + errno_text());
-    }
-    p += n;
-    nbytes -= static_cast<size_t>(n);
-  }
 }
 
 // True if `shard` is a relative path that cannot leave the directory it is joined to.
@@ -384,8 +328,8 @@ TensorStore TensorStore::open_files(const std::vector<std::string>& paths) {
 
 TensorStore TensorStore::open_model_dir(const std::string& dir) {
   const fs::path root(dir);
-  const std::string index_path = (root / kIndexFile).string();
-  const std::string single_path = (root / kSingleFile).string();
+  const std::string index_path = (root / kSafetensorsIndexFile).string();
+  const std::string single_path = (root / kSafetensorsSingleFile).string();
   std::error_code ec;
 
   TensorStore store;
@@ -551,92 +495,6 @@ std::vector<float> tensor_to_float32_vector(const TensorView& view) {
   std::vector<float> out(static_cast<size_t>(view.numel()));
   tensor_to_float32(view, out.data());
   return out;
-}
-
-// ------------------------------------------------------------------------------ writer
-
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  // 1. Validate everything before touching the disk.
-  std::set<std::string> seen;
-  for (const TensorToWrite& t : tensors) {
-    const std::string where = path + ": tensor " + in_quotes(t.name) + ": ";
-    if (t.name.empty()) throw UsageError(path + ": a tensor has an empty name");
-    if (t.name == kMetadataKey) throw UsageError(where + "the name is reserved for file metadata");
-    if (!seen.insert(t.name).second) throw UsageError(where + "name given more than once");
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) {
-      if (d < 0) throw UsageError(where + "shape " + format_shape(t.shape) + " has a negative dimension");
-      if (mul_overflows(numel, static_cast<uint64_t>(d), &numel)) {
-        throw UsageError(where + "shape " + format_shape(t.shape) + " overflows a 64-bit element count");
-      }
-    }
-    uint64_t expected = 0;
-    if (mul_overflows(numel, dtype_size(t.dtype), &expected) || t.nbytes != expected) {
-      throw UsageError(where + "nbytes is " + std::to_string(t.nbytes) + ", expected " +
-                       std::to_string(expected) + " (" + dtype_name(t.dtype) + " x " +
-                       format_shape(t.shape) + ")");
-    }
-    if (t.nbytes > 0 && t.data == nullptr) throw UsageError(where + "data is null");
-  }
-
-  // 2. Layout as HF's serializer: decreasing alignment class, then name; contiguous offsets.
-  std::vector<const TensorToWrite*> order;
-  order.reserve(tensors.size());
-  for (const TensorToWrite& t : tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const TensorToWrite* a, const TensorToWrite* b) {
-    const int ra = hf_dtype_rank(a->dtype), rb = hf_dtype_rank(b->dtype);
-    if (ra != rb) return ra > rb;
-    return a->name < b->name;
-  });
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) {
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-    for (const auto& kv : metadata) meta[kv.first] = kv.second;
-    header[kMetadataKey] = std::move(meta);
-  }
-  uint64_t offset = 0;
-  for (const TensorToWrite* t : order) {
-    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
-    entry["dtype"] = dtype_name(t->dtype);
-    entry["shape"] = t->shape;
-    entry["data_offsets"] = {offset, offset + t->nbytes};
-    offset += t->nbytes;
-    header[t->name] = std::move(entry);
-  }
-  std::string header_text;
-  try {
-    header_text = header.dump();
-  } catch (const nlohmann::json::exception& e) {
-    throw UsageError(path + ": tensor names and metadata must be valid UTF-8: " + e.what());
-  }
-  header_text.append((8 - header_text.size() % 8) % 8, ' ');
-  uint8_t prefix[8];
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
-
-  // 3. Write a temporary file next to the target, then rename it into place.
-  const std::string tmp_path = path + ".tmp." + std::to_string(::getpid());
-  FdGuard fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw IoError(tmp_path + ": cannot create temporary file for " + path + ": " + errno_text());
-  try {
-    write_all(fd.get(), prefix, sizeof prefix, tmp_path);
-    write_all(fd.get(), header_text.data(), header_text.size(), tmp_path);
-    for (const TensorToWrite* t : order) {
-      if (t->nbytes) write_all(fd.get(), t->data, t->nbytes, tmp_path);
-    }
-    if (::fsync(fd.get()) != 0) throw IoError(tmp_path + ": fsync failed: " + errno_text());
-    if (fd.close_now() != 0) throw IoError(tmp_path + ": close failed: " + errno_text());
-    if (::rename(tmp_path.c_str(), path.c_str()) != 0) {
-      throw IoError(path + ": cannot rename " + tmp_path + " into place: " + errno_text());
-    }
-  } catch (...) {
-    ::unlink(tmp_path.c_str());
-    throw;
-  }
-  // Make the rename itself durable; best effort (some filesystems refuse fsync on directories).
-  const fs::path parent = fs::path(path).parent_path();
-  FdGuard dir_fd(::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
 }
 
 }  // namespace resq

@@ -3,7 +3,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -16,7 +15,7 @@
 #include "resq/common/error.h"
 #include "resq/common/log.h"
 #include "resq/io/safetensors.h"
-#include "resq/model/shard_writer.h"
+#include "resq/io/safetensors_writer.h"
 #include "resq/text/sentencepiece_shim.h"
 
 namespace resq {
@@ -176,7 +175,8 @@ void train_sentencepiece(const fs::path& dir, int64_t vocab, uint64_t seed) {
 
 std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std::string& out_dir,
                                            const SyntheticModelOptions& options) {
-  if (fs::exists(out_dir)) throw UsageError("--out: '" + out_dir + "' already exists; choose a new directory");
+  StagingDirectory staging(out_dir);  // renamed to out_dir when complete, removed otherwise
+  const fs::path tmp_dir(staging.path());
   const ModelConfig& c = config;
   at::ScalarType dtype = at::kFloat;
   if (options.weight_dtype == "bfloat16") {
@@ -190,104 +190,108 @@ std::vector<int64_t> write_synthetic_model(const ModelConfig& config, const std:
     throw UsageError("--outliers must be in [0, hidden_size]");
   }
 
-  const fs::path final_dir(out_dir);
-  const fs::path tmp_dir = final_dir.string() + ".tmp." + std::to_string(::getpid());
-  fs::remove_all(tmp_dir);
-  fs::create_directories(tmp_dir);
-  try {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-    const double std_dev = 0.02;
-    auto normal = [&](std::vector<int64_t> shape, double s) {
-      return at::normal(0.0, s, shape, gen, at::TensorOptions().dtype(at::kFloat));
-    };
-    // Planted outliers: channel -> gain in [20, 100], applied to the rows of o_proj/down_proj that
-    // write that channel, so from the first layer on the residual stream carries a few channels at
-    // 20-100x the typical scale. The embedding is left alone: with tied embeddings, scaled columns
-    // would also scale the logits (NLL in the hundreds).
-    std::vector<int64_t> channels;
-    std::vector<double> gains;
-    {
-      uint64_t state = options.seed ^ 0x071e5ULL;
-      while (static_cast<int64_t>(channels.size()) < options.num_outlier_channels) {
-        const int64_t ch = static_cast<int64_t>(splitmix64(state) % c.hidden_size);
-        if (std::find(channels.begin(), channels.end(), ch) != channels.end()) continue;
-        channels.push_back(ch);
-        gains.push_back(20.0 + 80.0 * static_cast<double>(splitmix64(state) % 1000) / 999.0);
-      }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  const double std_dev = 0.02;
+  auto normal = [&](std::vector<int64_t> shape, double s) {
+    return at::normal(0.0, s, shape, gen, at::TensorOptions().dtype(at::kFloat));
+  };
+  // Planted outliers: channel -> gain in [20, 100], applied to the rows of o_proj/down_proj that
+  // write that channel, so from the first layer on the residual stream carries a few channels at
+  // 20-100x the typical scale. The embedding is left alone: with tied embeddings, scaled columns
+  // would also scale the logits (NLL in the hundreds).
+  std::vector<int64_t> channels;
+  std::vector<double> gains;
+  {
+    uint64_t state = options.seed ^ 0x071e5ULL;
+    while (static_cast<int64_t>(channels.size()) < options.num_outlier_channels) {
+      const int64_t ch = static_cast<int64_t>(splitmix64(state) % c.hidden_size);
+      if (std::find(channels.begin(), channels.end(), ch) != channels.end()) continue;
+      channels.push_back(ch);
+      gains.push_back(20.0 + 80.0 * static_cast<double>(splitmix64(state) % 1000) / 999.0);
     }
-    auto plant_rows = [&](at::Tensor t) {
-      for (size_t i = 0; i < channels.size(); ++i) t.select(0, channels[i]).mul_(gains[i]);
-      return t;
-    };
-
-    ShardWriter writer(tmp_dir.string(), options.max_shard_bytes);
-    const int64_t d = c.hidden_size, ffn = c.intermediate_size;
-    writer.add("model.embed_tokens.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
-    for (int64_t i = 0; i < c.num_layers; ++i) {
-      if (c.num_layers >= 8) log::info(strprintf("make-model: layer %" PRId64 "/%" PRId64, i + 1, c.num_layers));
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      writer.add(p + "input_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
-      writer.add(p + "post_attention_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
-      writer.add(p + "self_attn.q_proj.weight", normal({c.q_size(), d}, std_dev).to(dtype));
-      writer.add(p + "self_attn.k_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
-      writer.add(p + "self_attn.v_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
-      if (c.qkv_bias) {
-        writer.add(p + "self_attn.q_proj.bias", normal({c.q_size()}, 0.1).to(dtype));
-        writer.add(p + "self_attn.k_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
-        writer.add(p + "self_attn.v_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
-      }
-      writer.add(p + "self_attn.o_proj.weight", plant_rows(normal({d, c.q_size()}, std_dev)).to(dtype));
-      if (c.o_bias) writer.add(p + "self_attn.o_proj.bias", normal({d}, 0.02).to(dtype));
-      writer.add(p + "mlp.gate_proj.weight", normal({ffn, d}, std_dev).to(dtype));
-      writer.add(p + "mlp.up_proj.weight", normal({ffn, d}, std_dev).to(dtype));
-      writer.add(p + "mlp.down_proj.weight", plant_rows(normal({d, ffn}, std_dev)).to(dtype));
-      if (c.mlp_bias) {
-        writer.add(p + "mlp.gate_proj.bias", normal({ffn}, 0.02).to(dtype));
-        writer.add(p + "mlp.up_proj.bias", normal({ffn}, 0.02).to(dtype));
-        writer.add(p + "mlp.down_proj.bias", normal({d}, 0.02).to(dtype));
-      }
-    }
-    writer.add("model.norm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
-    if (!c.tie_word_embeddings) writer.add("lm_head.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
-    writer.finish({{"format", "pt"}, {"resq_synthetic_seed", std::to_string(options.seed)}});
-
-    ModelConfig saved = c;
-    saved.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";
-    write_json(tmp_dir / "config.json", model_config_to_json(saved));
-    nlohmann::json gen_cfg = nlohmann::json::object();
-    if (c.bos_token_id) gen_cfg["bos_token_id"] = *c.bos_token_id;
-    if (c.eos_token_id) gen_cfg["eos_token_id"] = *c.eos_token_id;
-    write_json(tmp_dir / "generation_config.json", gen_cfg);
-
-    if (!options.tokenizer_dir.empty()) {
-      bool copied = false;
-      for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
-        const fs::path src = fs::path(options.tokenizer_dir) / f;
-        if (fs::exists(src)) {
-          fs::copy_file(src, tmp_dir / f);
-          copied |= std::string(f) == "tokenizer.json" || std::string(f) == "tokenizer.model";
-        }
-      }
-      if (!copied) throw IoError(options.tokenizer_dir + ": no tokenizer.json or tokenizer.model to copy");
-    } else {
-      const int64_t vocab = options.tokenizer_vocab > 0 ? options.tokenizer_vocab : std::min<int64_t>(c.vocab_size, 512);
-      if (vocab > c.vocab_size) throw UsageError("--tokenizer-vocab exceeds the model's vocab_size");
-      if (!c.bos_token_id || *c.bos_token_id != 1) {
-        // The trained SentencePiece model puts BOS at id 1; keep config.json consistent with it.
-        ModelConfig fixed = saved;
-        fixed.bos_token_id = 1;
-        fixed.eos_token_id = 2;
-        write_json(tmp_dir / "config.json", model_config_to_json(fixed));
-      }
-      train_sentencepiece(tmp_dir, vocab, options.seed);
-    }
-    fs::rename(tmp_dir, final_dir);
-    return channels;
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir, ec);
-    throw;
   }
+  auto plant_rows = [&](at::Tensor t) {
+    for (size_t i = 0; i < channels.size(); ++i) t.select(0, channels[i]).mul_(gains[i]);
+    return t;
+  };
+
+  // HF's serializer layout, as transformers' save_pretrained writes. Every shard but the last is
+  // written with metadata {"format": "pt"} alone (the seed is set just before finish(), as it
+  // always was: changing it would change make-model's bytes).
+  ShardedSafetensorsWriter shards(tmp_dir.string(), options.max_shard_bytes, TensorOrder::kHuggingFace, {{"format", "pt"}});
+  // t: a float32 / bfloat16 / float64 CPU tensor of any layout.
+  auto add = [&shards](const std::string& name, const at::Tensor& tensor) {
+    const at::Tensor t = tensor.cpu().contiguous();
+    const auto type = t.scalar_type();
+    if (type != at::kFloat && type != at::kBFloat16 && type != at::kDouble) {
+      throw ShapeError("make-model: tensor '" + name + "' must be float32, bfloat16 or float64");
+    }
+    const DType stored = type == at::kBFloat16 ? DType::BF16 : type == at::kDouble ? DType::F64 : DType::F32;
+    shards.add(name, stored, t.sizes().vec(), t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()));
+  };
+  const int64_t d = c.hidden_size, ffn = c.intermediate_size;
+  add("model.embed_tokens.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    if (c.num_layers >= 8) log::info(strprintf("make-model: layer %" PRId64 "/%" PRId64, i + 1, c.num_layers));
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+    add(p + "post_attention_layernorm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+    add(p + "self_attn.q_proj.weight", normal({c.q_size(), d}, std_dev).to(dtype));
+    add(p + "self_attn.k_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
+    add(p + "self_attn.v_proj.weight", normal({c.kv_size(), d}, std_dev).to(dtype));
+    if (c.qkv_bias) {
+      add(p + "self_attn.q_proj.bias", normal({c.q_size()}, 0.1).to(dtype));
+      add(p + "self_attn.k_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
+      add(p + "self_attn.v_proj.bias", normal({c.kv_size()}, 0.1).to(dtype));
+    }
+    add(p + "self_attn.o_proj.weight", plant_rows(normal({d, c.q_size()}, std_dev)).to(dtype));
+    if (c.o_bias) add(p + "self_attn.o_proj.bias", normal({d}, 0.02).to(dtype));
+    add(p + "mlp.gate_proj.weight", normal({ffn, d}, std_dev).to(dtype));
+    add(p + "mlp.up_proj.weight", normal({ffn, d}, std_dev).to(dtype));
+    add(p + "mlp.down_proj.weight", plant_rows(normal({d, ffn}, std_dev)).to(dtype));
+    if (c.mlp_bias) {
+      add(p + "mlp.gate_proj.bias", normal({ffn}, 0.02).to(dtype));
+      add(p + "mlp.up_proj.bias", normal({ffn}, 0.02).to(dtype));
+      add(p + "mlp.down_proj.bias", normal({d}, 0.02).to(dtype));
+    }
+  }
+  add("model.norm.weight", (1.0 + normal({d}, 0.1)).to(dtype));
+  if (!c.tie_word_embeddings) add("lm_head.weight", normal({c.vocab_size, d}, std_dev).to(dtype));
+  shards.set_metadata({{"format", "pt"}, {"resq_synthetic_seed", std::to_string(options.seed)}});
+  shards.finish();
+
+  ModelConfig saved = c;
+  saved.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";
+  write_json(tmp_dir / "config.json", model_config_to_json(saved));
+  nlohmann::json gen_cfg = nlohmann::json::object();
+  if (c.bos_token_id) gen_cfg["bos_token_id"] = *c.bos_token_id;
+  if (c.eos_token_id) gen_cfg["eos_token_id"] = *c.eos_token_id;
+  write_json(tmp_dir / "generation_config.json", gen_cfg);
+
+  if (!options.tokenizer_dir.empty()) {
+    bool copied = false;
+    for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
+      const fs::path src = fs::path(options.tokenizer_dir) / f;
+      if (fs::exists(src)) {
+        fs::copy_file(src, tmp_dir / f);
+        copied |= std::string(f) == "tokenizer.json" || std::string(f) == "tokenizer.model";
+      }
+    }
+    if (!copied) throw IoError(options.tokenizer_dir + ": no tokenizer.json or tokenizer.model to copy");
+  } else {
+    const int64_t vocab = options.tokenizer_vocab > 0 ? options.tokenizer_vocab : std::min<int64_t>(c.vocab_size, 512);
+    if (vocab > c.vocab_size) throw UsageError("--tokenizer-vocab exceeds the model's vocab_size");
+    if (!c.bos_token_id || *c.bos_token_id != 1) {
+      // The trained SentencePiece model puts BOS at id 1; keep config.json consistent with it.
+      ModelConfig fixed = saved;
+      fixed.bos_token_id = 1;
+      fixed.eos_token_id = 2;
+      write_json(tmp_dir / "config.json", model_config_to_json(fixed));
+    }
+    train_sentencepiece(tmp_dir, vocab, options.seed);
+  }
+  staging.commit();
+  return channels;
 }
 
 }  // namespace resq

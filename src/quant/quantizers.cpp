@@ -108,14 +108,33 @@ std::vector<bool> high_mask_to_vector(const at::Tensor& high_mask, int64_t K, co
   return std::vector<bool>(p, p + K);
 }
 
+at::Tensor high_mask(format::HighRule rule, int64_t K, int64_t group, int64_t count, const char* what) {
+  const bool per_head = rule == format::HighRule::kPerHead;
+  if (K < 0 || count < 0 || count > (per_head ? group : K) || (per_head && (group <= 0 ? K != 0 : K % group != 0))) {
+    throw ShapeError(std::string(what) + ": need 0 <= count <= " + (per_head ? "group" : "K") +
+                     (per_head ? " and a group that divides K" : "") + ", got K = " + std::to_string(K) +
+                     (per_head ? ", group = " + std::to_string(group) : "") + ", count = " + std::to_string(count));
+  }
+  at::Tensor m = at::zeros({K}, at::TensorOptions().dtype(at::kBool));
+  bool* p = m.data_ptr<bool>();
+  for (int64_t k : format::high_columns(rule, K, group, count)) p[k] = true;
+  return m;
+}
+
+at::Tensor site_weight_high_mask(const format::SiteSpec& s) {
+  return high_mask(s.high_rule, s.K, s.high_group, s.high_count, format::site_name(s.kind));
+}
+
+at::Tensor site_activation_high_mask(const format::SiteSpec& s) {
+  return high_mask(s.high_rule, s.K, s.high_group, s.activations.high_count, format::site_name(s.kind));
+}
+
 at::Tensor high_mask_last(int64_t K, int64_t r) {
   if (K < 0 || r < 0 || r > K) {
     throw ShapeError("high_mask_last: need 0 <= r <= K, got K = " + std::to_string(K) +
                      ", r = " + std::to_string(r));
   }
-  at::Tensor m = at::zeros({K}, at::TensorOptions().dtype(at::kBool));
-  if (r > 0) m.narrow(0, K - r, r).fill_(true);
-  return m;
+  return high_mask(format::HighRule::kLast, K, 0, r, "high_mask_last");
 }
 
 at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h) {
@@ -124,10 +143,7 @@ at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h) 
                      "num_heads = " + std::to_string(num_heads) + ", head_dim = " +
                      std::to_string(head_dim) + ", r_h = " + std::to_string(r_h));
   }
-  // [num_heads, head_dim] view: the last r_h channels of every row, flattened head-major.
-  at::Tensor m = at::zeros({num_heads, head_dim}, at::TensorOptions().dtype(at::kBool));
-  if (r_h > 0) m.narrow(1, head_dim - r_h, r_h).fill_(true);
-  return m.reshape({num_heads * head_dim});
+  return high_mask(format::HighRule::kPerHead, num_heads * head_dim, head_dim, r_h, "high_mask_per_head");
 }
 
 // ------------------------------------------------------------------ weights

@@ -150,16 +150,6 @@ at::Tensor to_tensor(const std::vector<float>& v, std::vector<int64_t> shape) {
   return at::from_blob(const_cast<float*>(v.data()), shape, at::TensorOptions().dtype(at::kFloat)).clone();
 }
 
-// [K] bool mask of the high columns of a site under its rule, with `count` high columns per group.
-at::Tensor high_mask(const SiteSpec& s, int64_t count) {
-  SiteSpec t = s;
-  t.high_count = count;
-  at::Tensor mask = at::zeros({s.K}, at::TensorOptions().dtype(at::kBool));
-  bool* p = mask.data_ptr<bool>();
-  for (int64_t k : t.high_columns()) p[k] = true;
-  return mask;
-}
-
 // Why a site cannot run on the integer kernels (empty = it can).
 std::string integer_kernel_blocker(const SiteSpec& s) {
   const auto& a = s.activations;
@@ -171,8 +161,10 @@ std::string integer_kernel_blocker(const SiteSpec& s) {
   return "";
 }
 
-std::shared_ptr<Linear> build_linear(format::LinearData d, ExecutionMode mode, at::ScalarType dtype, at::Device device,
-                                     const std::shared_ptr<const OnlineHadamard>& fused_hadamard, bool* fused) {
+}  // namespace
+
+std::shared_ptr<Linear> build_site_linear(format::LinearData d, ExecutionMode mode, at::ScalarType dtype, at::Device device,
+                                          const std::shared_ptr<const OnlineHadamard>& fused_hadamard, bool* fused) {
   const SiteSpec& s = d.spec;
   *fused = false;
   at::Tensor bias = d.bias.empty() ? at::Tensor() : to_tensor(d.bias, {s.N}).to(device, dtype);
@@ -203,17 +195,9 @@ std::shared_ptr<Linear> build_linear(format::LinearData d, ExecutionMode mode, a
   }
   auto dense = std::make_shared<DenseLinear>(to_tensor(d.dequantized(), {s.N, s.K}).to(device, dtype), bias);
   if (!s.activations.enabled) return dense;
-  auto quant = std::make_shared<ActivationFakeQuant>(high_mask(s, s.activations.high_count), s.activations.bits_low,
+  auto quant = std::make_shared<ActivationFakeQuant>(site_activation_high_mask(s), s.activations.bits_low,
                                                      s.activations.bits_high, s.activations.clip_ratio);
   return std::make_shared<SimulatedLinear>(dense, quant);
-}
-
-}  // namespace
-
-std::shared_ptr<Linear> build_site_linear(format::LinearData data, ExecutionMode mode, at::ScalarType dtype,
-                                          at::Device device, const std::shared_ptr<const OnlineHadamard>& fused_hadamard,
-                                          bool* fused) {
-  return build_linear(std::move(data), mode, dtype, device, fused_hadamard, fused);
 }
 
 Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions& options, ExecutionMode mode) {
@@ -256,9 +240,9 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
   auto global = [&](const std::string& name, std::vector<int64_t> shape) {
     return to_tensor(ck.float_tensor(name), std::move(shape)).to(device, dtype);
   };
-  m.embed_weight = global("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
-  m.final_norm_weight = global("model.norm.weight", {c.hidden_size});
-  m.lm_head = std::make_shared<DenseLinear>(global("lm_head.weight", {c.vocab_size, c.hidden_size}), at::Tensor());
+  m.embed_weight = global(format::kEmbedTokensTensor, {c.vocab_size, c.hidden_size});
+  m.final_norm_weight = global(format::kFinalNormTensor, {c.hidden_size});
+  m.lm_head = std::make_shared<DenseLinear>(global(format::kLmHeadTensor, {c.vocab_size, c.hidden_size}), at::Tensor());
 
   std::shared_ptr<const OnlineHadamard> hadamard;
   if (meta.online.down_hadamard) {
@@ -267,9 +251,9 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
     t.pow2 = meta.online.hadamard_pow2;
     t.block = meta.online.hadamard_block;
     t.construction = meta.online.hadamard_construction;
-    const auto signs = ck.float_tensor("resq.down_hadamard.signs");
+    const auto signs = ck.float_tensor(format::kDownHadamardSignsTensor);
     t.signs.assign(signs.begin(), signs.end());
-    t.block_matrix = ck.double_tensor("resq.down_hadamard.block");
+    t.block_matrix = ck.double_tensor(format::kDownHadamardBlockTensor);
     hadamard = std::make_shared<const OnlineHadamard>(std::move(t));
   }
   const std::shared_ptr<TensorTransform> hadamard_transform =
@@ -277,18 +261,17 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     DecoderLayer& L = m.layers()[l];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    L.input_norm_weight = global(p + "input_layernorm.weight", {c.hidden_size});
-    L.post_attention_norm_weight = global(p + "post_attention_layernorm.weight", {c.hidden_size});
+    L.input_norm_weight = global(format::input_norm_tensor(l), {c.hidden_size});
+    L.post_attention_norm_weight = global(format::post_attention_norm_tensor(l), {c.hidden_size});
     if (meta.online.qk_rotation) {
-      L.qk_transform = std::make_shared<MatrixTransform>(global("resq.layers." + std::to_string(l) + ".qk_rotation", {c.head_dim, c.head_dim}));
+      L.qk_transform = std::make_shared<MatrixTransform>(global(format::qk_rotation_tensor(l), {c.head_dim, c.head_dim}));
     }
     std::shared_ptr<Linear>* slots[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
     bool down_fused = false;
     for (int i = 0; i < format::kNumSites; ++i) {
-      const auto kind = static_cast<SiteKind>(i);
+      const SiteKind kind = format::kAllSites[i];
       bool fused = false;
-      *slots[i] = build_linear(ck.linear(l, kind), mode, dtype, device, kind == SiteKind::kDown ? hadamard : nullptr, &fused);
+      *slots[i] = build_site_linear(ck.linear(l, kind), mode, dtype, device, kind == SiteKind::kDown ? hadamard : nullptr, &fused);
       if (kind == SiteKind::kDown) down_fused = fused;
     }
     // U_D: fused into the down_proj activation quantizer on the integer path, else a transform.

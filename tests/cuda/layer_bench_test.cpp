@@ -40,7 +40,7 @@ TEST(LayerBenchSpecs, Llama3SplitsAsResqJson) {
   EXPECT_EQ(specs[1].K8(), 512);
   const auto& o = specs[3];
   EXPECT_EQ(o.kind, SiteKind::kO);
-  EXPECT_EQ(o.high_rule, "per_head");
+  EXPECT_EQ(o.high_rule, format::HighRule::kPerHead);
   EXPECT_EQ(o.K8(), 32 * 16);  // r_h = 128 / 8 per head
   EXPECT_TRUE(o.permuted());
   const auto perm = o.packed_column_order();
@@ -94,7 +94,7 @@ TEST(LayerBenchSpecs, PackedSitesEqualReferencePacking) {
       SCOPED_TRACE("d " + std::to_string(c.hidden_size) + ", site " + std::to_string(i));
       const auto* p = dynamic_cast<const PackedCpuLinear*>(lins[i]->get());
       ASSERT_NE(p, nullptr);
-      const at::Tensor mask = s.high_rule == "per_head" ? high_mask_per_head(s.K / c.head_dim, c.head_dim, s.high_count)
+      const at::Tensor mask = s.high_rule == format::HighRule::kPerHead ? high_mask_per_head(s.K / c.head_dim, c.head_dim, s.high_count)
                                                         : high_mask_last(s.K, s.high_count);
       const QuantizedWeight qw = rtn_quantize_weight(*ws[i], mask, 4, 8, 1.0, false);
       std::vector<int32_t> order = s.packed_column_order();

@@ -57,11 +57,11 @@ CheckpointMeta tiny_meta(const ModelConfig& c, int64_t r = 2, int64_t r_h = 1, i
     s.kind = kind;
     std::tie(s.N, s.K) = site_dims(c, kind);
     if (kind == SiteKind::kO) {
-      s.high_rule = "per_head";
+      s.high_rule = HighRule::kPerHead;
       s.high_group = c.head_dim;
       s.high_count = r_h;
     } else {
-      s.high_rule = "last";
+      s.high_rule = HighRule::kLast;
       s.high_count = kind == SiteKind::kDown ? 0 : r;
     }
     s.has_bias = c.qkv_bias && (kind == SiteKind::kQ || kind == SiteKind::kK || kind == SiteKind::kV);
@@ -138,7 +138,7 @@ Written write_checkpoint(const std::string& dir, const CheckpointMeta& m, uint64
       wl.s_low = random_floats(static_cast<size_t>(s.N), 0.01f, 1.0f);
       wl.s_high = random_floats(static_cast<size_t>(s.N), 0.001f, 0.1f);
       if (s.has_bias) wl.bias = random_floats(static_cast<size_t>(s.N), -1, 1);
-      writer.add_packed_linear(site_prefix(l, kind), s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
+      writer.add_packed_linear(l, s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
                                s.has_bias ? wl.bias.data() : nullptr);
       w.linears[{l, kind}] = std::move(wl);
     }
@@ -158,7 +158,7 @@ TEST(CheckpointSiteSpec, SiteDimsFollowTheConfig) {
 TEST(CheckpointSiteSpec, PackedColumnOrderPutsHighColumnsLast) {
   SiteSpec o;
   o.K = 16;
-  o.high_rule = "per_head";
+  o.high_rule = HighRule::kPerHead;
   o.high_group = 8;
   o.high_count = 2;
   EXPECT_EQ(o.K8(), 4);
@@ -168,7 +168,7 @@ TEST(CheckpointSiteSpec, PackedColumnOrderPutsHighColumnsLast) {
   EXPECT_TRUE(o.permuted());
   SiteSpec q;
   q.K = 16;
-  q.high_rule = "last";
+  q.high_rule = HighRule::kLast;
   q.high_count = 3;
   EXPECT_EQ(q.K8(), 3);
   EXPECT_FALSE(q.permuted());
@@ -326,7 +326,7 @@ TEST(CheckpointWriter, RejectsOutOfRangeWeights) {
   std::vector<float> sc(static_cast<size_t>(s.N), 1.0f);
   q[5] = 4;  // 3-bit range is [-4, 3]
   try {
-    writer.add_packed_linear("x", s, q.data(), sc.data(), sc.data(), nullptr);
+    writer.add_packed_linear(0, s, q.data(), sc.data(), sc.data(), nullptr);
     FAIL() << "expected ShapeError";
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("q[0, 5] = 4 is outside the 3-bit range"), std::string::npos) << e.what();

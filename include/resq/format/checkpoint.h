@@ -1,6 +1,7 @@
-// The resq packed checkpoint directory (format "resq-packed", version 1): tensor names, the metadata
-// of resq_config.json, an atomic sharded writer and a reader that validates everything before use.
-// Torch-free (the CPU/CUDA runtimes and `resq inspect` build on it). Spec: docs/FORMAT.md part 2.
+// The resq packed checkpoint directory (format "resq-packed", version 1): the metadata
+// of resq_config.json, an atomic sharded writer and a reader that validates everything before use
+// (the site layout and tensor names: layout.h). Torch-free (the CPU/CUDA runtimes and `resq inspect`
+// build on it). Spec: docs/FORMAT.md part 2. Implementation: checkpoint_{schema,writer,reader}.cpp.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +14,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "resq/format/layout.h"
 #include "resq/format/packed.h"
 #include "resq/io/dtype.h"
 #include "resq/io/safetensors.h"
+#include "resq/io/safetensors_writer.h"
 #include "resq/model/config.h"
 
 namespace resq::format {
@@ -25,71 +28,6 @@ constexpr int kCheckpointVersion = 1;
 constexpr const char* kCheckpointConfigFile = "resq_config.json";
 // Shards are cut above this size (HF's default "5GB" style limit, smaller so that writing streams).
 constexpr int64_t kDefaultMaxShardBytes = int64_t{2} << 30;
-
-// The seven linears of a decoder layer, in checkpoint order.
-enum class SiteKind { kQ, kK, kV, kO, kGate, kUp, kDown };
-constexpr int kNumSites = 7;
-const char* site_name(SiteKind kind);                // "q_proj", ..., "down_proj"
-std::string site_prefix(int64_t layer, SiteKind kind);  // "model.layers.3.self_attn.q_proj"
-// Throws FormatError for an unknown name.
-SiteKind parse_site_name(const std::string& name, const std::string& source);
-// {N, K} (out, in features) of a site in a model: q [q_size, d], k/v [kv_size, d], o [d, q_size],
-// gate/up [ffn, d], down [d, ffn].
-std::pair<int64_t, int64_t> site_dims(const ModelConfig& config, SiteKind kind);
-
-// How one site's weights are stored.
-//   kPacked: <prefix>.qweight4 U8 [N][ceil(K4/2)], .qweight8 I8 [N][K8], .scale4 F32 [N],
-//            .scale8 F32 [N], optional .perm I32 [K], optional .bias F32 [N].
-//   kDense:  <prefix>.weight (F32/BF16/F16) [N][K], optional .bias F32 [N] (weights that are not
-//            quantized, or whose bit widths do not fit the 4/8-bit containers).
-enum class LinearStorage { kPacked, kDense };
-
-// Activation / KV quantization settings the runtime needs (copied from the recipe at write time).
-struct ActivationQuantSpec {
-  bool enabled = false;
-  int bits_low = 4;
-  int bits_high = 8;
-  double clip_ratio = 1.0;
-  // High columns of the input under the site's high_rule/high_group (usually the weights' count;
-  // down_proj may differ when the recipe's weights.down_high != activations.down_high).
-  int64_t high_count = 0;
-};
-struct KvQuantSpec {
-  bool enabled = false;
-  int bits_low = 4;
-  int bits_high = 8;
-  double k_clip_ratio = 1.0;
-  double v_clip_ratio = 1.0;
-};
-
-// One site (the same for every layer).
-struct SiteSpec {
-  SiteKind kind = SiteKind::kQ;
-  int64_t N = 0;   // output features
-  int64_t K = 0;   // input features
-  // Which input columns (original order) form the high-precision part (8-bit container):
-  //   "last":     the last high_count columns (q/k/v, gate/up, down_proj);
-  //   "per_head": the last high_count columns of every group of high_group columns (o_proj: r_h of
-  //               every head of head_dim).
-  // The packed column order is [low columns ascending..., high columns ascending...]; when that is
-  // not the identity the checkpoint holds <prefix>.perm with perm[j] = original column of packed
-  // column j.
-  std::string high_rule = "last";
-  int64_t high_group = 0;  // per_head only
-  int64_t high_count = 0;
-  int64_t K8() const;                            // number of high columns
-  std::vector<int64_t> high_columns() const;     // ascending
-  bool permuted() const;                         // packed order != identity
-  bool has_bias = false;
-  LinearStorage storage = LinearStorage::kPacked;
-  int weight_bits_low = 4;   // values of the low part lie in [-2^(b-1), 2^(b-1) - 1]
-  int weight_bits_high = 8;
-  // Activation quantization of this site's input (high part = the same columns as the weights').
-  ActivationQuantSpec activations;
-  int64_t K4() const { return K - K8(); }
-  // perm [K] as described above (identity when !permuted()).
-  std::vector<int32_t> packed_column_order() const;
-};
 
 // The online transforms a runtime applies.
 struct OnlineSpec {
@@ -138,36 +76,33 @@ struct CheckpointSizes {
 // ------------------------------------------------------------------ writer
 
 // Writes a checkpoint into `<out_dir>.tmp.<pid>` and renames it to out_dir on commit(), so out_dir
-// is either absent or complete. Tensor bytes go to disk as they are added (no buffering in memory:
-// a 1B model's ~1 GiB of layers + globals would otherwise sit in RAM until the shard is full): they
-// are appended to one spill file per element size (8, 4, 2, 1 bytes) and a shard is assembled from
-// the header + the spill files in decreasing element size, so every tensor is aligned to its
-// element size with no padding (safetensors data must be contiguous). Within one element size the
-// tensors keep the order in which they were added. Destroying an uncommitted writer removes the
-// temporary directory.
+// is either absent or complete (io StagingDirectory). Tensor bytes go to disk as they are added (no
+// buffering in memory: a 1B model's ~1 GiB of layers + globals would otherwise sit in RAM until the
+// shard is full) through io's ShardedSafetensorsWriter in TensorOrder::kElementSizeThenAdded: each
+// file is laid out by decreasing element size (8, 4, 2, 1 bytes), keeping the order in which the
+// tensors were added within one size. Destroying an uncommitted writer removes the temporary directory.
 class CheckpointWriter {
  public:
   // Throws UsageError if out_dir exists, IoError if the temporary directory cannot be created.
   explicit CheckpointWriter(std::string out_dir, int64_t max_shard_bytes = kDefaultMaxShardBytes);
-  ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  const std::string& temp_dir() const { return tmp_dir_; }
+  const std::string& temp_dir() const { return staging_.path(); }
 
   // Any tensor (copied). Throws UsageError on a duplicate name or nbytes != dtype size x numel.
   void add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes);
   void add_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data);
 
-  // One packed site. q: int8 [N][K] in ORIGINAL column order; scale_low/high float [N] (the scales
-  // of the low / high parts); bias float [N] or null. The columns are reordered to
-  // spec.packed_column_order(), split at K4 and packed (format::pack_weights_reference). Checks
-  // every q against spec's bit widths (ShapeError naming prefix, n, k).
-  void add_packed_linear(const std::string& prefix, const SiteSpec& spec, const int8_t* q, const float* scale_low,
+  // One packed site of layer `layer` (tensor names from format/layout.h). q: int8 [N][K] in ORIGINAL
+  // column order; scale_low/high float [N] (the scales of the low / high parts); bias float [N] or
+  // null. The columns are reordered to spec.packed_column_order(), split at K4 and packed
+  // (format::pack_weights_reference). Checks every q against spec's bit widths (ShapeError naming
+  // the site, n, k).
+  void add_packed_linear(int64_t layer, const SiteSpec& spec, const int8_t* q, const float* scale_low,
                          const float* scale_high, const float* bias);
   // One dense site: weight [N][K] in `dtype` (F32/BF16/F16 raw bytes), bias float [N] or null.
-  void add_dense_linear(const std::string& prefix, const SiteSpec& spec, DType dtype, const void* weight,
-                        const float* bias);
+  void add_dense_linear(int64_t layer, const SiteSpec& spec, DType dtype, const void* weight, const float* bias);
 
   // Writes the last shard (and the index when there is more than one), config.json (the given
   // text), resq_config.json (meta.to_json()), copies `extra_files` (tokenizer files; missing ones
@@ -176,32 +111,8 @@ class CheckpointWriter {
                      const std::vector<std::string>& extra_files);
 
  private:
-  struct Pending {
-    std::string name;
-    DType dtype;
-    std::vector<int64_t> shape;
-    int spill = 0;       // index into spill_ (element size class)
-    int64_t offset = 0;  // byte offset inside that spill file
-    int64_t nbytes = 0;
-  };
-  // One spill file per element size class: the current shard's bytes of that class, in order.
-  struct Spill {
-    std::string path;
-    int fd = -1;
-    int64_t bytes = 0;
-  };
-  void flush();
-  void close_spills() noexcept;
-
-  std::string out_dir_;
-  std::string tmp_dir_;
-  int64_t max_bytes_;
-  std::vector<Pending> pending_;
-  Spill spill_[4];  // element sizes 8, 4, 2, 1
-  int64_t pending_bytes_ = 0;
-  std::vector<std::pair<std::string, std::vector<std::string>>> shards_;
-  std::map<std::string, bool> names_;
-  bool committed_ = false;
+  StagingDirectory staging_;         // destroyed last: removes the directory unless committed
+  ShardedSafetensorsWriter shards_;  // destroyed first: removes its spill files
 };
 
 // ------------------------------------------------------------------ reader

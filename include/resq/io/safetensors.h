@@ -1,5 +1,5 @@
 // Safetensors (HuggingFace format) reader over a read-only memory map, a sharded model-directory
-// store, dtype conversion to float32/float64, and an atomic writer readable by HF `safetensors`.
+// store and dtype conversion to float32/float64; the writers are in safetensors_writer.h.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "resq/io/dtype.h"
+#include "resq/io/safetensors_writer.h"  // the writers (write_safetensors, sharded)
 
 namespace resq {
 
@@ -125,26 +126,5 @@ void tensor_to_float32(const TensorView& view, float* out);
 void tensor_to_float64(const TensorView& view, double* out);
 // Convenience: returns a new vector [numel] of floats.
 std::vector<float> tensor_to_float32_vector(const TensorView& view);
-
-// One tensor for write_safetensors: `data` holds nbytes = dtype_size(dtype) * numel(shape)
-// little-endian row-major bytes (may be null only when nbytes == 0).
-struct TensorToWrite {
-  std::string name;
-  DType dtype = DType::F32;
-  std::vector<int64_t> shape;
-  const void* data = nullptr;
-  size_t nbytes = 0;
-};
-
-// Writes a safetensors file byte-identical to what HF's serializer produces for the same input:
-// compact JSON header ("__metadata__" first when non-empty, then tensors in data order), padded
-// with spaces to a multiple of 8 bytes; data contiguous from offset 0 to the end of the file,
-// ordered by decreasing dtype alignment then by name (so every tensor is aligned to its element
-// size without padding). Validates before touching the disk (UsageError for duplicate, empty or
-// "__metadata__" names, negative dimensions, nbytes != dtype size x numel, null data). Writes to
-// `path + ".tmp.<pid>"`, fsyncs and renames into place, so `path` is either the old file or the
-// complete new one; the temporary file is removed on failure (IoError naming the path).
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace resq

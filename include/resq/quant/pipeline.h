@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "resq/format/layout.h"
 #include "resq/quant/recipe.h"
 
 namespace resq {
@@ -29,6 +30,11 @@ struct QuantizeOptions {
   // float32 for a float32/float64 source; else bfloat16 | float16 | float32.
   std::string globals_dtype;
 };
+
+// The recipe's values the checkpoint layout depends on (format::model_layout turns them and a model
+// config into the per-site 4/8-bit splits): high_fraction, weight and activation bits, clip ratio,
+// down_high, and whether weights / activations are quantized at all.
+format::LayoutParams recipe_layout_params(const Recipe& recipe);
 
 // Runs the whole pipeline and writes the packed checkpoint `out_dir` atomically (temporary
 // directory, renamed when complete), then reads it back with full validation. Returns the report

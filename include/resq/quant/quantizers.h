@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "resq/format/layout.h"
 #include "resq/model/decoder.h"
 
 namespace resq {
@@ -24,13 +25,22 @@ void check_quant_bits(int bits, const char* what);
 // caller and tensor in the ShapeError) and returns it as a host vector [K].
 std::vector<bool> high_mask_to_vector(const at::Tensor& high_mask, int64_t K, const char* what);
 
-// [K] bool, true on the last r columns [K - r, K) (q/k/v, gate/up; r = 0 -> all false).
+// [K] bool, true on the high columns of a K-wide input under one of the layout's rules
+// (format/layout.h: the rule alone says which columns those are). Throws ShapeError naming `what`
+// unless 0 <= count <= K (kLast) or 0 <= count <= group and group divides K (kPerHead).
+at::Tensor high_mask(format::HighRule rule, int64_t K, int64_t group, int64_t count, const char* what);
+
+// The masks of one site of a layout: its weights' high columns (spec.high_count) and its input
+// activations' (spec.activations.high_count), under the site's rule.
+at::Tensor site_weight_high_mask(const format::SiteSpec& spec);
+at::Tensor site_activation_high_mask(const format::SiteSpec& spec);
+
+// [K] bool, true on the last r columns [K - r, K) (HighRule::kLast; r = 0 -> all false).
 // Throws ShapeError unless 0 <= r <= K.
 at::Tensor high_mask_last(int64_t K, int64_t r);
 
-// [num_heads * head_dim] bool, true on the last r_h channels of every head: head h occupies
-// [h * head_dim, (h + 1) * head_dim) and its high part is [h * head_dim + head_dim - r_h, ...) (o_proj).
-// Throws ShapeError unless num_heads >= 0, head_dim >= 0 and 0 <= r_h <= head_dim.
+// [num_heads * head_dim] bool, true on the last r_h channels of every head (HighRule::kPerHead,
+// group head_dim: o_proj). Throws ShapeError unless num_heads >= 0, head_dim >= 0 and 0 <= r_h <= head_dim.
 at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h);
 
 // ------------------------------------------------------------------ weights

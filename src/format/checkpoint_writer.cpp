@@ -1,0 +1,101 @@
+// The atomic, streaming writer of a packed checkpoint (CheckpointWriter, docs/FORMAT.md 2.1-2.3):
+// site tensors packed as the layout says, on io's sharded safetensors writer and staging directory.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "resq/common/error.h"
+#include "resq/format/checkpoint.h"
+
+namespace resq::format {
+namespace fs = std::filesystem;
+
+CheckpointWriter::CheckpointWriter(std::string out_dir, int64_t max_shard_bytes)
+    : staging_(std::move(out_dir)),
+      shards_(staging_.path(), max_shard_bytes, TensorOrder::kElementSizeThenAdded,
+              {{"format", "pt"}, {"resq", kCheckpointFormatName}}) {}
+
+void CheckpointWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes) {
+  shards_.add(name, dtype, shape, data, nbytes);
+}
+
+void CheckpointWriter::add_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  add(name, DType::F32, shape, data, sizeof(float) * static_cast<size_t>(std::max<int64_t>(numel, 0)));
+}
+
+void CheckpointWriter::add_packed_linear(int64_t layer, const SiteSpec& spec, const int8_t* q, const float* scale_low,
+                                         const float* scale_high, const float* bias) {
+  const SiteTensorNames t = site_tensor_names(layer, spec.kind);
+  const std::string site = site_prefix(layer, spec.kind);
+  const int64_t N = spec.N, K = spec.K, K4 = spec.K4(), K8 = spec.K8();
+  if (spec.storage != LinearStorage::kPacked) throw UsageError("checkpoint: " + site + " is not a packed site");
+  if (!q || !scale_low || !scale_high) throw UsageError("checkpoint: " + site + ": null weights or scales");
+  const std::vector<int32_t> perm = spec.packed_column_order();
+  const int lo4 = weight_code_min(spec.weight_bits_low), hi4 = weight_code_max(spec.weight_bits_low);
+  const int lo8 = weight_code_min(spec.weight_bits_high), hi8 = weight_code_max(spec.weight_bits_high);
+  // q [N, K] original order -> qp [N, K] packed order, range-checked per part.
+  std::vector<int8_t> qp(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < K; ++j) {
+      const int v = q[n * K + perm[j]];
+      const bool low = j < K4;
+      if (v < (low ? lo4 : lo8) || v > (low ? hi4 : hi8)) {
+        throw ShapeError("checkpoint: " + site + ": q[" + std::to_string(n) + ", " + std::to_string(perm[j]) + "] = " + std::to_string(v) +
+                         " is outside the " + std::to_string(low ? spec.weight_bits_low : spec.weight_bits_high) + "-bit range");
+      }
+      qp[n * K + j] = static_cast<int8_t>(v);
+    }
+  }
+  std::vector<uint8_t> w4(static_cast<size_t>(N * packed4_row_bytes(K4)));
+  std::vector<int8_t> w8(static_cast<size_t>(N * K8));
+  pack_weights_reference(qp.data(), N, K4, K8, w4.data(), w8.data());
+  add(t.qweight4, DType::U8, {N, packed4_row_bytes(K4)}, w4.data(), w4.size());
+  add(t.qweight8, DType::I8, {N, K8}, w8.data(), w8.size());
+  add_f32(t.scale4, {N}, scale_low);
+  add_f32(t.scale8, {N}, scale_high);
+  if (spec.permuted()) add(t.perm, DType::I32, {K}, perm.data(), perm.size() * sizeof(int32_t));
+  if (spec.has_bias) {
+    if (!bias) throw UsageError("checkpoint: " + site + ": the site has a bias but none was given");
+    add_f32(t.bias, {N}, bias);
+  }
+}
+
+void CheckpointWriter::add_dense_linear(int64_t layer, const SiteSpec& spec, DType dtype, const void* weight, const float* bias) {
+  const SiteTensorNames t = site_tensor_names(layer, spec.kind);
+  const std::string site = site_prefix(layer, spec.kind);
+  if (spec.storage != LinearStorage::kDense) throw UsageError("checkpoint: " + site + " is not a dense site");
+  if (!dtype_is_floating(dtype) || dtype == DType::F64) throw UsageError("checkpoint: " + site + ": dense weights must be F32, BF16 or F16");
+  add(t.weight, dtype, {spec.N, spec.K}, weight, dtype_size(dtype) * static_cast<size_t>(spec.N * spec.K));
+  if (spec.has_bias) {
+    if (!bias) throw UsageError("checkpoint: " + site + ": the site has a bias but none was given");
+    add_f32(t.bias, {spec.N}, bias);
+  }
+}
+
+std::string CheckpointWriter::commit(const CheckpointMeta& meta, const std::string& config_json_text,
+                                     const std::vector<std::string>& extra_files) {
+  if (staging_.committed()) throw UsageError("checkpoint: commit() called twice");
+  shards_.finish();
+  const fs::path dir(staging_.path());
+  auto write_text = [&](const std::string& name, const std::string& text) {
+    const fs::path p = dir / name;
+    std::ofstream out(p, std::ios::binary);
+    out << text;
+    out.close();
+    if (!out) throw IoError(p.string() + ": cannot write");
+  };
+  write_text("config.json", config_json_text);
+  write_text(kCheckpointConfigFile, meta.to_json().dump(2) + "\n");
+  for (const std::string& f : extra_files) {
+    std::error_code ec;
+    if (!fs::exists(f, ec)) continue;
+    fs::copy_file(f, dir / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
+    if (ec) throw IoError(f + ": cannot copy into the checkpoint: " + ec.message());
+  }
+  staging_.commit();
+  return staging_.final_path();
+}
+
+}  // namespace resq::format

@@ -1,0 +1,334 @@
+// The safetensors writers (include/resq/io/safetensors_writer.h): one header encoder, one atomic
+// file writer, write_safetensors on top of them, the streaming sharded writer and the staging directory.
+#include "resq/io/safetensors_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "posix_io.h"
+#include "resq/common/error.h"
+#include "resq/io/safetensors.h"
+
+namespace resq {
+
+namespace fs = std::filesystem;
+using io_detail::errno_text;
+using io_detail::FdGuard;
+using io_detail::in_quotes;
+using io_detail::mul_overflows;
+using io_detail::write_all;
+
+namespace {
+
+constexpr const char* kMetadataKey = "__metadata__";
+
+// Rank of a dtype in HF's Dtype enum (declared in increasing alignment order); the HF writer
+// sorts tensors by decreasing rank, then by name, and so does TensorOrder::kHuggingFace.
+int hf_dtype_rank(DType dtype) {
+  switch (dtype) {
+    case DType::BOOL: return 0;
+    case DType::U8: return 1;
+    case DType::I8: return 2;
+    case DType::I16: return 5;
+    case DType::F16: return 7;
+    case DType::BF16: return 8;
+    case DType::I32: return 9;
+    case DType::F32: return 11;
+    case DType::F64: return 12;
+    case DType::I64: return 13;
+  }
+  return -1;
+}
+
+// Element size class of the sharded writer's spill files: 8 -> 0, 4 -> 1, 2 -> 2, 1 -> 3 bytes.
+int size_class(DType dtype) {
+  const size_t es = dtype_size(dtype);
+  return es >= 8 ? 0 : es == 4 ? 1 : es == 2 ? 2 : 3;
+}
+
+// UsageError unless the tensor can be written: `file` names the destination in the message.
+void check_tensor(const std::string& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                  const void* data, size_t nbytes) {
+  const std::string where = file + ": tensor " + in_quotes(name) + ": ";
+  if (name.empty()) throw UsageError(file + ": a tensor has an empty name");
+  if (name == kMetadataKey) throw UsageError(where + "the name is reserved for file metadata");
+  uint64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw UsageError(where + "shape " + format_shape(shape) + " has a negative dimension");
+    if (mul_overflows(numel, static_cast<uint64_t>(d), &numel)) {
+      throw UsageError(where + "shape " + format_shape(shape) + " overflows a 64-bit element count");
+    }
+  }
+  uint64_t expected = 0;
+  if (mul_overflows(numel, dtype_size(dtype), &expected) || nbytes != expected) {
+    throw UsageError(where + "nbytes is " + std::to_string(nbytes) + ", expected " + std::to_string(expected) + " (" +
+                     dtype_name(dtype) + " x " + format_shape(shape) + ")");
+  }
+  if (nbytes > 0 && data == nullptr) throw UsageError(where + "data is null");
+}
+
+// One header entry, in data order.
+struct HeaderEntry {
+  const std::string* name;
+  DType dtype;
+  const std::vector<int64_t>* shape;
+  uint64_t nbytes;
+};
+
+// The bytes before the data: 8-byte little-endian header length, then the compact JSON header
+// ("__metadata__" first when non-empty, then the tensors with contiguous data_offsets in the given
+// order) padded with spaces to a multiple of 8.
+std::string encode_header(const std::vector<HeaderEntry>& entries, const std::map<std::string, std::string>& metadata,
+                          const std::string& path) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& kv : metadata) meta[kv.first] = kv.second;
+    header[kMetadataKey] = std::move(meta);
+  }
+  uint64_t offset = 0;
+  for (const HeaderEntry& e : entries) {
+    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+    entry["dtype"] = dtype_name(e.dtype);
+    entry["shape"] = *e.shape;
+    entry["data_offsets"] = {offset, offset + e.nbytes};
+    offset += e.nbytes;
+    header[*e.name] = std::move(entry);
+  }
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw UsageError(path + ": tensor names and metadata must be valid UTF-8: " + e.what());
+  }
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  return out + text;
+}
+
+// Writes `head` and then whatever write_data(fd, tmp_path) appends to `path + ".tmp.<pid>"`,
+// fsyncs and renames it to `path`; the temporary file is removed on failure.
+void write_file_atomically(const std::string& path, const std::string& head,
+                           const std::function<void(int fd, const std::string& tmp_path)>& write_data) {
+  const std::string tmp_path = path + ".tmp." + std::to_string(::getpid());
+  FdGuard fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) throw IoError(tmp_path + ": cannot create temporary file for " + path + ": " + errno_text());
+  try {
+    write_all(fd.get(), head.data(), head.size(), tmp_path);
+    write_data(fd.get(), tmp_path);
+    if (::fsync(fd.get()) != 0) throw IoError(tmp_path + ": fsync failed: " + errno_text());
+    if (fd.close_now() != 0) throw IoError(tmp_path + ": close failed: " + errno_text());
+    if (::rename(tmp_path.c_str(), path.c_str()) != 0) {
+      throw IoError(path + ": cannot rename " + tmp_path + " into place: " + errno_text());
+    }
+  } catch (...) {
+    ::unlink(tmp_path.c_str());
+    throw;
+  }
+  // Make the rename itself durable; best effort (some filesystems refuse fsync on directories).
+  const fs::path parent = fs::path(path).parent_path();
+  FdGuard dir_fd(::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
+}
+
+bool hf_before(DType a_dtype, const std::string& a_name, DType b_dtype, const std::string& b_name) {
+  const int ra = hf_dtype_rank(a_dtype), rb = hf_dtype_rank(b_dtype);
+  if (ra != rb) return ra > rb;
+  return a_name < b_name;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ one file
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Validate everything before touching the disk.
+  std::set<std::string> seen;
+  for (const TensorToWrite& t : tensors) {
+    check_tensor(path, t.name, t.dtype, t.shape, t.data, t.nbytes);
+    if (!seen.insert(t.name).second) throw UsageError(path + ": tensor " + in_quotes(t.name) + ": name given more than once");
+  }
+  std::vector<const TensorToWrite*> order;
+  order.reserve(tensors.size());
+  for (const TensorToWrite& t : tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(),
+            [](const TensorToWrite* a, const TensorToWrite* b) { return hf_before(a->dtype, a->name, b->dtype, b->name); });
+  std::vector<HeaderEntry> entries;
+  for (const TensorToWrite* t : order) entries.push_back({&t->name, t->dtype, &t->shape, t->nbytes});
+  write_file_atomically(path, encode_header(entries, metadata, path), [&](int fd, const std::string& tmp_path) {
+    for (const TensorToWrite* t : order) {
+      if (t->nbytes) write_all(fd, t->data, t->nbytes, tmp_path);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------ sharded
+
+ShardedSafetensorsWriter::ShardedSafetensorsWriter(std::string dir, int64_t max_shard_bytes, TensorOrder order,
+                                                   std::map<std::string, std::string> metadata)
+    : dir_(std::move(dir)), max_bytes_(max_shard_bytes), order_(order), metadata_(std::move(metadata)) {}
+
+ShardedSafetensorsWriter::~ShardedSafetensorsWriter() { remove_spills(); }
+
+void ShardedSafetensorsWriter::close_spills() noexcept {
+  for (Spill& sp : spill_) {
+    if (sp.fd >= 0) ::close(sp.fd);
+    sp.fd = -1;
+  }
+}
+
+void ShardedSafetensorsWriter::remove_spills() noexcept {
+  close_spills();
+  for (Spill& sp : spill_) {
+    if (!sp.path.empty()) ::unlink(sp.path.c_str());
+    sp = Spill{};
+  }
+}
+
+void ShardedSafetensorsWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                                   size_t nbytes) {
+  if (finished_) throw UsageError(dir_ + ": tensor " + in_quotes(name) + " added after finish()");
+  check_tensor(dir_, name, dtype, shape, data, nbytes);
+  if (names_.count(name)) throw UsageError(dir_ + ": tensor " + in_quotes(name) + ": name given more than once");
+  if (!pending_.empty() && pending_bytes_ + static_cast<int64_t>(nbytes) > max_bytes_) flush();
+  const int cls = size_class(dtype);
+  Spill& sp = spill_[cls];
+  if (sp.fd < 0) {
+    sp.path = (fs::path(dir_) / ("spill-" + std::to_string(shards_.size()) + "-" + std::to_string(cls))).string();
+    sp.fd = ::open(sp.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (sp.fd < 0) throw IoError(sp.path + ": cannot create a spill file: " + errno_text());
+    sp.bytes = 0;
+  }
+  if (nbytes) write_all(sp.fd, data, nbytes, sp.path);
+  pending_.push_back(Pending{name, dtype, shape, cls, sp.bytes, static_cast<int64_t>(nbytes)});
+  sp.bytes += static_cast<int64_t>(nbytes);
+  pending_bytes_ += static_cast<int64_t>(nbytes);
+  names_.insert(name);
+}
+
+// Assembles shard-<i>.safetensors from the spill files: the header, then every pending tensor's
+// bytes in the file's order, copied through a small buffer (no tensor is held in memory).
+void ShardedSafetensorsWriter::flush() {
+  if (pending_.empty()) return;
+  close_spills();
+  std::vector<const Pending*> order;
+  for (const Pending& p : pending_) order.push_back(&p);
+  if (order_ == TensorOrder::kHuggingFace) {
+    std::sort(order.begin(), order.end(),
+              [](const Pending* a, const Pending* b) { return hf_before(a->dtype, a->name, b->dtype, b->name); });
+  } else {
+    std::stable_sort(order.begin(), order.end(), [](const Pending* a, const Pending* b) { return a->spill < b->spill; });
+  }
+  std::vector<HeaderEntry> entries;
+  std::vector<std::string> names;
+  for (const Pending* p : order) {
+    entries.push_back({&p->name, p->dtype, &p->shape, static_cast<uint64_t>(p->nbytes)});
+    names.push_back(p->name);
+  }
+  const std::string file = "shard-" + std::to_string(shards_.size()) + ".safetensors";
+  const std::string path = (fs::path(dir_) / file).string();
+  write_file_atomically(path, encode_header(entries, metadata_, path), [&](int out, const std::string& tmp_path) {
+    int in[4] = {-1, -1, -1, -1};
+    try {
+      for (int c = 0; c < 4; ++c) {
+        if (spill_[c].path.empty()) continue;
+        in[c] = ::open(spill_[c].path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (in[c] < 0) throw IoError(spill_[c].path + ": cannot reopen the spill file: " + errno_text());
+      }
+      std::vector<uint8_t> buf(size_t{8} << 20);
+      for (const Pending* p : order) {
+        int64_t copied = 0;
+        while (copied < p->nbytes) {
+          const size_t want = static_cast<size_t>(std::min<int64_t>(p->nbytes - copied, static_cast<int64_t>(buf.size())));
+          const ssize_t n = ::pread(in[p->spill], buf.data(), want, static_cast<off_t>(p->offset + copied));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) throw IoError(spill_[p->spill].path + ": short read while assembling " + tmp_path);
+          write_all(out, buf.data(), static_cast<size_t>(n), tmp_path);
+          copied += n;
+        }
+      }
+    } catch (...) {
+      for (int fd : in)
+        if (fd >= 0) ::close(fd);
+      throw;
+    }
+    for (int fd : in)
+      if (fd >= 0) ::close(fd);
+  });
+  remove_spills();
+  shards_.emplace_back(file, std::move(names));
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
+std::vector<std::string> ShardedSafetensorsWriter::finish() {
+  if (finished_) throw UsageError(dir_ + ": finish() called twice");
+  flush();
+  finished_ = true;
+  const fs::path dir(dir_);
+  std::vector<std::string> files;
+  if (shards_.empty()) throw UsageError(dir_ + ": no tensors were added");
+  if (shards_.size() == 1) {
+    fs::rename(dir / shards_[0].first, dir / kSafetensorsSingleFile);
+    return {kSafetensorsSingleFile};
+  }
+  nlohmann::json weight_map = nlohmann::json::object();
+  const size_t n = shards_.size();
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+    fs::rename(dir / shards_[i].first, dir / name);
+    total += static_cast<int64_t>(fs::file_size(dir / name));
+    for (const auto& t : shards_[i].second) weight_map[t] = name;
+    files.push_back(name);
+  }
+  const fs::path index = dir / kSafetensorsIndexFile;
+  std::ofstream out(index, std::ios::binary);
+  out << nlohmann::json({{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}).dump(2) << "\n";
+  out.close();
+  if (!out) throw IoError(index.string() + ": cannot write");
+  return files;
+}
+
+// ------------------------------------------------------------------------------ staging directory
+
+StagingDirectory::StagingDirectory(std::string final_dir) : final_dir_(std::move(final_dir)) {
+  if (final_dir_.empty()) throw UsageError("--out: empty output directory name");
+  std::error_code ec;
+  if (fs::exists(final_dir_, ec)) throw UsageError("--out: '" + final_dir_ + "' already exists; choose a new directory");
+  std::string base = final_dir_;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  tmp_dir_ = base + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp_dir_, ec);
+  if (!fs::create_directories(tmp_dir_, ec) || ec) {
+    throw IoError(tmp_dir_ + ": cannot create the temporary output directory: " + ec.message());
+  }
+}
+
+StagingDirectory::~StagingDirectory() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir_, ec);
+  }
+}
+
+void StagingDirectory::commit() {
+  if (committed_) throw UsageError(final_dir_ + ": committed twice");
+  std::error_code ec;
+  if (fs::exists(final_dir_, ec)) throw UsageError("--out: '" + final_dir_ + "' already exists; choose a new directory");
+  fs::rename(tmp_dir_, final_dir_, ec);
+  if (ec) throw IoError(final_dir_ + ": cannot rename the finished directory into place: " + ec.message());
+  committed_ = true;
+}
+
+}  // namespace resq

@@ -1,0 +1,112 @@
+// Calibration statistics of the pipeline (pipeline_parts.h): Gram accumulators (float64, optionally
+// from bf16 products), the covariances of the ResQ bases and the per-layer GPTQ Hessians.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "pipeline_parts.h"
+
+namespace resq::pipeline {
+
+// ---------------------------------------------------------------------------- GramAccumulator
+
+GramAccumulator::GramAccumulator(int64_t F, bool bf16) : bf16_(bf16), acc_(at::zeros({F, F}, at::kDouble)) {}
+
+void GramAccumulator::add(const at::Tensor& x2) {
+  if (!bf16_) {
+    at::Tensor xd = x2.to(at::kDouble).cpu();
+    acc_.addmm_(xd.t(), xd);
+    return;
+  }
+  const int64_t F = acc_.size(0);
+  if (!partial_.defined()) partial_ = at::empty({F, F}, at::TensorOptions().dtype(at::kFloat));
+  gram_bf16(x2.to(at::kBFloat16).contiguous(), partial_, pending_ == 0 ? 0.0f : 1.0f);
+  pending_ += x2.size(0);
+  if (pending_ >= kFlushRows) flush();
+}
+
+const at::Tensor& GramAccumulator::result() {
+  flush();
+  return acc_;
+}
+
+void GramAccumulator::reset() {
+  acc_.zero_();
+  pending_ = 0;
+}
+
+void GramAccumulator::release_partial() {
+  flush();
+  partial_ = at::Tensor();
+}
+
+// acc += partial elementwise. Not acc_.add_(partial_): type promotion would materialize a float64
+// copy of the float32 partial sums (512 MiB for an 8192-wide down_proj) at every flush.
+void GramAccumulator::flush() {
+  if (pending_ > 0) {
+    double* acc = acc_.data_ptr<double>();
+    const float* part = partial_.data_ptr<float>();
+    at::parallel_for(0, acc_.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) acc[i] += static_cast<double>(part[i]);
+    });
+  }
+  pending_ = 0;
+}
+
+// ---------------------------------------------------------------------------- CovarianceObserver
+
+CovarianceObserver::CovarianceObserver(const ModelConfig& c, bool bf16) : c_(c), gram_a_(c.hidden_size, bf16) {
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, at::kDouble));
+    cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, at::kDouble));
+  }
+}
+
+void CovarianceObserver::on_linear_input(const LinearSite& site, const at::Tensor& x) {
+  // Attention input and MLP input of every layer -> one shared d x d matrix for U_A.
+  if (site.kind != LinearKind::kQ && site.kind != LinearKind::kGate) return;
+  gram_a_.add(x.reshape({-1, c_.hidden_size}));
+}
+
+// K and V covariances are hd x hd (tiny GEMMs): float64.
+void CovarianceObserver::on_keys(int64_t layer, const at::Tensor& k) {
+  at::Tensor k2 = k.reshape({-1, c_.head_dim}).to(at::kDouble).cpu();  // summed over heads
+  cov_k[layer].add_(at::mm(k2.t(), k2));
+}
+
+void CovarianceObserver::on_values(int64_t layer, const at::Tensor& v) {
+  // v [B, Hkv, T, hd] -> per head [Hkv, B*T, hd]
+  at::Tensor v3 = v.transpose(0, 1).reshape({c_.num_kv_heads, -1, c_.head_dim}).to(at::kDouble).cpu();
+  cov_v[layer].add_(at::bmm(v3.transpose(1, 2), v3));
+}
+
+void CovarianceObserver::finish() {
+  cov_a = gram_a_.result();
+  gram_a_.release_partial();
+}
+
+// ---------------------------------------------------------------------------- HessianObserver
+
+void HessianObserver::on_linear_input(const LinearSite& site, const at::Tensor& x) {
+  LinearKind key = site.kind;
+  if (key == LinearKind::kK || key == LinearKind::kV) return;  // same input as q
+  if (key == LinearKind::kUp) return;                          // same input as gate
+  at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  auto it = grams_.find(key);
+  if (it == grams_.end()) it = grams_.emplace(key, GramAccumulator(x2.size(1), bf16_)).first;
+  it->second.add(x2);
+}
+
+std::map<LinearKind, at::Tensor> HessianObserver::finish() {
+  std::map<LinearKind, at::Tensor> out;
+  for (auto& [key, g] : grams_) {
+    g.release_partial();
+    out[key] = g.result();
+  }
+  return out;
+}
+
+void HessianObserver::reset() {
+  for (auto& [key, g] : grams_) g.reset();
+}
+
+}  // namespace resq::pipeline
