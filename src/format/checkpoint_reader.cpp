@@ -3,28 +3,16 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "resq/common/error.h"
+#include "resq/common/file.h"
+#include "resq/common/json_fields.h"
 #include "resq/format/checkpoint.h"
 
 namespace resq::format {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-namespace {
-
-std::string read_file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path + ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 // ------------------------------------------------------------------ reader
 
@@ -208,12 +196,7 @@ CheckpointMeta read_meta(const std::string& dir) {
   const std::string meta_path = (fs::path(dir) / kCheckpointConfigFile).string();
   if (!fs::exists(meta_path)) throw IoError(dir + ": not a resq packed checkpoint (no " + kCheckpointConfigFile + ")");
   const ModelConfig model = load_model_config((fs::path(dir) / "config.json").string());
-  json j;
-  try {
-    j = json::parse(read_file_text(meta_path));
-  } catch (const json::exception& e) {
-    throw FormatError(meta_path + ": invalid JSON: " + e.what());
-  }
+  const json j = parse_json(read_file(meta_path, "checkpoint metadata"), meta_path, JsonErrorKind::kFormat);
   return CheckpointMeta::from_json(j, model, meta_path);
 }
 

@@ -6,14 +6,12 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <string>
 
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 
 namespace resq::io_detail {
-
-inline std::string errno_text() { return std::strerror(errno); }
 
 inline std::string in_quotes(const std::string& s) { return "'" + s + "'"; }
 
@@ -48,7 +46,7 @@ inline void write_all(int fd, const void* data, size_t nbytes, const std::string
     const ssize_t n = ::write(fd, p, nbytes < (size_t{1} << 30) ? nbytes : (size_t{1} << 30));
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw IoError(path + ": write failed: " + errno_text());
+      throw IoError(path + ": write failed: " + errno_text(errno));
     }
     if (n == 0) throw IoError(path + ": write failed: no progress");
     p += n;

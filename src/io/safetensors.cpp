@@ -11,15 +11,14 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <type_traits>
 #include <utility>
 
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "posix_io.h"
 
 namespace resq {
@@ -27,7 +26,6 @@ namespace resq {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-using io_detail::errno_text;
 using io_detail::FdGuard;
 using io_detail::in_quotes;
 using io_detail::mul_overflows;
@@ -204,9 +202,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   file->path_ = path;
 
   FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw IoError(path + ": cannot open safetensors file: " + errno_text());
+  if (fd.get() < 0) throw IoError(path + ": cannot open safetensors file: " + errno_text(errno));
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) throw IoError(path + ": cannot stat: " + errno_text());
+  if (::fstat(fd.get(), &st) != 0) throw IoError(path + ": cannot stat: " + errno_text(errno));
   if (!S_ISREG(st.st_mode)) throw IoError(path + ": not a regular file");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
@@ -214,7 +212,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
                       " bytes, shorter than the 8-byte safetensors header length");
   }
   void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (mapping == MAP_FAILED) throw IoError(path + ": mmap failed: " + errno_text());
+  if (mapping == MAP_FAILED) throw IoError(path + ": mmap failed: " + errno_text(errno));
   file->mapping_ = mapping;  // owned from here on: the destructor unmaps, also on a throw below
   file->size_ = size;
   const auto* bytes = static_cast<const uint8_t*>(mapping);
@@ -342,12 +340,7 @@ TensorStore TensorStore::open_model_dir(const std::string& dir) {
     return store;
   }
 
-  std::ifstream in(index_path, std::ios::binary);
-  if (!in) throw IoError(index_path + ": cannot open: " + errno_text());
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in.good() && !in.eof()) throw IoError(index_path + ": read failed");
-  const std::string body = text.str();
+  const std::string body = read_file(index_path, "shard index");
   const json index = parse_json_strict(body.data(), body.data() + body.size(), index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     throw FormatError(index_path + ": expected a JSON object with a \"weight_map\" object");

@@ -19,7 +19,6 @@
 namespace resq {
 
 namespace fs = std::filesystem;
-using io_detail::errno_text;
 using io_detail::FdGuard;
 using io_detail::in_quotes;
 using io_detail::mul_overflows;
@@ -120,14 +119,14 @@ void write_file_atomically(const std::string& path, const std::string& head,
                            const std::function<void(int fd, const std::string& tmp_path)>& write_data) {
   const std::string tmp_path = path + ".tmp." + std::to_string(::getpid());
   FdGuard fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw IoError(tmp_path + ": cannot create temporary file for " + path + ": " + errno_text());
+  if (fd.get() < 0) throw IoError(tmp_path + ": cannot create temporary file for " + path + ": " + errno_text(errno));
   try {
     write_all(fd.get(), head.data(), head.size(), tmp_path);
     write_data(fd.get(), tmp_path);
-    if (::fsync(fd.get()) != 0) throw IoError(tmp_path + ": fsync failed: " + errno_text());
-    if (fd.close_now() != 0) throw IoError(tmp_path + ": close failed: " + errno_text());
+    if (::fsync(fd.get()) != 0) throw IoError(tmp_path + ": fsync failed: " + errno_text(errno));
+    if (fd.close_now() != 0) throw IoError(tmp_path + ": close failed: " + errno_text(errno));
     if (::rename(tmp_path.c_str(), path.c_str()) != 0) {
-      throw IoError(path + ": cannot rename " + tmp_path + " into place: " + errno_text());
+      throw IoError(path + ": cannot rename " + tmp_path + " into place: " + errno_text(errno));
     }
   } catch (...) {
     ::unlink(tmp_path.c_str());
@@ -205,7 +204,7 @@ void ShardedSafetensorsWriter::add(const std::string& name, DType dtype, const s
   if (sp.fd < 0) {
     sp.path = (fs::path(dir_) / ("spill-" + std::to_string(shards_.size()) + "-" + std::to_string(cls))).string();
     sp.fd = ::open(sp.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (sp.fd < 0) throw IoError(sp.path + ": cannot create a spill file: " + errno_text());
+    if (sp.fd < 0) throw IoError(sp.path + ": cannot create a spill file: " + errno_text(errno));
     sp.bytes = 0;
   }
   if (nbytes) write_all(sp.fd, data, nbytes, sp.path);
@@ -242,7 +241,7 @@ void ShardedSafetensorsWriter::flush() {
       for (int c = 0; c < 4; ++c) {
         if (spill_[c].path.empty()) continue;
         in[c] = ::open(spill_[c].path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (in[c] < 0) throw IoError(spill_[c].path + ": cannot reopen the spill file: " + errno_text());
+        if (in[c] < 0) throw IoError(spill_[c].path + ": cannot reopen the spill file: " + errno_text(errno));
       }
       std::vector<uint8_t> buf(size_t{8} << 20);
       for (const Pending* p : order) {

@@ -15,6 +15,7 @@
 
 #include "pipeline_parts.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "resq/common/log.h"
 #include "resq/format/checkpoint.h"
 #include "resq/format/layout.h"
@@ -137,7 +138,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   // 2. Calibration data (tokenized like eval: BOS once, then random windows).
   t = std::chrono::steady_clock::now();
   auto tokenizer = load_tokenizer(o.model_dir);
-  std::string text = read_text_file(o.calib_path);
+  std::string text = read_file(o.calib_path, "text file");
   const std::string text_hash = fnv1a_hex(text);
   if (o.calib_wikitext2) text = wikitext_join(text);
   const auto ids = tokenize_for_eval(*tokenizer, text, tokenizer->adds_bos());

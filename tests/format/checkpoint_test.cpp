@@ -420,7 +420,7 @@ TEST_F(MalformedCheckpoint, WrongFormatVersion) {
 
 TEST_F(MalformedCheckpoint, WrongFormatName) {
   rewrite_meta([](json& j) { j["format"] = "resq-simulated"; });
-  expect_error("expected \"resq-packed\"");
+  expect_error("'format' must be \"resq-packed\", got \"resq-simulated\"");
 }
 
 TEST_F(MalformedCheckpoint, WrongKernelLayoutVersion) {
@@ -430,12 +430,12 @@ TEST_F(MalformedCheckpoint, WrongKernelLayoutVersion) {
 
 TEST_F(MalformedCheckpoint, UnknownKeyInMetadata) {
   rewrite_meta([](json& j) { j["sites"]["q_proj"]["bitz"] = 4; });
-  expect_error("'sites.q_proj.bitz': unknown key");
+  expect_error("unknown key 'sites.q_proj.bitz'");
 }
 
 TEST_F(MalformedCheckpoint, MetadataShapeDisagreesWithConfig) {
   rewrite_meta([](json& j) { j["sites"]["o_proj"]["in_features"] = 32; });
-  expect_error("'sites.o_proj.in_features': value 32 outside [16, 16]");
+  expect_error("'sites.o_proj.in_features' must be an integer in [16, 16], got 32");
 }
 
 TEST_F(MalformedCheckpoint, HighCountChangesTheExpectedShapes) {

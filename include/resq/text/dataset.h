@@ -5,15 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "resq/common/file.h"
-
 namespace resq {
 
 class Tokenizer;
-
-// Reads a text file's bytes verbatim: resq::read_file under its old name, kept while
-// src/quant/pipeline.cpp still calls it (new code calls read_file). Throws IoError naming the file.
-inline std::string read_text_file(const std::string& path) { return read_file(path, "text file"); }
 
 // Rebuilds the text that GPTQ/QuaRot/SpinQuant/ResQ evaluate from a canonical wiki.*.raw file:
 // every line (keeping its '\n') is a dataset row, a whitespace-only line is the empty row, and the
