@@ -5,9 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 
-#include "cpu/isa_internal.h"
+#include "cpu/tile_driver.h"
 
 #define RESQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
@@ -18,35 +17,6 @@ using format::packed4_row_bytes;
 
 constexpr int64_t kChunk4 = 32;  // packed 4-bit bytes per ymm
 constexpr int64_t kChunk8 = 16;  // 8-bit elements per ymm of int16
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// Prepared activation rows: per row [xlo: rbp bytes][xhi: rbp bytes][x8 as int16: k8p elements],
-// 32-byte aligned and zero-padded (see isa_avx512.cpp for the nibble-plane idea).
-struct PreparedX {
-  int64_t rbp = 0;
-  int64_t k8p = 0;
-  int64_t stride = 0;  // bytes
-  std::unique_ptr<uint8_t[]> storage;
-  uint8_t* data = nullptr;
-};
-
-void prepare_row(const format::QuantizedActivationsView& x, int64_t m, const PreparedX& p) {
-  const int64_t rb = packed4_row_bytes(x.K4);
-  uint8_t* lo = p.data + m * p.stride;
-  uint8_t* hi = lo + p.rbp;
-  int16_t* x8 = reinterpret_cast<int16_t*>(hi + p.rbp);
-  std::memset(lo, 0, static_cast<size_t>(p.stride));
-  if (x.K4 > 0) {
-    const uint8_t* src = x.xq4 + m * rb;
-    for (int64_t b = 0; b < rb; ++b) {
-      lo[b] = src[b] & 0x0F;
-      hi[b] = src[b] >> 4;
-    }
-    if (x.K4 & 1) hi[rb - 1] = 0;
-  }
-  for (int64_t k = 0; k < x.K8; ++k) x8[k] = x.xq8[m * x.K8 + k];
-}
 
 // Returns lane i = sum of v[i]'s 8 int32 lanes, for 8 vectors.
 RESQ_TARGET_AVX2 inline __m256i reduce8(const __m256i* v) {
@@ -99,7 +69,7 @@ RESQ_TARGET_AVX2 inline __m256i reduce8(const __m256i* v) {
     RESQ_FOR_I(RESQ_STEP8, j)                                                                   \
   }
 
-// One MR x NR tile over the whole K (see tile_vnni for the argument layout). The weight rows are
+// One MR x NR tile over the whole K (the arguments: TileFn in tile_driver.h). The weight rows are
 // not padded, so the last partial chunk is copied into a zero-padded buffer first.
 template <int MR, int NR>
 RESQ_TARGET_AVX2 void tile_avx2(const uint8_t* xp, int64_t xstride, int64_t rbp,
@@ -114,8 +84,9 @@ RESQ_TARGET_AVX2 void tile_avx2(const uint8_t* xp, int64_t xstride, int64_t rbp,
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i v[8];
 
-  // ---- 4-bit part: weights as 16*q (see tile_vnni). vpmaddubsw pairs: |2 * 15 * 128| = 3840,
-  // and the sum of the low- and high-nibble results is at most 7680: no int16 saturation.
+  // ---- 4-bit part: weights as 16*q (see tile_vnni in isa_avx512.cpp). vpmaddubsw pairs:
+  // |2 * 15 * 128| = 3840, and the sum of the low- and high-nibble results is at most 7680: no
+  // int16 saturation.
   {
     RESQ_FOR_IJ(RESQ_DECL_ACC)
     for (int64_t c = 0; c < rb; c += kChunk4) {
@@ -158,67 +129,24 @@ RESQ_TARGET_AVX2 void tile_avx2(const uint8_t* xp, int64_t xstride, int64_t rbp,
   }
 }
 
-using TileFn = void (*)(const uint8_t*, int64_t, int64_t, const uint8_t*, int64_t, const int8_t*,
-                        int64_t, int32_t*, int32_t*);
-
-template <int MR>
-TileFn pick_nr(int nr_max, int* nr) {
-  if constexpr (MR == 1) {
-    if (nr_max >= 8) { *nr = 8; return tile_avx2<1, 8>; }
-  }
-  if (nr_max >= 4) { *nr = 4; return tile_avx2<MR, 4>; }
-  if (nr_max == 3) { *nr = 3; return tile_avx2<MR, 3>; }
-  if (nr_max == 2) { *nr = 2; return tile_avx2<MR, 2>; }
-  *nr = 1;
-  return tile_avx2<MR, 1>;
-}
-
-void run_block(const format::PackedLinearView& w, const PreparedX& p, const GemmOutput& out,
-               int64_t m0, int64_t m1, int64_t n0, int64_t n1, int mr_main, int nr_main) {
-  const int64_t rb = packed4_row_bytes(w.dims.K4);
-  const int64_t K8 = w.dims.K8;
-  alignas(32) int32_t t4[8];
-  alignas(32) int32_t t8[8];
-  for (int64_t m = m0; m < m1; m += mr_main) {
-    const int mr = static_cast<int>(std::min<int64_t>(mr_main, m1 - m));
-    for (int64_t n = n0; n < n1;) {
-      int nr = 0;
-      const int nr_max = static_cast<int>(std::min<int64_t>(nr_main, n1 - n));
-      const TileFn fn = mr == 1 ? pick_nr<1>(nr_max, &nr) : pick_nr<2>(nr_max, &nr);
-      fn(p.data + m * p.stride, p.stride, p.rbp, w.w4 + n * rb, rb, w.w8 + n * K8, K8, t4, t8);
-      emit_tile(out, m, n, mr, nr, t4, t8);
-      n += nr;
-    }
-  }
-}
+// Register tiles of at most 8 accumulators: 2x4 for batches, 1x8 for a single token; the
+// 8-bit part is prepared as int16 for vpmaddwd.
+struct Avx2Tiles {
+  static constexpr int kMaxRows = 2;
+  static constexpr int kAccumulators = 8;
+  static constexpr int64_t kAlign = 32;
+  static constexpr int64_t kPad4 = kChunk4;
+  static constexpr int64_t kPad8 = kChunk8;
+  using X8 = int16_t;
+  template <int MR, int NR>
+  static TileFn tile() { return tile_avx2<MR, NR>; }
+};
 
 }  // namespace
 
 void gemm_avx2(const format::QuantizedActivationsView& x, const format::PackedLinearView& w,
                const GemmOutput& out) {
-  const int64_t M = x.M, N = w.dims.N;
-  const int64_t rb = packed4_row_bytes(w.dims.K4);
-  PreparedX p;
-  p.rbp = round_up(rb, kChunk4);
-  p.k8p = round_up(w.dims.K8, kChunk8);
-  p.stride = 2 * p.rbp + 2 * p.k8p;
-  p.storage.reset(new uint8_t[static_cast<size_t>(M * p.stride + 32)]);
-  p.data = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(p.storage.get()) + 31) & ~uintptr_t(31));
-#pragma omp parallel for schedule(static) if (M * p.stride >= (int64_t{1} << 16))
-  for (int64_t m = 0; m < M; ++m) prepare_row(x, m, p);
-
-  // Register tiles of 8 accumulators: 2x4 for batches, 1x8 for a single token.
-  const int mr_main = M >= 2 ? 2 : 1;
-  const int nr_main = mr_main == 1 ? 8 : 4;
-  const GemmBlocking blocks = choose_gemm_blocking(M, N, rb + w.dims.K8, p.stride);
-  const int64_t mb = blocks.mb, nb = blocks.nb, n_blocks = blocks.n_blocks, tasks = blocks.tasks();
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t mi = t / n_blocks, ni = t % n_blocks;
-    run_block(w, p, out, mi * mb, std::min(M, (mi + 1) * mb), ni * nb,
-              std::min(N, (ni + 1) * nb), mr_main, nr_main);
-  }
+  gemm_tiled<Avx2Tiles>(x, w, out);
 }
 
 // ---------------------------------------------------------------- activation quantizer

@@ -4,10 +4,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstring>
-#include <memory>
 
-#include "cpu/isa_internal.h"
+#include "cpu/tile_driver.h"
 
 // GCC 12's avx512fintrin.h passes _mm512_undefined_*() as the pass-through operand of masked
 // builtins (never read under an all-ones mask), and -Wuninitialized reports it at every inlined
@@ -25,36 +23,6 @@ namespace {
 using format::packed4_row_bytes;
 
 constexpr int64_t kChunk = 64;  // bytes per zmm load
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// Prepared activation rows: per row [xlo: rbp][xhi: rbp][x8: k8p] bytes, 64-byte aligned and
-// zero-padded. xlo/xhi hold the low/high nibbles of the packed 4-bit row (element 2i / 2i+1),
-// which pair with the in-register split of the weight bytes below, so no interleaving is needed.
-struct PreparedX {
-  int64_t rbp = 0;     // padded bytes of one nibble plane
-  int64_t k8p = 0;     // padded bytes of the 8-bit part
-  int64_t stride = 0;  // bytes per prepared row
-  std::unique_ptr<uint8_t[]> storage;
-  uint8_t* data = nullptr;
-};
-
-void prepare_row(const format::QuantizedActivationsView& x, int64_t m, const PreparedX& p) {
-  const int64_t rb = packed4_row_bytes(x.K4);
-  uint8_t* lo = p.data + m * p.stride;
-  uint8_t* hi = lo + p.rbp;
-  uint8_t* x8 = hi + p.rbp;
-  std::memset(lo, 0, static_cast<size_t>(p.stride));
-  if (x.K4 > 0) {
-    const uint8_t* src = x.xq4 + m * rb;
-    for (int64_t b = 0; b < rb; ++b) {
-      lo[b] = src[b] & 0x0F;
-      hi[b] = src[b] >> 4;
-    }
-    if (x.K4 & 1) hi[rb - 1] = 0;  // the pad nibble never contributes
-  }
-  if (x.K8 > 0) std::memcpy(x8, x.xq8 + m * x.K8, static_cast<size_t>(x.K8));
-}
 
 // Sums each of 16 vectors of 16 int32 lanes: returns lane i = sum of v[i]'s lanes (45 ops).
 RESQ_TARGET_AVX512 inline __m512i reduce16(const __m512i* v) {
@@ -120,9 +88,7 @@ RESQ_TARGET_AVX512 inline __m512i reduce16(const __m512i* v) {
 #define RESQ_LOAD_X8(i) \
   if constexpr (i < MR) xv##i = _mm512_load_si512(x8 + i * xstride + c);
 
-// One MR x NR tile over the whole K: t4, t8 int32 [MR][NR].
-// xp: prepared row m0 (stride xstride, nibble planes rbp bytes); w4: packed row n0 (stride rb);
-// w8: row n0 (stride K8).
+// One MR x NR tile over the whole K (the arguments: TileFn in tile_driver.h).
 template <int MR, int NR>
 RESQ_TARGET_AVX512 void tile_vnni(const uint8_t* xp, int64_t xstride, int64_t rbp,
                                   const uint8_t* w4, int64_t rb, const int8_t* w8, int64_t K8,
@@ -170,83 +136,23 @@ RESQ_TARGET_AVX512 void tile_vnni(const uint8_t* xp, int64_t xstride, int64_t rb
   }
 }
 
-using TileFn = void (*)(const uint8_t*, int64_t, int64_t, const uint8_t*, int64_t, const int8_t*,
-                        int64_t, int32_t*, int32_t*);
-
-// Widest instantiated tile of MR rows that is <= nr_max columns; sets *nr to its width.
-template <int MR>
-TileFn pick_nr(int nr_max, int* nr) {
-  if constexpr (MR == 1) {
-    if (nr_max >= 16) { *nr = 16; return tile_vnni<1, 16>; }
-  }
-  if constexpr (MR <= 2) {
-    if (nr_max >= 8) { *nr = 8; return tile_vnni<MR, 8>; }
-  }
-  if (nr_max >= 4) { *nr = 4; return tile_vnni<MR, 4>; }
-  if (nr_max == 3) { *nr = 3; return tile_vnni<MR, 3>; }
-  if (nr_max == 2) { *nr = 2; return tile_vnni<MR, 2>; }
-  *nr = 1;
-  return tile_vnni<MR, 1>;
-}
-
-TileFn pick_tile(int mr, int nr_max, int* nr) {
-  switch (mr) {
-    case 1: return pick_nr<1>(nr_max, nr);
-    case 2: return pick_nr<2>(nr_max, nr);
-    case 3: return pick_nr<3>(nr_max, nr);
-    default: return pick_nr<4>(nr_max, nr);
-  }
-}
-
-// Rows [m0, m1) x columns [n0, n1): the X micro-panel (mr rows) stays in L1 while the block's
-// weight rows stream from L2.
-void run_block(const format::QuantizedActivationsView& x, const format::PackedLinearView& w,
-               const PreparedX& p, const GemmOutput& out, int64_t m0, int64_t m1, int64_t n0,
-               int64_t n1, int mr_main, int nr_main) {
-  const int64_t rb = packed4_row_bytes(w.dims.K4);
-  const int64_t K8 = w.dims.K8;
-  alignas(64) int32_t t4[16];
-  alignas(64) int32_t t8[16];
-  for (int64_t m = m0; m < m1; m += mr_main) {
-    const int mr = static_cast<int>(std::min<int64_t>(mr_main, m1 - m));
-    for (int64_t n = n0; n < n1;) {
-      int nr = 0;
-      const TileFn fn =
-          pick_tile(mr, static_cast<int>(std::min<int64_t>(nr_main, n1 - n)), &nr);
-      fn(p.data + m * p.stride, p.stride, p.rbp, w.w4 + n * rb, rb, w.w8 + n * K8, K8, t4, t8);
-      emit_tile(out, m, n, mr, nr, t4, t8);
-      n += nr;
-    }
-  }
-}
+// Register tiles of at most 16 accumulators: 4x4 for batches, 2x8 / 1x16 for one or two tokens.
+struct Avx512Tiles {
+  static constexpr int kMaxRows = 4;
+  static constexpr int kAccumulators = 16;
+  static constexpr int64_t kAlign = kChunk;
+  static constexpr int64_t kPad4 = kChunk;
+  static constexpr int64_t kPad8 = kChunk;
+  using X8 = uint8_t;
+  template <int MR, int NR>
+  static TileFn tile() { return tile_vnni<MR, NR>; }
+};
 
 }  // namespace
 
 void gemm_avx512_vnni(const format::QuantizedActivationsView& x,
                       const format::PackedLinearView& w, const GemmOutput& out) {
-  const int64_t M = x.M, N = w.dims.N;
-  const int64_t rb = packed4_row_bytes(w.dims.K4);
-  PreparedX p;
-  p.rbp = round_up(rb, kChunk);
-  p.k8p = round_up(w.dims.K8, kChunk);
-  p.stride = 2 * p.rbp + p.k8p;
-  p.storage.reset(new uint8_t[static_cast<size_t>(M * p.stride + kChunk)]);
-  p.data = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(p.storage.get()) + kChunk - 1) & ~uintptr_t(kChunk - 1));
-#pragma omp parallel for schedule(static) if (M * p.stride >= (int64_t{1} << 16))
-  for (int64_t m = 0; m < M; ++m) prepare_row(x, m, p);
-
-  // Register tiles: 4x4 for batches, 2x8 / 1x16 for one or two tokens (16 accumulators each).
-  const int mr_main = M >= 4 ? 4 : static_cast<int>(M);
-  const int nr_main = mr_main == 1 ? 16 : mr_main == 2 ? 8 : 4;
-  const GemmBlocking blocks = choose_gemm_blocking(M, N, rb + w.dims.K8, p.stride);
-  const int64_t mb = blocks.mb, nb = blocks.nb, n_blocks = blocks.n_blocks, tasks = blocks.tasks();
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t mi = t / n_blocks, ni = t % n_blocks;
-    run_block(x, w, p, out, mi * mb, std::min(M, (mi + 1) * mb), ni * nb,
-              std::min(N, (ni + 1) * nb), mr_main, nr_main);
-  }
+  gemm_tiled<Avx512Tiles>(x, w, out);
 }
 
 // ---------------------------------------------------------------- activation quantizer
