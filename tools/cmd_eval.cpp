@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "common.h"
+#include "run_model.h"
 #include "resq/common/error.h"
 #include "resq/common/file.h"
 #include "resq/common/log.h"
@@ -49,14 +50,10 @@ void run_eval(const EvalOptions& o) {
   log::info(strprintf("tokenized %s (%zu bytes) into %zu tokens with %s (%sBOS prepended) in %.2f s", text_path.c_str(),
                       text.size(), ids.size(), tokenizer->kind().c_str(), add_bos ? "" : "no ", tokenize_seconds));
 
-  LoadOptions load;
-  load.dtype = o.common.dtype;
-  load.device = o.common.device;
-  const bool quantized = is_quantized_model_dir(o.common.model);
-  std::optional<ExecutionMode> mode;
-  if (!o.mode.empty()) mode = parse_execution_mode(o.mode);
-  Decoder decoder = load_model_for_eval(o.common.model, load, mode);
-  const std::string mode_name = quantized ? execution_mode_name(mode.value_or(ExecutionMode::kPacked)) : "fp";
+  RunModel model = load_run_model(o.common, parse_mode_option(o.mode));
+  Decoder& decoder = model.decoder;
+  const bool quantized = model.quantized;
+  const std::string& mode_name = model.mode_name;
   if (quantized) {
     log::info("packed checkpoint, mode " + mode_name + " (linears: " + decoder.layers()[0].q->implementation() + ")");
   }

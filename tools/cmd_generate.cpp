@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "common.h"
+#include "run_model.h"
 #include "resq/common/error.h"
 #include "resq/common/log.h"
 #include "resq/model/decoder.h"
@@ -42,8 +43,7 @@ void run_generate(const GenerateCliOptions& o) {
   apply_runtime_options(o.common);
   if (o.prompt.empty()) throw UsageError("resq generate: --prompt is empty");
   if (o.max_new_tokens < 1) throw UsageError("--max-new-tokens must be >= 1, got " + std::to_string(o.max_new_tokens));
-  std::optional<ExecutionMode> mode;
-  if (!o.mode.empty()) mode = parse_execution_mode(o.mode);
+  const std::optional<ExecutionMode> mode = parse_mode_option(o.mode);
   GenerateOptions g;
   g.max_new_tokens = o.max_new_tokens;
   g.sampling.temperature = o.temperature;
@@ -57,12 +57,10 @@ void run_generate(const GenerateCliOptions& o) {
   const std::vector<int32_t> ids32 = tokenize_for_eval(*tokenizer, o.prompt, add_bos);
   const std::vector<int64_t> prompt(ids32.begin(), ids32.end());
 
-  LoadOptions load;
-  load.dtype = o.common.dtype;
-  load.device = o.common.device;
-  const bool quantized = is_quantized_model_dir(o.common.model);
-  Decoder decoder = load_model_for_eval(o.common.model, load, mode);
-  const std::string mode_name = quantized ? execution_mode_name(mode.value_or(ExecutionMode::kPacked)) : "fp";
+  RunModel model = load_run_model(o.common, mode);
+  Decoder& decoder = model.decoder;
+  const bool quantized = model.quantized;
+  const std::string& mode_name = model.mode_name;
   const ModelConfig& c = decoder.config();
   g.eos_id = c.eos_token_id;
   const std::string linears = quantized ? ", linears " + decoder.layers()[0].q->implementation() : "";

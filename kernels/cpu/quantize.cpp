@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "cpu/isa_internal.h"
 #include "resq/common/error.h"
@@ -69,6 +70,12 @@ RESQ_NO_FP_CONTRACT void rtn_part(const float* w, int64_t K, float clip, int qmi
     q[k] = static_cast<int8_t>(r);
   }
   *scale = s;
+}
+
+// A view's pointer to an optional part: null when the part is empty.
+template <typename T>
+const T* data_or_null(const std::vector<T>& v) {
+  return v.empty() ? nullptr : v.data();
 }
 
 }  // namespace
@@ -148,17 +155,7 @@ void quantize_activations(const float* x, int64_t M, int64_t K4, int64_t K8, flo
 }
 
 format::QuantizedActivationsView QuantizedActivations::view() const {
-  format::QuantizedActivationsView v;
-  v.M = M;
-  v.K4 = K4;
-  v.K8 = K8;
-  v.xq4 = xq4.empty() ? nullptr : xq4.data();
-  v.xq8 = xq8.empty() ? nullptr : xq8.data();
-  v.sx4 = sx4.data();
-  v.zx4 = zx4.data();
-  v.sx8 = sx8.data();
-  v.zx8 = zx8.data();
-  return v;
+  return {M, K4, K8, data_or_null(xq4), data_or_null(xq8), sx4.data(), zx4.data(), sx8.data(), zx8.data()};
 }
 
 QuantizedActivations quantize_activations(const float* x, int64_t M, int64_t K4, int64_t K8,
@@ -198,16 +195,7 @@ void quantize_weights_rtn_reference(const float* w, int64_t N, int64_t K4, int64
 }
 
 format::PackedLinearView PackedLinear::view() const {
-  format::PackedLinearView v;
-  v.dims = dims;
-  v.w4 = w4.empty() ? nullptr : w4.data();
-  v.w8 = w8.empty() ? nullptr : w8.data();
-  v.sw4 = sw4.data();
-  v.sw8 = sw8.data();
-  v.rs4 = rs4.data();
-  v.rs8 = rs8.data();
-  v.bias = bias.empty() ? nullptr : bias.data();
-  return v;
+  return {dims, data_or_null(w4), data_or_null(w8), sw4.data(), sw8.data(), rs4.data(), rs8.data(), data_or_null(bias)};
 }
 
 PackedLinear pack_linear(const int8_t* q, const float* sw4, const float* sw8, const float* bias,

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/model_shapes.h"
 #include "common/test_util.h"
 #include "resq/common/error.h"
 #include "resq/format/checkpoint.h"
@@ -31,15 +32,9 @@ using nlohmann::json;
 
 // A tiny Llama-shaped config: GQA (2 heads, 1 KV head), head_dim 8, odd-friendly sizes.
 ModelConfig tiny_config(bool qkv_bias = false) {
-  ModelConfig c;
-  c.model_type = qkv_bias ? "qwen2" : "llama";
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 2;
-  c.num_heads = 2;
-  c.num_kv_heads = 1;
-  c.head_dim = 8;
-  c.vocab_size = 40;
+  ModelConfig c = test::llama_config({/*hidden*/ 16, /*ffn*/ 24, /*layers*/ 2, /*heads*/ 2, /*kv_heads*/ 1,
+                                      /*head_dim*/ 8, /*vocab*/ 40});
+  if (qkv_bias) c.model_type = "qwen2";
   c.max_position_embeddings = 64;
   c.qkv_bias = qkv_bias;
   c.tie_word_embeddings = false;

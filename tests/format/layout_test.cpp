@@ -7,6 +7,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/model_shapes.h"
 #include "resq/common/error.h"
 #include "resq/format/layout.h"
 
@@ -15,30 +16,14 @@ namespace {
 
 // stories260K (../shared/models/stories260K/config.json): d 64, 8 heads x 8, 4 kv heads, ffn 172.
 ModelConfig stories260k() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.hidden_size = 64;
-  c.intermediate_size = 172;
-  c.num_layers = 5;
-  c.num_heads = 8;
-  c.num_kv_heads = 4;
-  c.head_dim = 8;
-  c.vocab_size = 512;
-  return c;
+  return test::llama_config({/*hidden*/ 64, /*ffn*/ 172, /*layers*/ 5, /*heads*/ 8, /*kv_heads*/ 4, /*head_dim*/ 8,
+                             /*vocab*/ 512});
 }
 
 // Llama-3-8B: d 4096, 32 heads x 128, 8 kv heads, ffn 14336.
 ModelConfig llama3_8b() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_layers = 32;
-  c.num_heads = 32;
-  c.num_kv_heads = 8;
-  c.head_dim = 128;
-  c.vocab_size = 128256;
-  return c;
+  return test::llama_config({/*hidden*/ 4096, /*ffn*/ 14336, /*layers*/ 32, /*heads*/ 32, /*kv_heads*/ 8,
+                             /*head_dim*/ 128, /*vocab*/ 128256});
 }
 
 std::vector<int64_t> range(int64_t a, int64_t b) {

@@ -605,13 +605,6 @@ TEST(Conversion, UnalignedAndInconsistentViews) {
 
 // ------------------------------------------------------------------------------ writer errors
 
-std::vector<std::string> directory_entries(const std::string& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 TEST(Writer, ValidationFailuresLeaveNoFile) {
   TempDir dir;
   const std::string path = dir.file("out.safetensors");
@@ -619,7 +612,7 @@ TEST(Writer, ValidationFailuresLeaveNoFile) {
   const auto fails = [&](const std::vector<TensorToWrite>& tensors, const std::string& needle) {
     const std::string msg = message_of<UsageError>([&] { write_safetensors(path, tensors); });
     EXPECT_TRUE(has(msg, path) && has(msg, needle)) << msg;
-    EXPECT_TRUE(directory_entries(dir.path()).empty());
+    EXPECT_TRUE(test::directory_entries(dir.path()).empty());
   };
   fails({{"w", DType::F32, {2, 3}, v.data(), 20}}, "nbytes is 20, expected 24");
   fails({{"w", DType::F16, {2, 3}, v.data(), 24}}, "expected 12");
@@ -638,14 +631,14 @@ TEST(Writer, ReplacesExistingFileAndCleansUpOnFailure) {
   write_safetensors(path, {{"x", DType::F32, {1}, a.data(), 4}});
   write_safetensors(path, {{"y", DType::F32, {2}, b.data(), 8}});
   EXPECT_EQ(SafetensorsFile::open(path)->names(), std::vector<std::string>{"y"});
-  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{"m.safetensors"});
+  EXPECT_EQ(test::directory_entries(dir.path()), std::vector<std::string>{"m.safetensors"});
 
   // Renaming onto a directory fails after the temporary file was written: it must be removed.
   const std::string blocked = dir.file("blocked");
   fs::create_directories(blocked + "/inner");
   const std::string msg = message_of<IoError>([&] { write_safetensors(blocked, {{"x", DType::F32, {1}, a.data(), 4}}); });
   EXPECT_TRUE(has(msg, blocked)) << msg;
-  EXPECT_EQ(directory_entries(dir.path()), (std::vector<std::string>{"blocked", "m.safetensors"}));
+  EXPECT_EQ(test::directory_entries(dir.path()), (std::vector<std::string>{"blocked", "m.safetensors"}));
   EXPECT_TRUE(fs::is_directory(blocked + "/inner"));
 
   // A missing parent directory: nothing can be created.

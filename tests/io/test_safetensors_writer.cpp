@@ -17,13 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> files_in(const std::string& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 TEST(ShardedWriter, OneShardInHfOrderEqualsWriteSafetensors) {
   test::TempDir tmp;
   const std::vector<float> f = {1, 2, 3, 4};
@@ -38,7 +31,7 @@ TEST(ShardedWriter, OneShardInHfOrderEqualsWriteSafetensors) {
   for (const auto& t : tensors) w.add(t.name, t.dtype, t.shape, t.data, t.nbytes);
   EXPECT_EQ(w.finish(), std::vector<std::string>{"model.safetensors"});
   EXPECT_EQ(test::read_file(tmp.file("dir/model.safetensors")), test::read_file(tmp.file("ref.safetensors")));
-  EXPECT_EQ(files_in(tmp.file("dir")), std::vector<std::string>{"model.safetensors"});
+  EXPECT_EQ(test::directory_entries(tmp.file("dir")), std::vector<std::string>{"model.safetensors"});
 }
 
 TEST(ShardedWriter, CheckpointOrderKeepsAddOrderWithinAnElementSize) {
@@ -68,7 +61,7 @@ TEST(ShardedWriter, CutsShardsAtTheLimitAndWritesTheIndex) {
   const TensorStore store = TensorStore::open_model_dir(tmp.path());
   EXPECT_EQ(store.size(), 5u);
   EXPECT_EQ(store.get("t4").file, tmp.file("model-00003-of-00003.safetensors"));
-  for (const std::string& name : files_in(tmp.path())) {
+  for (const std::string& name : test::directory_entries(tmp.path())) {
     EXPECT_EQ(name.find("spill"), std::string::npos) << name;
     EXPECT_EQ(name.find(".tmp"), std::string::npos) << name;
   }
@@ -98,7 +91,7 @@ TEST(StagingDirectory, RenamesWhenCommittedAndCleansUpOtherwise) {
     EXPECT_FALSE(fs::exists(tmp.file("out")));
   }
   EXPECT_FALSE(fs::exists(tmp.file("out")));
-  EXPECT_EQ(files_in(tmp.path()), std::vector<std::string>{});
+  EXPECT_EQ(test::directory_entries(tmp.path()), std::vector<std::string>{});
   StagingDirectory s(tmp.file("out"));
   test::write_file(s.path() + "/a.txt", "a");
   s.commit();
