@@ -35,17 +35,7 @@ struct Problem {
   resq::cpu::PackedLinear w;
 
   QuantizedActivationsView xview() const {
-    QuantizedActivationsView v;
-    v.M = M;
-    v.K4 = K4;
-    v.K8 = K8;
-    v.xq4 = xq4.data();
-    v.xq8 = xq8.data();
-    v.sx4 = sx4.data();
-    v.zx4 = zx4.data();
-    v.sx8 = sx8.data();
-    v.zx8 = zx8.data();
-    return v;
+    return {M, K4, K8, xq4.data(), xq8.data(), sx4.data(), zx4.data(), sx8.data(), zx8.data()};
   }
 };
 
