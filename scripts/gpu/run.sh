@@ -144,7 +144,7 @@ REPORT="${RESULTS}/report.md"
 {
   echo "# resq GPU run $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "commit $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo '?'), $(head -1 "${RESULTS}/nvidia-smi.txt" 2>/dev/null || true)"
+  echo "commit $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo '?'), GPU: $(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1 || true)"
   grep -E "^torch|^libtorch|release" "${LOG}" | head -3
   echo
   echo "| stage | status | seconds |"
@@ -175,7 +175,12 @@ stage() {  # stage NAME TIMEOUT_S LOGFILE CMD...: runs CMD, logs, records status
 export OMP_WAIT_POLICY=PASSIVE
 stage "test_cuda (GPU kernels and runtime vs CPU references)" 240 test_cuda.log \
   "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json"
-grep -E '^\[ +(FAILED|SKIPPED) ' "${RESULTS}/test_cuda.log" | sort -u | tee -a "${LOG}" "${REPORT}" >/dev/null || true
+# Failed test names and the skip count go below the table (NOTES), not into it.
+NOTES="${RESULTS}/notes.tmp"
+{
+  echo "test_cuda: $(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "${RESULTS}/test_cuda.log") skipped;" \
+    "failed: $(grep -E '^\[  FAILED  \] .* \([0-9]+ ms\)$' "${RESULTS}/test_cuda.log" | sed -E 's/^\[  FAILED  \] ([^ ]+).*/\1/' | paste -sd' ' - || true)"
+} >> "${NOTES}"
 stage "test_kernels (CPU kernels + host emulation of the CUDA kernels)" 240 test_kernels.log \
   "${BUILD}/tests/test_kernels" --gtest_output="json:${RESULTS}/test_kernels.json"
 stage "test_core (runtime, decoding, attention; CUDA libtorch)" 300 test_core.log "${BUILD}/tests/test_core"
@@ -184,6 +189,7 @@ stage "test_core (runtime, decoding, attention; CUDA libtorch)" 300 test_core.lo
 SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
 if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_head.txt" ]]; then
   Q="${BUILD}/stories-resq"
+  rm -rf "${Q}"  # quantize refuses an existing --out (a rerun in the same build folder)
   stage "quantize stories260K (resq.json)" 90 quantize.log "${BUILD}/resq" quantize --model "${SHARED}/models/stories260K" \
     --out "${Q}" --config "${ROOT}/configs/resq.json" --calib "${SHARED}/data/tinystories/valid_head.txt" \
     --nsamples 32 --seqlen 256 --seed 0
@@ -194,20 +200,21 @@ if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_
   done
   stage "generate --device cuda (paged 4/8-bit KV cache)" 120 generate_cuda.log "${BUILD}/resq" generate --model "${Q}" \
     --device cuda --prompt "Once upon a time" --max-new-tokens 64
-  grep -hE "^ppl|kv cache|decode:" "${RESULTS}"/eval_*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | tee -a "${REPORT}" >/dev/null || true
+  grep -HE "^ppl|kv cache|decode:" "${RESULTS}"/eval_*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | sed "s|${RESULTS}/||" >> "${NOTES}" || true
 fi
 
 
 # shellcheck disable=SC2086
 stage "resq bench (GEMM vs cuBLASLt, layer prefill vs plain libtorch, end to end)" 420 bench.log \
   "${BUILD}/resq" bench --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-}
-{ echo; echo '```'; grep -vE "^\[" "${RESULTS}/bench.log" | tail -60; echo '```'; } >> "${REPORT}"
+{ echo; echo '## Notes'; echo; sed 's/^/- /' "${NOTES}" 2>/dev/null; echo; echo '## resq bench'; echo; echo '```'; grep -vE "^\[" "${RESULTS}/bench.log" | tail -60; echo '```'; } >> "${REPORT}"
+rm -f "${NOTES}"
 
 step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
 echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
 # The device tool brings back at most 8 files: report.md, run.log and the JSON results stay as they
 # are; the detailed logs go into one archive.
-(cd "${RESULTS}" && ls ./*.log | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T - nvidia-smi.txt configure.log build.log) \
+(cd "${RESULTS}" && ls ./*.log ./nvidia-smi.txt 2>/dev/null | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T -) \
   || echo "run.sh: could not pack the logs (they stay as files)"
 ls -l "${RESULTS}"
 exit "${STATUS}"
