@@ -21,7 +21,7 @@
 #include "resq/model/synthetic.h"
 #include "resq/quant/quantizers.h"
 #include "resq/runtime/packed_model.h"
-#include "resq/runtime/transforms.h"
+#include "resq/transforms/online.h"
 
 #if defined(RESQ_HAVE_CUDA)
 #include <cuda_runtime.h>

@@ -10,8 +10,8 @@
 
 #include "cpu/gemm.h"
 #include "resq/common/error.h"
-#include "resq/quant/quantizers.h"
-#include "resq/runtime/transforms.h"
+#include "resq/transforms/fake_quant.h"
+#include "resq/transforms/online.h"
 
 #if defined(RESQ_HAVE_CUDA)
 #include "resq/runtime/packed_cuda.h"
@@ -120,12 +120,12 @@ void PackedKvCacheQuant::unpack(const cpu::QuantizedActivations& q, float* out) 
   at::parallel_for(0, q.M, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* o = out + r * K;
-      // x̂ = s * (q - z): the fp32 product of KvFakeQuant / fake_quant_per_token.
+      // x̂ = s * (q - z), the formula of KvFakeQuant / fake_quant_per_token.
       for (int64_t k = 0; k < K4; ++k) {
-        o[k] = format::mul_rn(q.sx4[r], static_cast<float>(format::uint4_get(q.xq4.data() + r * rb, k) - q.zx4[r]));
+        o[k] = format::dequantize_activation_value(format::uint4_get(q.xq4.data() + r * rb, k), q.sx4[r], q.zx4[r]);
       }
       for (int64_t k = 0; k < K8; ++k) {
-        o[K4 + k] = format::mul_rn(q.sx8[r], static_cast<float>(static_cast<int32_t>(q.xq8[r * K8 + k]) - q.zx8[r]));
+        o[K4 + k] = format::dequantize_activation_value(q.xq8[r * K8 + k], q.sx8[r], q.zx8[r]);
       }
     }
   });
