@@ -88,16 +88,13 @@ RESQ_HOST_DEVICE inline float epilogue_element(const GpuActivationsView& x, cons
 }
 
 // Dequantized activation x̂[m, k] = s · (q − z) of quantized rows in GPU layout, k in [0, K4 + K8):
-// one rounded fp32 product, the arithmetic of resq::PackedKvCacheQuant::unpack (and so of
-// KvFakeQuant). Used by dequantize_rows_cuda (kernels/cuda/kv_dequant.cu) and its host reference.
+// format::dequantize_activation_value, as resq::PackedKvCacheQuant::unpack (and so KvFakeQuant). Used by dequantize_rows_cuda (kernels/cuda/kv_dequant.cu) and its host reference.
 RESQ_HOST_DEVICE inline float dequantize_activation_element(const GpuActivationsView& x, int64_t m,
                                                             int64_t k) {
   if (k < x.K4) {
-    return format::mul_rn(x.sx4[m],
-                          static_cast<float>(format::uint4_get(x.xq4 + m * x.ldx4, k) - x.zx4[m]));
+    return format::dequantize_activation_value(format::uint4_get(x.xq4 + m * x.ldx4, k), x.sx4[m], x.zx4[m]);
   }
-  return format::mul_rn(
-      x.sx8[m], static_cast<float>(static_cast<int32_t>(x.xq8[m * x.ldx8 + (k - x.K4)]) - x.zx8[m]));
+  return format::dequantize_activation_value(x.xq8[m * x.ldx8 + (k - x.K4)], x.sx8[m], x.zx8[m]);
 }
 
 // Host reference of dequantize_rows_cuda: out [M][ldo] float (ldo >= K4 + K8; elements past K4 + K8

@@ -18,14 +18,8 @@
 #include "resq/linalg/random.h"
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
+#include "resq/runtime/backend.h"
 #include "resq/runtime/generate.h"
-
-#if defined(RESQ_HAVE_CUDA)
-#include <cuda_runtime.h>
-
-#include "resq/cuda/check.h"
-#include "resq/runtime/packed_cuda.h"
-#endif
 
 namespace resq {
 
@@ -52,24 +46,13 @@ Decoder make_bench_model(const ModelConfig& config, BenchLayerKind kind, uint64_
   // mode (thread-local).
   const int64_t L = config.num_layers;
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, L)));
-  int cuda_device = -1;
-#if defined(RESQ_HAVE_CUDA)
-  if (dev.is_cuda()) {
-    if (dev.has_index()) {
-      cuda_device = dev.index();
-    } else {
-      RESQ_CUDA_CHECK(cudaGetDevice(&cuda_device));
-    }
-  }
-#endif
+  const int cuda_device = cuda_device_index(dev);  // -1 on the CPU
   std::atomic<int64_t> next{0};
   std::vector<std::exception_ptr> errors(static_cast<size_t>(workers));
   auto work = [&](int w) {
     try {
       c10::NoGradGuard no_grad;
-#if defined(RESQ_HAVE_CUDA)
-      if (cuda_device >= 0) RESQ_CUDA_CHECK(cudaSetDevice(cuda_device));
-#endif
+      cuda_set_device(cuda_device);
       for (int64_t l = next++; l < L; l = next++) build_bench_layer(m, l, kind, seed, o);
     } catch (...) {
       errors[static_cast<size_t>(w)] = std::current_exception();
@@ -86,26 +69,17 @@ Decoder make_bench_model(const ModelConfig& config, BenchLayerKind kind, uint64_
   for (const auto& e : errors) {
     if (e) std::rethrow_exception(e);
   }
-  (void)cuda_device;
   return m;
 }
 
 namespace {
 
-void synchronize(const at::Device& dev) {
-#if defined(RESQ_HAVE_CUDA)
-  if (dev.is_cuda()) RESQ_CUDA_CHECK(cudaDeviceSynchronize());
-#else
-  (void)dev;
-#endif
-}
-
 // Seconds of fn(), with the device drained before and after (kernels are asynchronous).
 double timed_seconds(const at::Device& dev, const std::function<void()>& fn) {
-  synchronize(dev);
+  synchronize_device(dev);
   const auto t0 = std::chrono::steady_clock::now();
   fn();
-  synchronize(dev);
+  synchronize_device(dev);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -221,32 +195,19 @@ void check_options(const E2eBenchOptions& o) {
 nlohmann::json device_info(const at::Device& dev) {
   nlohmann::json info = {{"device", "cpu"}};
   if (dev.is_cpu()) return info;
-#if defined(RESQ_HAVE_CUDA)
   if (!dev.is_cuda()) throw UsageError("resq bench --e2e: runs on cuda or cpu, not " + dev.str());
   const std::string why = packed_cuda_unavailable_reason();
   if (!why.empty()) {
     throw UsageError("resq bench --e2e: " + why + "; no CUDA device can be used; use --cpu for the CPU benchmark");
   }
-  int id = dev.has_index() ? dev.index() : 0;
-  if (!dev.has_index()) RESQ_CUDA_CHECK(cudaGetDevice(&id));
-  cudaDeviceProp prop{};
-  RESQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, id));
-  int clock_khz = 0, mem_khz = 0, runtime = 0;
-  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, id));
-  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, id));
-  RESQ_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-  info = {{"device", std::string(prop.name)},
-          {"sm", "sm_" + std::to_string(prop.major) + std::to_string(prop.minor)},
-          {"clock_mhz", clock_khz / 1000},
-          {"mem_clock_mhz", mem_khz / 1000},
-          {"memory_bytes", static_cast<int64_t>(prop.totalGlobalMem)},
-          {"cuda_runtime", runtime}};
+  const CudaDeviceFacts f = cuda_device_facts(cuda_device_index(dev));
+  info = {{"device", f.name},
+          {"sm", f.sm()},
+          {"clock_mhz", f.clock_mhz},
+          {"mem_clock_mhz", f.mem_clock_mhz},
+          {"memory_bytes", f.memory_bytes},
+          {"cuda_runtime", f.cuda_runtime}};
   return info;
-#else
-  throw UsageError("resq bench: this build has no CUDA kernels, so no CUDA device can be used "
-                   "(configure with -DRESQ_WITH_CUDA=ON where nvcc is installed); use --cpu for the "
-                   "CPU benchmark");
-#endif
 }
 
 }  // namespace

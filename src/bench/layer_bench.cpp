@@ -20,15 +20,9 @@
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
 #include "resq/quant/quantizers.h"
+#include "resq/runtime/backend.h"
 #include "resq/runtime/packed_model.h"
-#include "resq/runtime/transforms.h"
-
-#if defined(RESQ_HAVE_CUDA)
-#include <cuda_runtime.h>
-
-#include "resq/cuda/check.h"
-#include "resq/runtime/packed_cuda.h"
-#endif
+#include "resq/transforms/online.h"
 
 namespace resq {
 
@@ -105,13 +99,9 @@ format::LinearData packed_site_data(const SiteSpec& s, const QuantizedWeight& qw
 
 void check_packed_device(BenchLayerKind kind, const at::Device& dev) {
   if (kind != BenchLayerKind::kResqPacked || dev.is_cpu()) return;
-#if defined(RESQ_HAVE_CUDA)
   if (!dev.is_cuda()) throw UnsupportedError("bench layer: the packed layer runs on cuda or cpu, not " + dev.str());
   const std::string why = packed_cuda_unavailable_reason();
   if (!why.empty()) throw UnsupportedError("bench layer: " + why);
-#else
-  throw UnsupportedError("bench layer: this resq binary was built without CUDA (RESQ_WITH_CUDA=OFF or no nvcc)");
-#endif
 }
 
 }  // namespace
@@ -166,16 +156,10 @@ void build_bench_layer(Decoder& m, int64_t index, BenchLayerKind kind, uint64_t 
                                   down ? hadamard : nullptr, &fused);
     if (down && !fused) L.down_input_transform = std::make_shared<OnlineHadamardTransform>(*hadamard);
   }
-  if (kind == BenchLayerKind::kResqPacked && dev.is_cpu()) {
-    L.k_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, r_h, 1.0f);
-    L.v_cache_transform = std::make_shared<PackedKvCacheQuant>(hd, r_h, 1.0f);
+  if (kind == BenchLayerKind::kResqPacked) {
+    L.k_cache_transform = make_packed_kv_cache_quant(hd, r_h, 1.0f, dev);
+    L.v_cache_transform = make_packed_kv_cache_quant(hd, r_h, 1.0f, dev);
   }
-#if defined(RESQ_HAVE_CUDA)
-  if (kind == BenchLayerKind::kResqPacked && dev.is_cuda()) {
-    L.k_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, r_h, 1.0f);
-    L.v_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(hd, r_h, 1.0f);
-  }
-#endif
 }
 
 Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_t seed, const std::string& device,
@@ -190,16 +174,10 @@ Decoder make_bench_layer(const ModelConfig& config, BenchLayerKind kind, uint64_
   return m;
 }
 
-#if defined(RESQ_HAVE_CUDA)
-
 namespace {
 
-// fn() timed on stream 0: torch's default current stream, where both the torch ops and the packed
-// kernels run (see packed_cuda.h). No L2 flush: a layer's working set is far larger than L2.
-double time_stream0_us(int warmup, int repeats, const std::function<void()>& fn) {
-  return gpu::median_event_time_us(warmup, repeats, nullptr, 0, fn);
-}
-
+// Times are taken on stream 0 (cuda_stream0_median_us), without an L2 flush: a layer's working set is
+// far larger than L2.
 struct LayerTimes {
   double layer_us = 0.0;
   double linears_us = 0.0;
@@ -211,11 +189,11 @@ struct LayerTimes {
 LayerTimes time_layer(const Decoder& m, const at::Tensor& x, const LayerBenchOptions& o) {
   const RopeTables rope = m.rope_tables(x.size(1));
   LayerTimes r;
-  r.layer_us = time_stream0_us(o.warmup, o.repeats, [&] { (void)m.run_layer(0, x, rope); });
+  r.layer_us = cuda_stream0_median_us(o.warmup, o.repeats, [&] { (void)m.run_layer(0, x, rope); });
   const DecoderLayer& L = m.layers()[0];
   for (const auto* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
     const at::Tensor xi = at::randn({1, x.size(1), (*lin)->in_features()}, x.options());
-    r.linears_us += time_stream0_us(o.warmup, o.repeats, [&] { (void)(*lin)->forward(xi); });
+    r.linears_us += cuda_stream0_median_us(o.warmup, o.repeats, [&] { (void)(*lin)->forward(xi); });
   }
   return r;
 }
@@ -229,12 +207,10 @@ nlohmann::json run_layer_prefill_bench(const LayerBenchOptions& o, void (*on_row
   }
   if (o.seqlen < 1) throw UsageError("resq bench: --layer-seqlen must be >= 1");
   c10::NoGradGuard no_grad;
-  int dev = 0;
-  RESQ_CUDA_CHECK(cudaGetDevice(&dev));
-  cudaDeviceProp prop{};
-  RESQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  nlohmann::json result = {{"device", std::string(prop.name)},
-                           {"sm", "sm_" + std::to_string(prop.major) + std::to_string(prop.minor)},
+  const int dev = cuda_device_index(at::Device(at::kCUDA));  // the current device
+  const CudaDeviceFacts facts = cuda_device_facts(dev);
+  nlohmann::json result = {{"device", facts.name},
+                           {"sm", facts.sm()},
                            {"seqlen", o.seqlen},
                            {"warmup", o.warmup},
                            {"repeats", o.repeats},
@@ -256,7 +232,7 @@ nlohmann::json run_layer_prefill_bench(const LayerBenchOptions& o, void (*on_row
     double plain_us = 0.0;
     {
       const PlainTorchLayer plain(c, to_device(w, at::kBFloat16, cuda));
-      plain_us = time_stream0_us(o.warmup, o.repeats, [&] { (void)plain.forward(x); });
+      plain_us = cuda_stream0_median_us(o.warmup, o.repeats, [&] { (void)plain.forward(x); });
     }
     LayerTimes bf16, resq;
     {
@@ -284,15 +260,5 @@ nlohmann::json run_layer_prefill_bench(const LayerBenchOptions& o, void (*on_row
   }
   return result;
 }
-
-#else  // !RESQ_HAVE_CUDA
-
-nlohmann::json run_layer_prefill_bench(const LayerBenchOptions&, void (*)(const nlohmann::json&)) {
-  throw UsageError("resq bench: this build has no CUDA kernels, so no CUDA device can be used "
-                   "(configure with -DRESQ_WITH_CUDA=ON where nvcc is installed); use --cpu for the "
-                   "CPU benchmark");
-}
-
-#endif
 
 }  // namespace resq

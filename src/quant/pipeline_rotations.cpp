@@ -8,7 +8,7 @@
 #include "resq/common/error.h"
 #include "resq/linalg/pca.h"
 #include "resq/linalg/random.h"
-#include "resq/runtime/transforms.h"
+#include "resq/transforms/online.h"
 
 namespace resq::pipeline {
 

@@ -9,10 +9,8 @@
 
 #include "resq/format/packed.h"
 #include "resq/common/error.h"
+#include "resq/runtime/backend.h"
 #include "resq/runtime/packed_model.h"
-#if defined(RESQ_HAVE_CUDA)
-#include "resq/runtime/packed_cuda.h"
-#endif
 
 namespace resq {
 
@@ -70,14 +68,12 @@ std::unique_ptr<LayerKvCache> make_layer_kv_cache(const Decoder& decoder, int64_
     }
     return std::make_unique<PackedRowsKvCache>(k_cpu, v_cpu);
   }
-#if defined(RESQ_HAVE_CUDA)
-  const bool k_gpu = static_cast<bool>(std::dynamic_pointer_cast<const PackedCudaKvCacheQuant>(L.k_cache_transform));
-  const bool v_gpu = static_cast<bool>(std::dynamic_pointer_cast<const PackedCudaKvCacheQuant>(L.v_cache_transform));
+  const bool k_gpu = is_cuda_kv_cache_quant(L.k_cache_transform.get());
+  const bool v_gpu = is_cuda_kv_cache_quant(L.v_cache_transform.get());
   const bool windowed = c.sliding_window && *c.sliding_window < c.max_position_embeddings;
   if (k_gpu && v_gpu && !windowed && decoder.device().is_cuda()) {
     return make_paged_cuda_kv_cache(L.k_cache_transform, L.v_cache_transform);
   }
-#endif
   return std::make_unique<DenseKvCache>(L.k_cache_transform, L.v_cache_transform);
 }
 

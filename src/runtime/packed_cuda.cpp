@@ -5,7 +5,6 @@
 #if defined(RESQ_HAVE_CUDA)
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 
 #include <algorithm>
 #include <utility>
@@ -101,20 +100,6 @@ void check_clip(float clip, const std::string& fn) {
 }
 
 }  // namespace
-
-std::string packed_cuda_unavailable_reason() {
-  if (!at::hasCUDA()) {
-    return "this libtorch has no CUDA (at::hasCUDA() is false; build against the CUDA libtorch of an "
-           "installed PyTorch, as scripts/gpu/run.sh does)";
-  }
-  if (gpu::cuda_device_count() == 0) return "no CUDA device is visible";
-  const auto cc = gpu::current_compute_capability();
-  if (cc.first < 8) {
-    return "the CUDA integer kernels need compute capability >= 8.0 (sm_80); this device is sm_" +
-           std::to_string(cc.first) + std::to_string(cc.second);
-  }
-  return "";
-}
 
 // ------------------------------------------------------------------ PackedCudaLinear
 

@@ -10,12 +10,9 @@
 
 #include "cpu/gemm.h"
 #include "resq/common/error.h"
-#include "resq/quant/quantizers.h"
-#include "resq/runtime/transforms.h"
-
-#if defined(RESQ_HAVE_CUDA)
-#include "resq/runtime/packed_cuda.h"
-#endif
+#include "resq/runtime/backend.h"
+#include "resq/transforms/fake_quant.h"
+#include "resq/transforms/online.h"
 
 namespace resq {
 
@@ -120,12 +117,12 @@ void PackedKvCacheQuant::unpack(const cpu::QuantizedActivations& q, float* out) 
   at::parallel_for(0, q.M, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* o = out + r * K;
-      // x̂ = s * (q - z): the fp32 product of KvFakeQuant / fake_quant_per_token.
+      // x̂ = s * (q - z), the formula of KvFakeQuant / fake_quant_per_token.
       for (int64_t k = 0; k < K4; ++k) {
-        o[k] = format::mul_rn(q.sx4[r], static_cast<float>(format::uint4_get(q.xq4.data() + r * rb, k) - q.zx4[r]));
+        o[k] = format::dequantize_activation_value(format::uint4_get(q.xq4.data() + r * rb, k), q.sx4[r], q.zx4[r]);
       }
       for (int64_t k = 0; k < K8; ++k) {
-        o[K4 + k] = format::mul_rn(q.sx8[r], static_cast<float>(static_cast<int32_t>(q.xq8[r * K8 + k]) - q.zx8[r]));
+        o[K4 + k] = format::dequantize_activation_value(q.xq8[r * K8 + k], q.sx8[r], q.zx8[r]);
       }
     }
   });
@@ -183,15 +180,7 @@ std::shared_ptr<Linear> build_site_linear(format::LinearData d, ExecutionMode mo
     *fused = static_cast<bool>(fused_hadamard);
     std::vector<int32_t> perm = s.permuted() ? std::move(d.perm) : std::vector<int32_t>{};
     const float clip = static_cast<float>(s.activations.clip_ratio);
-    if (device.is_cuda()) {
-#if defined(RESQ_HAVE_CUDA)
-      // Repacked and uploaded once; the host copy `p` is dropped when this returns.
-      return std::make_shared<PackedCudaLinear>(p, std::move(perm), clip, fused_hadamard);
-#else
-      throw UnsupportedError("--mode packed on cuda: this resq binary was built without CUDA");  // load_packed_model checks first
-#endif
-    }
-    return std::make_shared<PackedCpuLinear>(std::move(p), std::move(perm), clip, fused_hadamard);
+    return make_packed_linear(std::move(p), std::move(perm), clip, fused_hadamard, device);
   }
   auto dense = std::make_shared<DenseLinear>(to_tensor(d.dequantized(), {s.N, s.K}).to(device, dtype), bias);
   if (!s.activations.enabled) return dense;
@@ -207,7 +196,6 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
   const at::Device device(options.device);
   if (mode == ExecutionMode::kPacked) {
     if (device.is_cuda()) {
-#if defined(RESQ_HAVE_CUDA)
       const std::string why = packed_cuda_unavailable_reason();
       if (!why.empty()) {
         throw UnsupportedError("--mode packed --device cuda: " + why + "; use --device cpu, or --mode simulate on " + options.device);
@@ -215,10 +203,6 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
       if (dtype != at::kFloat && dtype != at::kBFloat16) {
         throw UnsupportedError("--mode packed --device cuda: the GPU quantizer reads float32 or bfloat16, not --dtype " + options.dtype);
       }
-#else
-      throw UnsupportedError("--mode packed --device cuda: this resq binary was built without CUDA (RESQ_WITH_CUDA=OFF or no nvcc); "
-                             "use --device cpu, or --mode simulate on " + options.device);
-#endif
     } else if (!device.is_cpu()) {
       throw UnsupportedError("--mode packed runs on the CPU or CUDA integer kernels; use --device cpu or cuda, or --mode simulate on " +
                              options.device);
@@ -277,14 +261,9 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
     // U_D: fused into the down_proj activation quantizer on the integer path, else a transform.
     L.down_input_transform = down_fused ? nullptr : hadamard_transform;
     if (meta.kv.enabled) {
-      if (mode == ExecutionMode::kPacked && device.is_cuda()) {
-#if defined(RESQ_HAVE_CUDA)
-        L.k_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(c.head_dim, meta.r_h, static_cast<float>(meta.kv.k_clip_ratio));
-        L.v_cache_transform = std::make_shared<PackedCudaKvCacheQuant>(c.head_dim, meta.r_h, static_cast<float>(meta.kv.v_clip_ratio));
-#endif
-      } else if (mode == ExecutionMode::kPacked) {
-        L.k_cache_transform = std::make_shared<PackedKvCacheQuant>(c.head_dim, meta.r_h, static_cast<float>(meta.kv.k_clip_ratio));
-        L.v_cache_transform = std::make_shared<PackedKvCacheQuant>(c.head_dim, meta.r_h, static_cast<float>(meta.kv.v_clip_ratio));
+      if (mode == ExecutionMode::kPacked) {
+        L.k_cache_transform = make_packed_kv_cache_quant(c.head_dim, meta.r_h, static_cast<float>(meta.kv.k_clip_ratio), device);
+        L.v_cache_transform = make_packed_kv_cache_quant(c.head_dim, meta.r_h, static_cast<float>(meta.kv.v_clip_ratio), device);
       } else {
         L.k_cache_transform = std::make_shared<KvFakeQuant>(c.head_dim, meta.r_h, meta.kv.bits_low, meta.kv.bits_high, meta.kv.k_clip_ratio);
         L.v_cache_transform = std::make_shared<KvFakeQuant>(c.head_dim, meta.r_h, meta.kv.bits_low, meta.kv.bits_high, meta.kv.v_clip_ratio);

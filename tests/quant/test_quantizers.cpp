@@ -14,6 +14,7 @@
 #include "resq/common/error.h"
 #include "resq/format/packed.h"
 #include "resq/quant/quantizers.h"
+#include "resq/transforms/fake_quant.h"
 
 namespace resq {
 namespace {

@@ -22,9 +22,10 @@
 #include "resq/quant/quantizers.h"
 #include "resq/quant/recipe.h"
 #include "resq/runtime/packed_model.h"
-#include "resq/runtime/transforms.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
+#include "resq/transforms/fake_quant.h"
+#include "resq/transforms/online.h"
 
 namespace resq {
 namespace {

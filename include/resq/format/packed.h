@@ -206,6 +206,13 @@ RESQ_HOST_DEVICE inline int quantize_activation_value(float x, float scale, int3
   return static_cast<int>(r);
 }
 
+// One dequantized activation value x̂ = s * (q - z): the integer difference (exact), then one rounded
+// fp32 product. The one formula of every dequantization: fake quantization, the CPU KV cache and the
+// GPU's dequantize kernel all call it, so they agree bit for bit.
+RESQ_HOST_DEVICE inline float dequantize_activation_value(int32_t q, float scale, int32_t zero) {
+  return mul_rn(scale, static_cast<float>(q - zero));
+}
+
 // ------------------------------------------------------------------ GEMM epilogue
 
 // Output element from the exact int32 accumulators acc4 = sum_k xq4*q4, acc8 = sum_k xq8*q8,

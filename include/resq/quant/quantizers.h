@@ -1,7 +1,8 @@
-// ResQ quantizers: mixed 4/8-bit weight quantization (RTN and GPTQ, one pass over K with a per-column
-// bit width), per-token activation fake quantization and per-(token, head) KV-cache fake quantization.
-// Number conventions are exactly those of resq/format/packed.h, so packing the result and running the
-// integer kernels reproduces these dequantized values (up to fp32 GEMM rounding).
+// ResQ weight quantizers: mixed 4/8-bit weight quantization (RTN and GPTQ, one pass over K with a
+// per-column bit width). Number conventions are exactly those of resq/format/packed.h, so packing the
+// result and running the integer kernels reproduces these dequantized values (up to fp32 GEMM
+// rounding). The bit checks and high masks are resq/transforms/masks.h; the activation and KV-cache
+// fake quantizers resq/transforms/fake_quant.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,38 +11,9 @@
 #include <utility>
 #include <vector>
 
-#include "resq/format/layout.h"
-#include "resq/model/decoder.h"
+#include "resq/transforms/masks.h"
 
 namespace resq {
-
-// Bit widths accepted by every quantizer here: 2..8 quantize, >= 16 means "leave this part in
-// floating point". Anything else throws ConfigError naming `what`.
-void check_quant_bits(int bits, const char* what);
-
-// ------------------------------------------------------------------ high-precision masks
-
-// Validates a high mask for a K-wide tensor (defined, 1-D bool of length K; `what` names the
-// caller and tensor in the ShapeError) and returns it as a host vector [K].
-std::vector<bool> high_mask_to_vector(const at::Tensor& high_mask, int64_t K, const char* what);
-
-// [K] bool, true on the high columns of a K-wide input under one of the layout's rules
-// (format/layout.h: the rule alone says which columns those are). Throws ShapeError naming `what`
-// unless 0 <= count <= K (kLast) or 0 <= count <= group and group divides K (kPerHead).
-at::Tensor high_mask(format::HighRule rule, int64_t K, int64_t group, int64_t count, const char* what);
-
-// The masks of one site of a layout: its weights' high columns (spec.high_count) and its input
-// activations' (spec.activations.high_count), under the site's rule.
-at::Tensor site_weight_high_mask(const format::SiteSpec& spec);
-at::Tensor site_activation_high_mask(const format::SiteSpec& spec);
-
-// [K] bool, true on the last r columns [K - r, K) (HighRule::kLast; r = 0 -> all false).
-// Throws ShapeError unless 0 <= r <= K.
-at::Tensor high_mask_last(int64_t K, int64_t r);
-
-// [num_heads * head_dim] bool, true on the last r_h channels of every head (HighRule::kPerHead,
-// group head_dim: o_proj). Throws ShapeError unless num_heads >= 0, head_dim >= 0 and 0 <= r_h <= head_dim.
-at::Tensor high_mask_per_head(int64_t num_heads, int64_t head_dim, int64_t r_h);
 
 // ------------------------------------------------------------------ weights
 
@@ -106,58 +78,5 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
                                      const at::Tensor& high_mask, int bits_low, int bits_high,
                                      double percdamp, int64_t blocksize, double clip_ratio,
                                      bool mse_clip, bool hessian_is_workspace = false);
-
-// ------------------------------------------------------------------ activations and KV cache
-
-// Per-token asymmetric fake quantization over the last dim, separately for the columns where
-// high_mask is false (bits_low) and true (bits_high); a mask with no true entry gives one group, and
-// equal bit widths still give two groups (two scales) when both parts are non-empty. Per token and part,
-// in float32 exactly as format::activation_scale_zero / quantize_activation_value:
-//   lo = min(min x, 0) * c; hi = max(max x, 0) * c; s = (hi - lo) / (2^b - 1); z = rne(-lo / s)
-//   (s == 0 -> s = 1, z = 0); q = clamp(rne(x / s) + z, 0, 2^b - 1); x̂ = s * (q - z).
-// x [..., K] any float dtype on any device (float64/bf16 are quantized in float32 and cast back);
-// high_mask [K] bool; returns x̂ with x's shape and dtype. A part with bits >= 16 passes through.
-// Throws ShapeError on a mask length != K, ConfigError on bad bits or clip outside (0, 1].
-at::Tensor fake_quant_per_token(const at::Tensor& x, const at::Tensor& high_mask, int bits_low,
-                                int bits_high, double clip_ratio);
-
-namespace detail {
-// fake_quant_per_token as whole-tensor torch ops (the path taken for non-CPU tensors; CPU tensors
-// take a per-token loop over packed.h's scalar functions). Exposed so that the tests can check on
-// the CPU that both paths agree bit for bit.
-at::Tensor fake_quant_per_token_torch(const at::Tensor& x, const at::Tensor& high_mask,
-                                      int bits_low, int bits_high, double clip_ratio);
-}  // namespace detail
-
-// TensorTransform wrapper of fake_quant_per_token with a fixed mask (for linear inputs).
-class ActivationFakeQuant : public TensorTransform {
- public:
-  ActivationFakeQuant(at::Tensor high_mask, int bits_low, int bits_high, double clip_ratio);
-  // x [..., K] -> same shape and dtype.
-  at::Tensor apply(const at::Tensor& x) const override;
-  const at::Tensor& high_mask() const { return high_mask_; }
-
- private:
-  at::Tensor high_mask_;  // [K] bool (CPU; moved to x's device on use)
-  int bits_low_;
-  int bits_high_;
-  double clip_ratio_;
-};
-
-// KV-cache fake quantization: x [B, H, T, head_dim]; one group per (b, h, t) over head_dim, split
-// into the first head_dim - r_h channels (bits_low) and the last r_h channels (bits_high);
-// r_h = 0 -> one group at bits_low. Same formulas as fake_quant_per_token.
-class KvFakeQuant : public TensorTransform {
- public:
-  KvFakeQuant(int64_t head_dim, int64_t r_h, int bits_low, int bits_high, double clip_ratio);
-  at::Tensor apply(const at::Tensor& x) const override;
-
- private:
-  int64_t head_dim_;
-  at::Tensor high_mask_;  // [head_dim] bool
-  int bits_low_;
-  int bits_high_;
-  double clip_ratio_;
-};
 
 }  // namespace resq

@@ -19,12 +19,9 @@
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
 #include "resq/model/linear.h"
+#include "resq/runtime/backend.h"  // packed_cuda_unavailable_reason: whether these can run here
 
 namespace resq {
-
-// Empty when the packed runtime can run on CUDA here; else why not (no CUDA in this libtorch, no
-// device, or a device older than sm_80), for the UnsupportedError of load_packed_model and for tests.
-std::string packed_cuda_unavailable_reason();
 
 // Streams: every kernel runs on the legacy default stream (0). The torch ops around the linears
 // (norms, attention, residual adds) run on torch's current stream, and the API to query it

@@ -76,8 +76,9 @@ class PackedKvCacheQuant : public TensorTransform {
 };
 
 // One site as load_packed_model builds it from a checkpoint's LinearData (also used by the layer
-// benchmark, src/bench/layer_bench.cpp): kPacked with activations enabled -> PackedCpuLinear, or
-// PackedCudaLinear on a cuda device (with `fused_hadamard` fused into its quantizer, *fused = true);
+// benchmark, src/bench/layer_bench.cpp): kPacked with activations enabled -> backend.h's
+// make_packed_linear: PackedCpuLinear, or PackedCudaLinear on a cuda device (with `fused_hadamard`
+// fused into its quantizer, *fused = true);
 // otherwise a DenseLinear of the dequantized weights [N, K] (wrapped in SimulatedLinear when the
 // activations are fake-quantized). Tensors go to `device` in `dtype`. No checks beyond the linears'.
 std::shared_ptr<Linear> build_site_linear(format::LinearData data, ExecutionMode mode, at::ScalarType dtype,

@@ -1,5 +1,5 @@
-// Online transforms (dense rotation, online Hadamard) and the simulated quantized linear.
-#include "resq/runtime/transforms.h"
+// Online transforms (dense rotation, online Hadamard) and the simulated quantized linear (online.h).
+#include "resq/transforms/online.h"
 
 #include <ATen/ATen.h>
 

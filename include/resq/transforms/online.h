@@ -1,6 +1,6 @@
-// Online transforms and the simulated quantized linear shared by the quantization pipeline and the
-// runtimes: a dense rotation (U_C on q/k), the online Hadamard before down_proj (U_D) and a
-// fake-quantized-input x dequantized-weight linear (simulated arithmetic).
+// Online transforms and the simulated quantized linear shared by the quantization pipeline (resq/quant)
+// and the runtimes (resq/runtime): a dense rotation (U_C on q/k), the online Hadamard before
+// down_proj (U_D) and a fake-quantized-input x dequantized-weight linear (simulated arithmetic).
 #pragma once
 
 #include <ATen/core/Tensor.h>
