@@ -7,6 +7,7 @@
 # Environment: RESQ_SHARED_DIR (default ../shared), WORK (scratch folder, default a temp dir; the
 # checkpoints are written under the same path each run, so paths recorded inside them match).
 set -euo pipefail
+export LC_ALL=C  # one glob and sort order everywhere
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RESQ="${1:-${ROOT}/build/resq}"
 SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"

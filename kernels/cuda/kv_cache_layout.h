@@ -152,9 +152,9 @@ RESQ_HOST_DEVICE inline void kv_dequantize_lane(const uint8_t* hb, const KvHeadB
     const int c = kv_lane_channel(lane, i, CPL);
     float d = 0.0f;
     if (c < g.hd4) {
-      d = format::mul_rn(s4, static_cast<float>(format::uint4_get(q4, c) - z4));
+      d = format::dequantize_activation_value(format::uint4_get(q4, c), s4, z4);
     } else if (c < g.hd) {
-      d = format::mul_rn(s8, static_cast<float>(static_cast<int32_t>(q8[c - g.hd4]) - z8));
+      d = format::dequantize_activation_value(static_cast<int32_t>(q8[c - g.hd4]), s8, z8);
     }
     out[i] = d;
   }
@@ -302,9 +302,9 @@ inline void kv_dequantize_row_reference(const uint8_t* cache, const KvCacheLayou
   std::memcpy(&s8, hb + layout.s8_offset() + 4 * row, 4);
   std::memcpy(&z8, hb + layout.z8_offset() + 4 * row, 4);
   for (int64_t c = 0; c < hd4; ++c)
-    out[c] = format::mul_rn(s4, static_cast<float>(format::uint4_get(q4, c) - z4));
+    out[c] = format::dequantize_activation_value(format::uint4_get(q4, c), s4, z4);
   for (int64_t c = 0; c < layout.hd8(); ++c) {
-    out[hd4 + c] = format::mul_rn(s8, static_cast<float>(static_cast<int32_t>(q8[c]) - z8));
+    out[hd4 + c] = format::dequantize_activation_value(static_cast<int32_t>(q8[c]), s8, z8);
   }
 }
 
