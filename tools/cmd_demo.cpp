@@ -62,6 +62,7 @@ void run_demo(const DemoOptions& o) {
   const std::string text = synthetic_text(o.common.seed + 1, 30000);
   const auto ids = tokenize_for_eval(*tokenizer, text, tokenizer->adds_bos());
   const int64_t seqlen = 256;
+  const int64_t nsamples = 16;  // calibration windows of every recipe
 
   Decoder fp = Decoder::load(model_dir);
   PerplexityOptions po;
@@ -74,7 +75,8 @@ void run_demo(const DemoOptions& o) {
               static_cast<long long>(config.num_heads), static_cast<long long>(config.num_kv_heads),
               static_cast<long long>(config.intermediate_size), static_cast<long long>(config.vocab_size),
               channels.size());
-  std::printf("calibration: 16 x %lld tokens of generated text; evaluation: %lld windows of %lld tokens\n",
+  std::printf("calibration: %lld x %lld tokens of generated text; evaluation: %lld windows of %lld tokens\n",
+              static_cast<long long>(nsamples),
               static_cast<long long>(seqlen), static_cast<long long>(static_cast<int64_t>(ids.size()) / seqlen),
               static_cast<long long>(seqlen));
   std::printf("%-12s | %-14s | %-10s | %-16s | %s\n", "recipe", "bits W/A/KV", "ppl", "KL vs fp (nats)", "seconds");
@@ -87,7 +89,7 @@ void run_demo(const DemoOptions& o) {
     q.recipe = load_recipe(o.configs + "/" + name + ".json");
     q.recipe_path = o.configs + "/" + name + ".json";
     q.calib_path = calib_path;
-    q.nsamples = 16;
+    q.nsamples = nsamples;
     q.seqlen = seqlen;
     q.seed = o.common.seed;
     const nlohmann::json report = quantize_model(q);
