@@ -106,10 +106,12 @@ TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
     const at::Tensor x = at::randn({37, 256});
     expect_same_bits(gpu_lin.forward(x.to(cuda())).cpu(), cpu_lin.forward(x), "pow2 Hadamard");
   }
-  // Block > 1 (n = 192 = 3 x 64): the GPU mixes blocks in a fixed order, the CPU with an Eigen GEMM;
-  // compare with the sequential host run of the GPU's order, then the CPU quantizer and GEMM.
-  {
-    const int64_t n = 192, M = 21, N = 33;
+  // Block > 1: the GPU mixes blocks in a fixed order, the CPU with an Eigen GEMM; compare with the
+  // sequential host run of the GPU's order, then the CPU quantizer and GEMM. n = 192 = 12 x 16, and
+  // through PackedCudaLinear the intermediate sizes of Llama-2 (11008 = 344 x 32, the block the
+  // first GPU run refused) and Qwen2.5-7B (18944 = 148 x 128, the largest shared-memory plan).
+  for (const int64_t n : {int64_t{192}, int64_t{11008}, int64_t{18944}}) {
+    const int64_t M = 21, N = 33;
     Rng rng(9);
     const OnlineHadamard t = make_online_hadamard(n, rng, /*random_signs=*/true);
     ASSERT_GT(t.block, 1);
@@ -123,7 +125,7 @@ TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
     const cpu::QuantizedActivations q = cpu::quantize_activations(z.data(), M, n, 0, 1.0f, 1.0f);
     at::Tensor want = at::empty({M, N});
     cpu::gemm_w4a4_w8a8_reference(q.view(), p.view(), want.data_ptr<float>());
-    expect_same_bits(gpu_lin.forward(x.to(cuda())).cpu(), want, "block Hadamard");
+    expect_same_bits(gpu_lin.forward(x.to(cuda())).cpu(), want, "block Hadamard, n = " + std::to_string(n));
   }
 }
 
