@@ -51,15 +51,32 @@ AttentionPath choose_attention_path(const at::Device& device, at::ScalarType dty
 
 at::Tensor attention_mask(int64_t t, int64_t L, const std::optional<int64_t>& window, at::ScalarType stat_type,
                           const at::Device& device) {
+  // Every layer of a forward asks for the same mask (RopeTables used to cache it): keep the last one
+  // per thread. Callers only read it (baddbmm input, narrow, eq), never write into it.
+  struct Key {
+    int64_t t = -1, L = -1;
+    std::optional<int64_t> window;
+    at::ScalarType type = at::kFloat;
+    at::Device device = at::kCPU;
+    bool operator==(const Key& o) const {
+      return t == o.t && L == o.L && window == o.window && type == o.type && device == o.device;
+    }
+  };
+  thread_local Key last_key;
+  thread_local at::Tensor last_mask;
+  const Key key{t, L, window, stat_type, device};
+  if (last_mask.defined() && key == last_key) return last_mask;
   const auto long_opts = at::TensorOptions().dtype(at::kLong);
   // distance[i][j] = (L - t + i) - j: key j is hidden when it lies in the query's future (< 0) or,
   // with a window, at least `window` positions back.
   at::Tensor distance = at::arange(L - t, L, long_opts).unsqueeze(1) - at::arange(0, L, long_opts).unsqueeze(0);
   at::Tensor hidden = distance < 0;
   if (window) hidden = at::logical_or(hidden, distance >= *window);
-  return at::zeros({t, L}, at::TensorOptions().dtype(stat_type))
-      .masked_fill(hidden, -std::numeric_limits<double>::infinity())
-      .to(device);
+  last_mask = at::zeros({t, L}, at::TensorOptions().dtype(stat_type))
+                  .masked_fill(hidden, -std::numeric_limits<double>::infinity())
+                  .to(device);
+  last_key = key;
+  return last_mask;
 }
 
 at::Tensor masked_attention_rows(const at::Tensor& q3, const at::Tensor& k3, const at::Tensor& v3, const at::Tensor& mask,

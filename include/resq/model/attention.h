@@ -36,6 +36,7 @@ struct AttentionSpec {
 };
 
 // Additive mask [t, L] (0 visible, -inf hidden) for queries at [L - t, L), in `stat_type` on `device`.
+// The last mask is cached per thread and returned shared: read it, never write into it.
 at::Tensor attention_mask(int64_t t, int64_t L, const std::optional<int64_t>& window, at::ScalarType stat_type,
                           const at::Device& device);
 
