@@ -54,12 +54,15 @@ __device__ __forceinline__ void mma_u8s8(int32_t (&c)[4], uint32_t a0, uint32_t 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// c += A (16x64 uint4) * B (64x8 int4): native on sm_80/86/89, two int8 mmas on sm_90a.
+// c += A (16x64 uint4) * B (64x8 int4): native on sm_80/86/89. On sm_90a (no int4 mma) two int8
+// mmas on the even and odd nibbles, giving 16 x the sum (decode_gemv_layout.h; undone per warp).
 __device__ __forceinline__ void mma_u4s4(int32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  mma_u8s8(c, u4_lo_to_u8(a0), u4_lo_to_u8(a1), u4_lo_to_u8(a2), u4_lo_to_u8(a3), s4_lo_to_s8(b0), s4_lo_to_s8(b1));
-  mma_u8s8(c, u4_hi_to_u8(a0), u4_hi_to_u8(a1), u4_hi_to_u8(a2), u4_hi_to_u8(a3), s4_hi_to_s8(b0), s4_hi_to_s8(b1));
+  mma_u8s8(c, u4_even_to_u8(a0), u4_even_to_u8(a1), u4_even_to_u8(a2), u4_even_to_u8(a3), s4_even_to_s8x16(b0),
+           s4_even_to_s8x16(b1));
+  mma_u8s8(c, u4_odd_to_u8(a0), u4_odd_to_u8(a1), u4_odd_to_u8(a2), u4_odd_to_u8(a3), s4_odd_to_s8x16(b0),
+           s4_odd_to_s8x16(b1));
 #else
   asm("mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
@@ -68,42 +71,47 @@ __device__ __forceinline__ void mma_u4s4(int32_t (&c)[4], uint32_t a0, uint32_t 
 #endif
 }
 
+// Per-lane constants of the main loop: the lane's 16-byte column of its weight row in each part
+// (null past N or for an empty part) and how many row bytes are left from there (a block's chunk
+// is loaded when its row byte is below the limit). 32-bit offsets: a row part is < 2^16 bytes.
+struct LaneWeights {
+  const uint8_t* w4 = nullptr;
+  const uint8_t* w8 = nullptr;
+  int lim4 = 0, lim8 = 0;
+};
+
 // The 16-byte weight loads of one group of blocks (zeros for blocks past the split and chunks
 // past the row; bytes past the row inside a chunk multiply staged zeros). Streaming loads: every
 // weight byte is used once.
-__device__ __forceinline__ void load_group(uint4 (&r)[kDecodeUnroll], const DecodeArgs& a, int64_t b0, int64_t len,
-                                           int64_t group, int64_t n, int lane) {
-  const DecodePlan& p = a.plan;
+__device__ __forceinline__ void load_group(uint4 (&r)[kDecodeUnroll], const DecodePlan& p, const LaneWeights& lw,
+                                           int b0, int len, int group) {
 #pragma unroll
   for (int u = 0; u < kDecodeUnroll; ++u) {
-    const int64_t i = decode_group_block(group, u);
+    const int i = decode_group_block(group, u);
+    const int b = b0 + i;
+    const int byte = decode_block_byte(p, b);
+    // Selects instead of branches: one predicated load per block.
+    const bool part4 = decode_block_part(p, b) == 0;
+    const uint8_t* base = part4 ? lw.w4 : lw.w8;
+    const int lim = part4 ? lw.lim4 : lw.lim8;
     r[u] = make_uint4(0u, 0u, 0u, 0u);
-    if (i < len && n < p.N) {
-      const int64_t b = b0 + i;
-      const int part = decode_block_part(p, b);
-      const int64_t off = decode_block_byte(p, b) + decode_lane_byte(lane);
-      if (off < decode_part_row_bytes(p, part)) {
-        const uint8_t* base = part == 0 ? a.w.w4 + n * a.w.ldw4 : reinterpret_cast<const uint8_t*>(a.w.w8) + n * a.w.ldw8;
-        r[u] = __ldcs(reinterpret_cast<const uint4*>(base + off));
-      }
-    }
+    if (i < len && byte < lim) r[u] = __ldcs(reinterpret_cast<const uint4*>(base + byte));
   }
 }
 
 template <bool kRows16>
 __device__ __forceinline__ void compute_group(const uint4 (&r)[kDecodeUnroll], const uint8_t* sact,
-                                              const DecodePlan& p, int64_t b0, int64_t len, int64_t group,
-                                              int lane, int32_t (&acc4)[4], int32_t (&acc8)[4]) {
+                                              const DecodePlan& p, int b0, int len, int group, int lane,
+                                              int32_t (&acc4)[4], int32_t (&acc8)[4]) {
   const int g = frag_group(lane);
+  const int lb = decode_lane_byte(lane);
 #pragma unroll
   for (int u = 0; u < kDecodeUnroll; ++u) {
-    const int64_t i = decode_group_block(group, u);
+    const int i = decode_group_block(group, u);
     if (i >= len) break;  // uniform over the warp
     uint4 x0 = make_uint4(0u, 0u, 0u, 0u), x1 = x0;
-    if (g < p.M) x0 = *reinterpret_cast<const uint4*>(sact + decode_act_offset(p, g, i, decode_lane_byte(lane)));
-    if (kRows16 && g + 8 < p.M) {
-      x1 = *reinterpret_cast<const uint4*>(sact + decode_act_offset(p, g + 8, i, decode_lane_byte(lane)));
-    }
+    if (g < p.M) x0 = *reinterpret_cast<const uint4*>(sact + decode_act_offset(p, g, i, lb));
+    if (kRows16 && g + 8 < p.M) x1 = *reinterpret_cast<const uint4*>(sact + decode_act_offset(p, g + 8, i, lb));
     // mma j = 0 takes words 0, 1 of every lane's 16 bytes, mma j = 1 words 2, 3 (decode_frag_word).
     if (decode_block_part(p, b0 + i) == 0) {
       mma_u4s4(acc4, x0.x, x1.x, x0.y, x1.y, r[u].x, r[u].y);
@@ -129,22 +137,30 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_gemv_kernel(DecodeArgs 
   const int warp = tid / kWarpSize;
   const int64_t tile = decode_cta_tile(p, blockIdx.x);
   const int64_t split = decode_cta_split(p, blockIdx.x);
-  const int64_t b0 = decode_split_begin(p.total_blocks(), p.splits, split);
-  const int64_t len = decode_split_begin(p.total_blocks(), p.splits, split + 1) - b0;
+  const int b0 = decode_split_begin(p.total_blocks(), p.splits, split);
+  const int len = decode_split_begin(p.total_blocks(), p.splits, split + 1) - b0;
   const int64_t n = decode_lane_row(tile, lane);
+  LaneWeights lw;
+  if (n < p.N) {
+    const int lb = decode_lane_byte(lane);
+    if (p.kb4 > 0) lw.w4 = a.w.w4 + n * a.w.ldw4 + lb;
+    if (p.kb8 > 0) lw.w8 = reinterpret_cast<const uint8_t*>(a.w.w8) + n * a.w.ldw8 + lb;
+    lw.lim4 = p.rb4 - lb;
+    lw.lim8 = p.rb8 - lb;
+  }
 
   // 1. The first group's weight loads go out before the activations are staged.
   uint4 cur[kDecodeUnroll], nxt[kDecodeUnroll];
-  load_group(cur, a, b0, len, decode_warp_group(warp, 0), n, lane);
+  load_group(cur, p, lw, b0, len, decode_warp_group(warp, 0));
 
   // 2. Stage the split's activation bytes [M][len * 64] (0 past each part's row end).
-  const int64_t bytes = len * kDecodeBlockBytes;
+  const int bytes = len * kDecodeBlockBytes;
   if constexpr (std::is_same<In, PreQuantized>::value) {
-    for (int64_t t = tid; t < p.M * (bytes / 16); t += kDecodeThreads) {
-      const int64_t m = t / (bytes / 16), c = (t % (bytes / 16)) * 16;
-      const int64_t b = b0 + c / kDecodeBlockBytes;
+    for (int t = tid; t < p.M * (bytes / 16); t += kDecodeThreads) {
+      const int m = t / (bytes / 16), c = (t % (bytes / 16)) * 16;
+      const int b = b0 + c / kDecodeBlockBytes;
       const int part = decode_block_part(p, b);
-      const int64_t off = decode_block_byte(p, b) + c % kDecodeBlockBytes;
+      const int off = decode_block_byte(p, b) + c % kDecodeBlockBytes;
       const uint8_t* src = part == 0 ? a.xq.xq4 + m * a.xq.ldx4 : a.xq.xq8 + m * a.xq.ldx8;
       const int nb = chunk_src_bytes(true, off, decode_part_row_bytes(p, part));
       uint4 v = make_uint4(0u, 0u, 0u, 0u);
@@ -181,9 +197,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_gemv_kernel(DecodeArgs 
       }
     }
     __syncthreads();
-    for (int64_t t = tid; t < p.M * bytes; t += kDecodeThreads) {
-      const int64_t m = t / bytes, c = t % bytes;
-      const int64_t b = b0 + c / kDecodeBlockBytes;
+    for (int t = tid; t < p.M * bytes; t += kDecodeThreads) {
+      const int m = t / bytes, c = t % bytes;
+      const int b = b0 + c / kDecodeBlockBytes;
       sact[decode_act_offset(p, m, 0, 0) + c] =
           decode_quantized_byte(x + m * a.ldx, a.perm, p.K4, p.K8, decode_block_part(p, b),
                                 decode_block_byte(p, b) + c % kDecodeBlockBytes, s_sx4[m], s_zx4[m], s_sx8[m],
@@ -194,13 +210,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_gemv_kernel(DecodeArgs 
 
   // 3. Main loop: group g + kDecodeWarps (this warp's next) loads while group g computes.
   int32_t acc4[4] = {0, 0, 0, 0}, acc8[4] = {0, 0, 0, 0};
-  const int64_t groups = ceil_div(len, kDecodeUnroll);
-  for (int64_t gi = 0; decode_warp_group(warp, gi) < groups; ++gi) {
-    load_group(nxt, a, b0, len, decode_warp_group(warp, gi + 1), n, lane);
+  const int groups = (len + kDecodeUnroll - 1) / kDecodeUnroll;
+  // Two register sets in turn (no copies): this warp's groups gi (in one set) and gi + 1.
+  for (int gi = 0; decode_warp_group(warp, gi) < groups; gi += 2) {
+    load_group(nxt, p, lw, b0, len, decode_warp_group(warp, gi + 1));
     compute_group<kRows16>(cur, sact, p, b0, len, decode_warp_group(warp, gi), lane, acc4, acc8);
-#pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) cur[u] = nxt[u];
+    if (decode_warp_group(warp, gi + 1) >= groups) break;
+    load_group(cur, p, lw, b0, len, decode_warp_group(warp, gi + 2));
+    compute_group<kRows16>(nxt, sact, p, b0, len, decode_warp_group(warp, gi + 1), lane, acc4, acc8);
   }
+#if __CUDA_ARCH__ >= 900
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc4[i] >>= kDecodeSm90Int4Shift;  // exact: a multiple of 16
+#endif
 
   // 4. Reduce the warps (exact), then epilogue or split-K partials.
 #pragma unroll

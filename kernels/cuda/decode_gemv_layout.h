@@ -47,26 +47,28 @@ constexpr int64_t kDecodeFusedMaxElems = 16384;
 
 // The launch plan of one call (pure function of the shape and the SM count).
 struct DecodePlan {
+  // Row bytes, blocks and shared-memory offsets are 32-bit (K4, K8 <= format::kMaxPartDim): the
+  // main loop's index math stays in 32-bit registers.
   int64_t M = 0, N = 0, K4 = 0, K8 = 0;
-  int64_t rb4 = 0, rb8 = 0;       // logical row bytes of each part
-  int64_t kb4 = 0, kb8 = 0;       // k-blocks of each part
+  int rb4 = 0, rb8 = 0;           // logical row bytes of each part
+  int kb4 = 0, kb8 = 0;           // k-blocks of each part
   int64_t n_tiles = 0;            // ceil(N / 8)
   int64_t splits = 1;             // K splits per tile (grid = n_tiles * splits CTAs)
-  int64_t max_split_blocks = 0;   // blocks of the largest split
-  int64_t act_stride = 0;         // bytes per staged activation row in shared memory
-  int64_t act_smem_bytes = 0;     // M * act_stride
-  RESQ_HOST_DEVICE int64_t total_blocks() const { return kb4 + kb8; }
+  int max_split_blocks = 0;       // blocks of the largest split
+  int act_stride = 0;             // bytes per staged activation row in shared memory
+  int act_smem_bytes = 0;         // M * act_stride
+  RESQ_HOST_DEVICE int total_blocks() const { return kb4 + kb8; }
   RESQ_HOST_DEVICE int64_t ctas() const { return n_tiles * splits; }
 };
 
 // First block of split s (s in [0, splits]; split s covers [begin(s), begin(s + 1))): balanced.
-RESQ_HOST_DEVICE constexpr int64_t decode_split_begin(int64_t total_blocks, int64_t splits, int64_t s) {
-  return s * total_blocks / splits;
+RESQ_HOST_DEVICE constexpr int decode_split_begin(int total_blocks, int64_t splits, int64_t s) {
+  return static_cast<int>(s * total_blocks / splits);
 }
 
 // Shared-memory row stride for `blocks` k-blocks: an odd multiple of 64 bytes, so the two rows that
 // one quarter-warp's 16-byte loads touch (groups 2q, 2q + 1) fall in different bank halves.
-RESQ_HOST_DEVICE constexpr int64_t decode_act_stride(int64_t blocks) {
+RESQ_HOST_DEVICE constexpr int decode_act_stride(int blocks) {
   return (blocks < 1 ? 1 : (blocks | 1)) * kDecodeBlockBytes;
 }
 
@@ -77,10 +79,10 @@ inline DecodePlan plan_decode_gemv(int64_t M, int64_t N, int64_t K4, int64_t K8,
   p.N = N;
   p.K4 = K4;
   p.K8 = K8;
-  p.rb4 = part4_row_bytes(K4);
-  p.rb8 = part8_row_bytes(K8);
-  p.kb4 = ceil_div(p.rb4, kDecodeBlockBytes);
-  p.kb8 = ceil_div(p.rb8, kDecodeBlockBytes);
+  p.rb4 = static_cast<int>(part4_row_bytes(K4));
+  p.rb8 = static_cast<int>(part8_row_bytes(K8));
+  p.kb4 = static_cast<int>(ceil_div(p.rb4, kDecodeBlockBytes));
+  p.kb8 = static_cast<int>(ceil_div(p.rb8, kDecodeBlockBytes));
   p.n_tiles = ceil_div(N, kDecodeTileRows);
   const int64_t kb = p.total_blocks();
   int64_t s = 1;
@@ -96,9 +98,9 @@ inline DecodePlan plan_decode_gemv(int64_t M, int64_t N, int64_t K4, int64_t K8,
   s = s < kDecodeMaxSplits ? s : kDecodeMaxSplits;
   s = s < kb ? s : kb;
   p.splits = s < 1 ? 1 : s;
-  p.max_split_blocks = ceil_div(kb, p.splits);
+  p.max_split_blocks = static_cast<int>(ceil_div(kb, p.splits));
   p.act_stride = decode_act_stride(p.max_split_blocks);
-  p.act_smem_bytes = M * p.act_stride;
+  p.act_smem_bytes = static_cast<int>(M * p.act_stride);
   return p;
 }
 
@@ -120,20 +122,20 @@ RESQ_HOST_DEVICE constexpr int64_t decode_cta_tile(const DecodePlan& p, int64_t 
 RESQ_HOST_DEVICE constexpr int64_t decode_cta_split(const DecodePlan& p, int64_t cta) { return cta % p.splits; }
 
 // Global block b (0 <= b < kb4 + kb8) -> part (0: 4-bit, 1: 8-bit) and first row byte of the block.
-RESQ_HOST_DEVICE constexpr int decode_block_part(const DecodePlan& p, int64_t b) { return b < p.kb4 ? 0 : 1; }
-RESQ_HOST_DEVICE constexpr int64_t decode_block_byte(const DecodePlan& p, int64_t b) {
+RESQ_HOST_DEVICE constexpr int decode_block_part(const DecodePlan& p, int b) { return b < p.kb4 ? 0 : 1; }
+RESQ_HOST_DEVICE constexpr int decode_block_byte(const DecodePlan& p, int b) {
   return (b < p.kb4 ? b : b - p.kb4) * kDecodeBlockBytes;
 }
-RESQ_HOST_DEVICE constexpr int64_t decode_part_row_bytes(const DecodePlan& p, int part) {
+RESQ_HOST_DEVICE constexpr int decode_part_row_bytes(const DecodePlan& p, int part) {
   return part == 0 ? p.rb4 : p.rb8;
 }
 
 // Local block (within the CTA's split) that warp `warp` handles at group iteration `g` (its g-th
 // group: group index warp + g * kDecodeWarps) and unroll slot u; may be >= the split's length.
-RESQ_HOST_DEVICE constexpr int64_t decode_warp_group(int warp, int64_t g) {
+RESQ_HOST_DEVICE constexpr int decode_warp_group(int warp, int g) {
   return warp + g * kDecodeWarps;
 }
-RESQ_HOST_DEVICE constexpr int64_t decode_group_block(int64_t group, int u) {
+RESQ_HOST_DEVICE constexpr int decode_group_block(int group, int u) {
   return group * kDecodeUnroll + u;
 }
 
@@ -150,9 +152,23 @@ RESQ_HOST_DEVICE constexpr int decode_frag_word(int j, int r) { return 2 * j + r
 // Staged activation row m, byte c of local block i: the byte of part `part` at row byte
 // `byte` = decode_block_byte + c % 64 (0 past the logical row end, so that padding and garbage
 // past the row in either operand multiply by 0).
-RESQ_HOST_DEVICE constexpr int64_t decode_act_offset(const DecodePlan& p, int64_t m, int64_t i, int c) {
+RESQ_HOST_DEVICE constexpr int decode_act_offset(const DecodePlan& p, int m, int i, int c) {
   return m * p.act_stride + i * kDecodeBlockBytes + c;
 }
+
+// ---------------------------------------------------------------------------- int4 on sm_90a
+// Hopper has no int4 mma. A register of 8 nibbles (k = 0..7, byte i = nibbles 2i | 2i+1 << 4) is
+// split into its even and odd nibbles, one byte each, in two instructions per operand register:
+// activations (unsigned) a & 0x0F0F0F0F and (a >> 4) & 0x0F0F0F0F; weights (signed) are left in
+// the high half of each byte, (w << 4) & 0xF0F0F0F0 and w & 0xF0F0F0F0, which read as int8 are 16
+// times the nibble's value. Two m16n8k32 .u8.s8 (even, then odd) then give 16 * the int4 sum (the
+// pairs are the same k in A and B); the warp's accumulator is divided by 16 exactly (arithmetic
+// shift of a multiple of 16; |16 * acc4| <= 16 * 15 * 8 * 65536 < 2^31) before the reduction.
+RESQ_HOST_DEVICE constexpr uint32_t u4_even_to_u8(uint32_t a) { return a & 0x0F0F0F0Fu; }
+RESQ_HOST_DEVICE constexpr uint32_t u4_odd_to_u8(uint32_t a) { return (a >> 4) & 0x0F0F0F0Fu; }
+RESQ_HOST_DEVICE constexpr uint32_t s4_even_to_s8x16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
+RESQ_HOST_DEVICE constexpr uint32_t s4_odd_to_s8x16(uint32_t w) { return w & 0xF0F0F0F0u; }
+constexpr int kDecodeSm90Int4Shift = 4;  // acc4 of the sm_90a path is 16x the int4 sum
 
 // ---------------------------------------------------------------------------- fused quantization
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "cuda/decode_gemv_layout.h"
@@ -24,6 +25,24 @@ struct DecodeEmuInput {
   const int32_t* perm = nullptr;
   float clip4 = 1.0f, clip8 = 1.0f;
 };
+
+// The sm_90a replacement of one m16n8k64 .u4.s4 in the decode kernel: even and odd nibbles as
+// two m16n8k32 .u8.s8, the weights 16x (decode_gemv_layout.h); the caller divides acc4 by 16.
+inline void decode_mma_k64_sm90(const LaneRegs4 a, const uint32_t b[kWarpSize][2], LaneAcc c) {
+  uint32_t ae[kWarpSize][4], ao[kWarpSize][4], be[kWarpSize][2], bo[kWarpSize][2];
+  for (int l = 0; l < kWarpSize; ++l) {
+    for (int j = 0; j < 4; ++j) {
+      ae[l][j] = u4_even_to_u8(a[l][j]);
+      ao[l][j] = u4_odd_to_u8(a[l][j]);
+    }
+    for (int j = 0; j < 2; ++j) {
+      be[l][j] = s4_even_to_s8x16(b[l][j]);
+      bo[l][j] = s4_odd_to_s8x16(b[l][j]);
+    }
+  }
+  mma_m16n8k32_u8s8(ae, be, c);
+  mma_m16n8k32_u8s8(ao, bo, c);
+}
 
 namespace detail {
 template <class In>
@@ -147,9 +166,18 @@ inline void emulate_decode_gemv(const DecodePlan& p, const DecodeEmuInput& in, c
             } else if (path == MmaPath::kSm80) {
               mma_m16n8k64_u4s4(af, bf, a4);
             } else {
-              mma_k64_via_int8(af, bf, a4);
+              decode_mma_k64_sm90(af, bf, a4);
             }
           }
+        }
+      }
+    }
+    if (path == MmaPath::kSm90) {  // the sm_90a path's acc4 is 16x the sum: exact shift per warp
+      for (int warp = 0; warp < kDecodeWarps; ++warp) {
+        for (int k = 0; k < kWarpSize * 4; ++k) {
+          int32_t& v = acc[static_cast<size_t>((warp * 2 + 0) * kWarpSize * 4 + k)];
+          if (v % 16 != 0) throw std::logic_error("sm_90a int4 accumulator not a multiple of 16");
+          v >>= kDecodeSm90Int4Shift;
         }
       }
     }
