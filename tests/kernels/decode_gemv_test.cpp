@@ -70,7 +70,7 @@ TEST(DecodeGemvPlan, SplitsPartitionTheBlocksWithinTheSharedMemoryBudget) {
       }
     }
   }
-  // Llama-3-8B down_proj at M = 16: 112 blocks of 16 staged rows need 3 splits to fit 48 KiB.
+  // Llama-3-8B down_proj at M = 16: 112 blocks of 16 staged rows need 3 splits to fit 40 KiB.
   const DecodePlan down = plan_decode_gemv(16, 4096, 14336, 0, 132);
   EXPECT_EQ(down.n_tiles, 512);
   EXPECT_GE(down.splits, 3);
