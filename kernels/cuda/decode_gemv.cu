@@ -19,6 +19,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -152,6 +153,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_gemv_kernel(DecodeArgs 
   // 1. The first group's weight loads go out before the activations are staged.
   uint4 cur[kDecodeUnroll], nxt[kDecodeUnroll];
   load_group(cur, p, lw, b0, len, decode_warp_group(warp, 0));
+#if __CUDA_ARCH__ >= 900
+  // Programmatic dependent launch (sm_90): this grid may start while the previous kernel of the
+  // stream (act_quant, or the torch op producing x) still runs. Everything above reads only the
+  // weights (constant after upload); every read of x / the activations, of the workspace and every
+  // global write comes after this wait, which returns once the previous grid has completed and
+  // its memory is visible. Without the launch attribute it returns at once.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 
   // 2. Stage the split's activation bytes [M][len * 64] (0 past each part's row end).
   const int bytes = len * kDecodeBlockBytes;
@@ -328,6 +337,21 @@ int sm_count(int device) {
   return sms;
 }
 
+// Whether launches on this device overlap the previous kernel (programmatic dependent launch):
+// sm_90 and newer, unless RESQ_DECODE_PDL=0 (for A/B measurements).
+bool use_pdl(int device) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, 1 no, 2 yes
+  if (device >= 0 && device < 64 && cache[static_cast<size_t>(device)].load() != 0) {
+    return cache[static_cast<size_t>(device)].load() == 2;
+  }
+  int major = 0;
+  RESQ_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const char* env = std::getenv("RESQ_DECODE_PDL");
+  const bool on = major >= 9 && !(env && std::string(env) == "0");
+  if (device >= 0 && device < 64) cache[static_cast<size_t>(device)].store(on ? 2 : 1);
+  return on;
+}
+
 template <bool kRows16, class In>
 void launch_kernel(DecodeArgs& a, int device, cudaStream_t stream) {
   static std::array<std::atomic<bool>, 64> ready{};
@@ -336,8 +360,17 @@ void launch_kernel(DecodeArgs& a, int device, cudaStream_t stream) {
     require_kernel_image(cudaFuncGetAttributes(&attr, decode_gemv_kernel<kRows16, In>), "decode_gemv_cuda");
     if (device >= 0 && device < 64) ready[static_cast<size_t>(device)].store(true);
   }
-  decode_gemv_kernel<kRows16, In><<<static_cast<unsigned>(a.plan.ctas()), kDecodeThreads,
-                                    static_cast<size_t>(a.plan.act_smem_bytes), stream>>>(a);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.plan.ctas()));
+  cfg.blockDim = dim3(kDecodeThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(a.plan.act_smem_bytes);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = use_pdl(device) ? 1 : 0;
+  RESQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_gemv_kernel<kRows16, In>, a));
   RESQ_CUDA_CHECK_LAUNCH("decode_gemv_kernel");
 }
 
