@@ -17,7 +17,7 @@
 namespace resq::gpu {
 
 // Pre-quantized activations (e.g. from act_quant_cuda): x [M][ldx4 / ldx8] in GPU layout, 1 <= M
-// <= 16; w from repack_linear_for_gpu (device pointers); y [M][ldy] float32 or bf16 bits. Runs on
+// <= 16; w: device weights in GPU layout (DevicePackedLinear::view); y [M][ldy] float32 or bf16. Runs on
 // `stream`. The split-K workspace is a per-device buffer of this module (grown on demand), so calls
 // on different streams must not run concurrently (every resq caller uses one stream).
 // Throws ShapeError (dims, strides, alignment, null pointers, M outside [1, 16]) before any CUDA

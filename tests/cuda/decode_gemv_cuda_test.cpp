@@ -16,6 +16,7 @@
 #include "cpu/gemm.h"
 #include "cpu/quantize.h"
 #include "cuda/decode_gemv.cuh"
+#include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
@@ -28,28 +29,6 @@ class DecodeGemvCudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount reports none)";
-  }
-};
-
-// A host GPU-layout linear and its device copy.
-struct DeviceWeights {
-  GpuPackedLinearHost h;
-  DeviceBuffer<uint8_t> w4;
-  DeviceBuffer<int8_t> w8;
-  DeviceBuffer<float> sw4, sw8, bias;
-  DeviceBuffer<int32_t> rs4, rs8;
-  explicit DeviceWeights(GpuPackedLinearHost host)
-      : h(std::move(host)), w4(h.w4), w8(h.w8), sw4(h.sw4), sw8(h.sw8), bias(h.bias), rs4(h.rs4), rs8(h.rs8) {}
-  GpuLinearView view() const {
-    GpuLinearView v = h.host_view();
-    v.w4 = h.w4.empty() ? nullptr : w4.get();
-    v.w8 = h.w8.empty() ? nullptr : w8.get();
-    v.sw4 = sw4.get();
-    v.sw8 = sw8.get();
-    v.rs4 = rs4.get();
-    v.rs8 = rs8.get();
-    v.bias = h.bias.empty() ? nullptr : bias.get();
-    return v;
   }
 };
 
@@ -82,7 +61,7 @@ void run_case(const Case& c, bool perm_on, uint32_t seed) {
     std::shuffle(perm.begin(), perm.end(), rng);
   }
   const auto lin = resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
-  DeviceWeights dw(repack_linear_for_gpu(lin.view()));
+  const DevicePackedLinear dw(lin.view());
   const float clip4 = 1.0f, clip8 = 0.9f;
   // Reference of rows `src` (fp32 values): gather, quantize, GEMM.
   auto reference = [&](const std::vector<float>& src, resq::cpu::QuantizedActivations* q_out) {

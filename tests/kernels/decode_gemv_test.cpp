@@ -270,7 +270,7 @@ void run_case(const EmuCase& c, MmaPath path, Input input, bool with_perm, uint3
   for (int64_t m = 0; m < c.M; ++m) {
     for (int64_t j = 0; j < K; ++j) z[static_cast<size_t>(m * K + j)] = x[static_cast<size_t>(m * ldx + (with_perm ? perm[static_cast<size_t>(j)] : j))];
   }
-  const resq::cpu::PackedLinear lin =
+  const resq::format::PackedLinear lin =
       resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
   const resq::cpu::QuantizedActivations xq =
       resq::cpu::quantize_activations(z.data(), c.M, c.K4, c.K8, clip4, clip8, resq::cpu::CpuKernel::kReference);
@@ -279,7 +279,8 @@ void run_case(const EmuCase& c, MmaPath path, Input input, bool with_perm, uint3
   std::vector<uint16_t> want16(want.size());
   resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
 
-  const GpuPackedLinearHost g = repack_linear_for_gpu(lin.view());
+  const resq::format::PackedLinear g = resq::format::restride(lin.view(), kGpuRowAlign);
+  const GpuLinearView gw = gpu_linear_view(g.view());
   // Garbage past each activation row and in an odd K4's pad nibble: never used.
   GpuActivationsHost gx = restride_activations_for_gpu(xq.view(), 0, gpu_row_stride(c.K8) + 16 * (rng() % 2), 0xEE);
   if (c.K4 % 2 == 1) {
@@ -311,9 +312,9 @@ void run_case(const EmuCase& c, MmaPath path, Input input, bool with_perm, uint3
   std::vector<uint16_t> got16(static_cast<size_t>(c.M * ldy), 0xDEAD);
   std::vector<int32_t> partials;
   std::vector<uint32_t> counters;
-  emulation::emulate_decode_gemv(p, in, g.host_view(), got.data(), nullptr, ldy, path, order, partials, counters);
+  emulation::emulate_decode_gemv(p, in, gw, got.data(), nullptr, ldy, path, order, partials, counters);
   std::reverse(order.begin(), order.end());
-  emulation::emulate_decode_gemv(p, in, g.host_view(), nullptr, got16.data(), ldy, path, order, partials, counters);
+  emulation::emulate_decode_gemv(p, in, gw, nullptr, got16.data(), ldy, path, order, partials, counters);
   for (uint32_t cnt : counters) ASSERT_EQ(cnt, 0u) << "an arrival counter was not reset";
   for (int64_t m = 0; m < c.M; ++m) {
     ASSERT_EQ(std::memcmp(got.data() + m * ldy, want.data() + m * c.N, static_cast<size_t>(c.N) * 4), 0)
