@@ -136,7 +136,9 @@ void finish_output(format::CheckpointWriter& writer, const Decoder& m, const Qua
   ModelConfig saved = m.config();
   saved.tie_word_embeddings = false;
   saved.torch_dtype = dtype_name(meta.globals_dtype) == "BF16" ? "bfloat16" : dtype_name(meta.globals_dtype) == "F16" ? "float16" : "float32";
-  writer.commit(meta, model_config_to_json(saved).dump(2) + "\n", tokenizer_files(o.model_dir));
+  nlohmann::json config = model_config_to_json(saved);
+  config["quantization_config"] = format::hf_quantization_config(meta);  // HF loaders refuse, loudly
+  writer.commit(meta, config.dump(2) + "\n", tokenizer_files(o.model_dir));
 }
 
 // The dtype of embeddings / lm_head in the checkpoint: --globals-dtype, else the source model's
