@@ -128,6 +128,7 @@ void register_demo(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--keep", o->keep, "keep the temporary directory");
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq demo --recipes fp resq quarot");
   cmd->callback([o] { run_demo(*o); });
 }
 

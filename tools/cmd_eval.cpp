@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -68,29 +69,38 @@ void print_single(const EvalOptions& o, const std::string& text_path, bool add_b
               at::get_num_threads(), o.common.device.c_str(), o.common.dtype.c_str());
 }
 
+// `text` left-aligned in `width` columns, counting UTF-8 characters (± and Δ are two bytes each).
+std::string pad(const std::string& text, size_t width) {
+  size_t chars = 0;
+  for (unsigned char ch : text) chars += (ch & 0xC0) != 0x80;
+  return text + std::string(width > chars ? width - chars : 0, ' ');
+}
+
 void print_table(const EvalOptions& o, const std::string& text_path, bool add_bos, const std::vector<EvalRow>& rows) {
   const PerplexityResult& first = rows.front().ppl;
   std::printf("data: %s%s\n", text_path.c_str(), o.wikitext2.empty() ? "" : " (WikiText-2 rows joined with \"\\n\\n\")");
   std::printf("protocol: %s BOS, seqlen %lld, %lld non-overlapping windows (tail dropped), the same windows for every model\n",
               add_bos ? "1" : "no", static_cast<long long>(first.seqlen), static_cast<long long>(first.num_windows));
-  if (!o.kl_base.empty()) {
+  size_t name_width = 5;
+  for (const EvalRow& row : rows) name_width = std::max(name_width, row.model.size());
+  const bool kl = !o.kl_base.empty();
+  if (kl) {
     const PerplexityResult& ref = rows.front().cmp->reference;
     std::printf("reference: %s (fp), ppl %.4f ± %.4f; KL(reference || model) in nats per position\n",
                 o.kl_base.c_str(), ref.ppl, ref.ppl_stderr);
-    std::printf("%-40s | %-16s | %-20s | %-9s | %-22s | %s\n", "model", "mode", "ppl", "Δppl", "KL", "top-1 agree");
-  } else {
-    std::printf("%-40s | %-16s | %s\n", "model", "mode", "ppl");
   }
+  std::string header = pad("model", name_width) + " | " + pad("mode", 16) + " | " + pad("ppl", 20);
+  if (kl) header += " | " + pad("Δppl", 9) + " | " + pad("KL", 22) + " | top-1 agree";
+  std::printf("%s\n", header.c_str());
   for (const EvalRow& row : rows) {
-    const std::string ppl = strprintf("%.4f ± %.4f", row.ppl.ppl, row.ppl.ppl_stderr);
+    std::string line = pad(row.model, name_width) + " | " + pad(row.mode, 16) + " | " +
+                       pad(strprintf("%.4f ± %.4f", row.ppl.ppl, row.ppl.ppl_stderr), 20);
     if (row.cmp) {
       const ComparisonResult& c = *row.cmp;
-      std::printf("%-40s | %-16s | %-20s | %+9.4f | %-22s | %.4f\n", row.model.c_str(), row.mode.c_str(), ppl.c_str(),
-                  row.ppl.ppl - c.reference.ppl, strprintf("%.6f ± %.6f", c.kl_mean, c.kl_stderr).c_str(),
-                  c.top1_agreement);
-    } else {
-      std::printf("%-40s | %-16s | %s\n", row.model.c_str(), row.mode.c_str(), ppl.c_str());
+      line += " | " + pad(strprintf("%+.4f", row.ppl.ppl - c.reference.ppl), 9) + " | " +
+              pad(strprintf("%.6f ± %.6f", c.kl_mean, c.kl_stderr), 22) + " | " + strprintf("%.4f", c.top1_agreement);
     }
+    std::printf("%s\n", line.c_str());
   }
 }
 
@@ -222,6 +232,7 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--no-bos", o->no_bos, "do not prepend BOS even if the tokenizer config asks for it");
   add_runtime_options(cmd, o->common);
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq eval --model llama-resq --model llama-quarot --kl-base models/Llama-3.2-1B --wikitext2 wiki.test.raw --json eval.json");
   cmd->callback([o] { run_eval(*o); });
 }
 

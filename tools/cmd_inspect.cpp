@@ -92,6 +92,7 @@ void register_inspect(CLI::App& app) {
   cmd->add_option("dir", o->dir, "packed checkpoint directory (written by resq quantize)")->required();
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq inspect llama-resq --json inspect.json");
   cmd->callback([o] { run_inspect(*o); });
 }
 

@@ -99,6 +99,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   if (!o.report_html.empty()) {
     ReportInputs in;
     in.quantize = report;
+    in.source = "resq quantize --out " + o.out;
     write_report_html(o.report_html, in);
     std::printf("report: %s\n", o.report_html.c_str());
   }

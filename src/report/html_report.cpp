@@ -84,7 +84,7 @@ std::string budget_section(const json& sizes) {
   const std::pair<const char*, const char*> parts[] = {{"packed_weight_bytes", "packed weights"},
                                                        {"packed_scale_bytes", "scales (+ perms)"},
                                                        {"dense_linear_bytes", "dense linears"},
-                                                       {"global_bytes", "globals (embed, head, norms)"}};
+                                                       {"global_bytes", "embed, lm_head, norms"}};
   size_t color = 0;
   for (const auto& [key, label] : parts) {
     const double v = number_or_nan(at_key(sizes, key));
@@ -328,7 +328,7 @@ const char* kStyle =
     "border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}table{border-collapse:collapse;margin:8px 0}"
     "td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}th{background:#f0f0f0}"
     "table.kv td:first-child{color:#555}pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}"
-    ".absent{color:#888;font-style:italic}svg.chart{display:block;margin:10px 0;font-family:sans-serif;font-size:11px}"
+    ".absent{color:#888;font-style:italic}svg.chart{display:inline-block;vertical-align:top;margin:10px 16px 10px 0;font-family:sans-serif;font-size:11px}"
     "code{font-size:12px}";
 
 }  // namespace

@@ -211,7 +211,7 @@ std::string bar_chart(const std::vector<Bar>& bars, const std::string& title, co
   double hi = scale_max;
   for (const Bar& b : bars) hi = std::max(hi, b.value);
   if (!(hi > 0)) hi = 1;
-  const int left = 150, row = 20, top = 28;
+  const int left = 170, row = 20, top = 28;
   const int height = top + row * static_cast<int>(bars.size()) + 8;
   const double pw = width - left - 150;
   std::string s = "<svg class=\"chart bars " + css_class + "\" width=\"" + std::to_string(width) + "\" height=\"" +

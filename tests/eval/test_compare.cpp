@@ -56,6 +56,7 @@ TEST(WindowDivergence, MatchesTheDefinitionOnASmallCase) {
   const int64_t p01 = (0 * T + 1) * V, p12 = (1 * T + 2) * V;
   cand[p01 + argmax({ref.begin() + p01, ref.begin() + p01 + V})] -= 50.0;
   for (int64_t v = 0; v < V; ++v) cand[p12 + v] = ref[p12 + v] + 2.0;
+  for (auto& v : cand) v = static_cast<float>(v);
 
   std::vector<double> want_kl(B, 0.0), want_top1(B, 0.0);
   for (int64_t b = 0; b < B; ++b) {
