@@ -372,10 +372,10 @@ std::string render_report_html(const ReportInputs& in) {
        ". Self-contained: no script, no network.</p>\n";
   s += summary_section(in, config, sizes) + "\n";
   s += eval_section(in.evals) + "\n";
-  s += budget_section(sizes) + "\n";
-  s += sites_section(config) + "\n";
   s += spectra_section(in.quantize) + "\n";
   s += gptq_section(in.quantize) + "\n";
+  s += sites_section(config) + "\n";
+  s += budget_section(sizes) + "\n";
   s += recipe_section(in.quantize, config) + "\n";
   return s + "</body></html>\n";
 }

@@ -35,8 +35,8 @@ struct LineChartOptions {
   std::string css_class;         // class of the <svg>
   std::string data_attributes;   // extra attributes of the <svg>, e.g. data-subspace="U_A"
   bool legend = true;
-  int width = 560;
-  int height = 280;
+  int width = 540;
+  int height = 260;
 };
 
 // Each series as a <polyline> with one point per value (class "series", data-label).
