@@ -70,16 +70,7 @@ void run_inspect(const InspectOptions& o) {
   if (!o.common.json_out.empty()) {
     nlohmann::json j = m.to_json();
     j["dir"] = o.dir;
-    j["sizes"] = {{"file_bytes", sz.file_bytes},
-                  {"parameters", sz.parameters},
-                  {"quantized_weights", sz.quantized_weights},
-                  {"packed_weight_bytes", sz.packed_weight_bytes},
-                  {"packed_scale_bytes", sz.packed_scale_bytes},
-                  {"dense_linear_weights", sz.dense_linear_weights},
-                  {"dense_linear_bytes", sz.dense_linear_bytes},
-                  {"global_bytes", sz.global_bytes},
-                  {"bits_per_quantized_weight", sz.bits_per_quantized_weight()},
-                  {"compression_vs_bf16", sz.compression_vs_bf16()}};
+    j["sizes"] = sz.to_json();
     write_json_file(o.common.json_out, j);
   }
 }

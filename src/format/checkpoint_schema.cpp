@@ -21,6 +21,19 @@ double CheckpointSizes::compression_vs_bf16() const {
   return 2.0 * static_cast<double>(parameters) / static_cast<double>(file_bytes);
 }
 
+json CheckpointSizes::to_json() const {
+  return {{"file_bytes", file_bytes},
+          {"parameters", parameters},
+          {"quantized_weights", quantized_weights},
+          {"packed_weight_bytes", packed_weight_bytes},
+          {"packed_scale_bytes", packed_scale_bytes},
+          {"dense_linear_weights", dense_linear_weights},
+          {"dense_linear_bytes", dense_linear_bytes},
+          {"global_bytes", global_bytes},
+          {"bits_per_quantized_weight", bits_per_quantized_weight()},
+          {"compression_vs_bf16", compression_vs_bf16()}};
+}
+
 // ------------------------------------------------------------------ metadata
 
 json CheckpointMeta::to_json() const {

@@ -161,16 +161,10 @@ nlohmann::json checkpoint_report(const std::string& dir, const format::Checkpoin
     budget_bits += static_cast<double>(layers) *
                    (s.N * (8.0 * format::packed4_row_bytes(s.K4()) + 8.0 * s.K8() + 64.0) + (s.permuted() ? 32.0 * s.K : 0.0));
   }
-  return {{"dir", dir},
-          {"file_bytes", sizes.file_bytes},
-          {"quantized_weights", sizes.quantized_weights},
-          {"packed_weight_bytes", sizes.packed_weight_bytes},
-          {"packed_scale_bytes", sizes.packed_scale_bytes},
-          {"dense_linear_bytes", sizes.dense_linear_bytes},
-          {"global_bytes", sizes.global_bytes},
-          {"bits_per_quantized_weight", sizes.bits_per_quantized_weight()},
-          {"budget_bits_per_quantized_weight", budget_weights ? budget_bits / budget_weights : 0.0},
-          {"compression_vs_bf16", sizes.compression_vs_bf16()}};
+  nlohmann::json j = sizes.to_json();
+  j["dir"] = dir;
+  j["budget_bits_per_quantized_weight"] = budget_weights ? budget_bits / budget_weights : 0.0;
+  return j;
 }
 
 }  // namespace resq::pipeline

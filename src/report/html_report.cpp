@@ -340,16 +340,8 @@ ReportInputs load_report_inputs(const std::string& path) {
   if (std::filesystem::is_directory(path, ec)) {
     const format::PackedCheckpoint ck = format::PackedCheckpoint::open(path);
     in.checkpoint = ck.meta().to_json();
-    const format::CheckpointSizes z = ck.sizes();
-    in.sizes = {{"dir", path},
-                {"file_bytes", z.file_bytes},
-                {"quantized_weights", z.quantized_weights},
-                {"packed_weight_bytes", z.packed_weight_bytes},
-                {"packed_scale_bytes", z.packed_scale_bytes},
-                {"dense_linear_bytes", z.dense_linear_bytes},
-                {"global_bytes", z.global_bytes},
-                {"bits_per_quantized_weight", z.bits_per_quantized_weight()},
-                {"compression_vs_bf16", z.compression_vs_bf16()}};
+    in.sizes = ck.sizes().to_json();
+    in.sizes["dir"] = path;
     return in;
   }
   json j = parse_json(read_file(path, "quantize report"), path);

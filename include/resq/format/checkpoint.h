@@ -77,6 +77,8 @@ struct CheckpointSizes {
   double bits_per_quantized_weight() const;
   // Size of the same model in bf16 (parameters x 2 bytes) over file_bytes.
   double compression_vs_bf16() const;
+  // Every field above plus the two ratios, keyed by their names (inspect, quantize and report JSON).
+  nlohmann::json to_json() const;
 };
 
 // ------------------------------------------------------------------ writer
