@@ -151,7 +151,7 @@ HfExportReport export_hf(const HfExportOptions& o) {
         } else {
           sink.add(name + ".weight", {N, K}, w);
         }
-        if (!data.bias.empty()) sink.add(name + ".bias", {N}, data.bias);
+        if (!data.bias().empty()) sink.add(name + ".bias", {N}, data.bias());
       }
     }
     sink.add(format::kFinalNormTensor, {d}, ck.float_tensor(format::kFinalNormTensor));
