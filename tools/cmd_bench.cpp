@@ -276,6 +276,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq bench --cpu --models llama-3.2-1b --json bench.json");
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
   resq::tools::register_inspect(app);
   resq::tools::register_generate(app);
   resq::tools::register_demo(app);
+  resq::tools::register_report(app);
+  resq::tools::register_export(app);
 
   try {
     app.parse(argc, argv);

@@ -1,7 +1,10 @@
-// Whole-file reading: stdio plus fstat, every failure with its errno text in the message.
+// Whole-file reading (stdio plus fstat) and atomic writing (temporary file, fsync, rename), every
+// failure with its errno text in the message.
 #include "resq/common/file.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -48,6 +51,35 @@ std::string read_file(const std::string& path, const std::string& what) {
   while ((n = std::fread(chunk, 1, sizeof(chunk), file.get())) > 0) bytes.append(chunk, n);
   if (std::ferror(file.get())) throw IoError(path + ": cannot read " + what + ": " + errno_text(errno));
   return bytes;
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes, const std::string& what) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError(path + ": cannot write " + what + " (" + tmp + "): " + errno_text(errno));
+  auto fail = [&](const std::string& step) {
+    const std::string reason = errno_text(errno);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw IoError(path + ": cannot write " + what + ": " + step + " failed: " + reason);
+  };
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("write");
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) fail("fsync");
+  if (::close(fd) != 0) {
+    const std::string reason = errno_text(errno);
+    ::unlink(tmp.c_str());
+    throw IoError(path + ": cannot write " + what + ": close failed: " + reason);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string reason = errno_text(errno);
+    ::unlink(tmp.c_str());
+    throw IoError(path + ": cannot rename " + tmp + " into place: " + reason);
+  }
 }
 
 }  // namespace resq
