@@ -275,12 +275,12 @@ TEST(SafetensorsErrors, HeaderLengthOverCap) {
 }
 
 TEST(SafetensorsErrors, HeaderNotJsonOrNotObject) {
-  expect_open_fails(raw_file("{\"w\": {\"dtype\": \"F32\","), {"not valid JSON"});
-  expect_open_fails(raw_file(std::string("{}\0\0", 4)), {"not valid JSON", "NUL byte at offset 2"});
+  expect_open_fails(raw_file("{\"w\": {\"dtype\": \"F32\","), {"invalid JSON"});
+  expect_open_fails(raw_file(std::string("{}\0\0", 4)), {"invalid JSON", "NUL byte at offset 2"});
   expect_open_fails(raw_file(std::string("{}\0{\"x\":1}", 10)), {"NUL byte"});  // padding must be spaces
-  expect_open_fails(raw_file(""), {"not valid JSON"});
+  expect_open_fails(raw_file(""), {"invalid JSON"});
   expect_open_fails(raw_file("[1, 2]"), {"must be a JSON object", "array"});
-  expect_open_fails(raw_file("{\"n\": \"\xff\xfe\"}"), {"not valid JSON"});  // invalid UTF-8
+  expect_open_fails(raw_file("{\"n\": \"\xff\xfe\"}"), {"invalid JSON"});  // invalid UTF-8
 }
 
 TEST(SafetensorsErrors, DuplicateTensorKey) {
@@ -524,7 +524,7 @@ TEST(TensorStore, MalformedIndex) {
     const std::string msg = message_of<FormatError>([&] { TensorStore::open_model_dir(dir.path()); });
     EXPECT_TRUE(has(msg, index) && has(msg, needle)) << "text: " << text << "\nmessage: " << msg;
   };
-  fails_with("{\"weight_map\": {\"a\": ", "not valid JSON");
+  fails_with("{\"weight_map\": {\"a\": ", "invalid JSON");
   fails_with("{\"metadata\": {}}", "\"weight_map\"");
   fails_with("{\"weight_map\": [\"s1.safetensors\"]}", "\"weight_map\"");
   fails_with("{\"weight_map\": {}}", "empty");
