@@ -9,6 +9,7 @@ PACKAGES=(
   libtorch-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev liblapack-dev
   libopenblas0-openmp
+  clang libclang-rt-14-dev libomp-dev  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang
 )
 
 SUDO=""

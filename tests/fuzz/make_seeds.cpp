@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/model_shapes.h"
 #include "fuzz_util.h"
 #include "resq/common/file.h"
 #include "resq/format/checkpoint.h"
@@ -52,15 +53,7 @@ std::string safetensors_file(const std::string& scratch, const std::vector<Tenso
 
 json llama_config(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads,
                   int64_t vocab) {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.hidden_size = hidden;
-  c.intermediate_size = ffn;
-  c.num_layers = layers;
-  c.num_heads = heads;
-  c.num_kv_heads = kv_heads;
-  c.head_dim = hidden / heads;
-  c.vocab_size = vocab;
+  ModelConfig c = test::llama_config({hidden, ffn, layers, heads, kv_heads, hidden / heads, vocab});
   c.max_position_embeddings = 64;
   c.bos_token_id = 1;
   c.eos_token_id = 2;
@@ -125,15 +118,8 @@ void safetensors_seeds(const std::string& scratch) {
 
 // A tiny checkpoint written by CheckpointWriter, as its three files.
 void checkpoint_seeds(const std::string& scratch) {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 1;
-  c.num_heads = 2;
-  c.num_kv_heads = 1;
-  c.head_dim = 8;
-  c.vocab_size = 8;
+  ModelConfig c = test::llama_config({/*hidden*/ 16, /*ffn*/ 24, /*layers*/ 1, /*heads*/ 2, /*kv_heads*/ 1,
+                                      /*head_dim*/ 8, /*vocab*/ 8});
   c.max_position_embeddings = 64;
   format::CheckpointMeta m;
   m.model = c;

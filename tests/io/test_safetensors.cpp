@@ -283,6 +283,32 @@ TEST(SafetensorsErrors, HeaderNotJsonOrNotObject) {
   expect_open_fails(raw_file("{\"n\": \"\xff\xfe\"}"), {"invalid JSON"});  // invalid UTF-8
 }
 
+// Issue 19, defect 1: a shape of 100,000 nested arrays (a 200 KB header) parsed, then overflowed
+// the stack when parse_entry dumped it into the message. The parser refuses it, naming the entry.
+TEST(SafetensorsErrors, DeeplyNestedShapeIsRefused) {
+  const size_t n = 100000;
+  const std::string shape = std::string(n, '[') + std::string(n, ']');
+  expect_open_fails(raw_file("{" + entry("w", "F32", shape, 0, 4) + "}", kData8),
+                    {": header: invalid JSON at 'w.shape[0][0]", "nested deeper than 128 levels"});
+  // Within the limit, a nested shape is a plain type error with a short excerpt of the value.
+  const std::string deep = std::string(100, '[') + std::string(100, ']');
+  const std::string msg = message_of<FormatError>([&] {
+    TempDir dir;
+    test::write_file(dir.file("x.safetensors"), raw_file("{" + entry("w", "F32", deep, 0, 4) + "}", kData8));
+    SafetensorsFile::open(dir.file("x.safetensors"));
+  });
+  EXPECT_TRUE(has(msg, "non-integer dimension")) << msg;
+  EXPECT_LT(msg.size(), 400u) << msg;
+}
+
+// Issue 19, defect 2: numbers beyond double and a repeated key name the entry and the field.
+TEST(SafetensorsErrors, NumberOverflowNamesTheField) {
+  expect_open_fails(raw_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4e999]}}", kData8),
+                    {"invalid JSON at 'w.data_offsets[1]': number overflow parsing '4e999'"});
+  expect_open_fails(raw_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"shape\":[2],\"data_offsets\":[0,4]}}", kData8),
+                    {"the key 'shape' appears more than once in 'w'"});
+}
+
 TEST(SafetensorsErrors, DuplicateTensorKey) {
   expect_open_fails(raw_file("{" + entry("w", "F32", "[1]", 0, 4) + "," + entry("w", "F32", "[1]", 4, 8) + "}", kData8),
                     {"'w'", "more than once"});

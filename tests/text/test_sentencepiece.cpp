@@ -68,6 +68,22 @@ TEST(SentencePiece, DecodeRoundTripAndErrors) {
   EXPECT_THROW(tok->decode({-1}), UsageError);
 }
 
+// Issue 19, defects 1 and 2 for the SentencePiece directory: its tokenizer_config.json and
+// config.json go through the shared JSON entry (number overflow and deep nesting name the file).
+TEST(SentencePiece, MalformedConfigFilesNameTheFile) {
+  test::TempDir dir;
+  std::filesystem::copy_file(shared_path("models/stories260K/tokenizer.model"), dir.file("tokenizer.model"));
+  EXPECT_NO_THROW(load_tokenizer(dir.path()));
+  test::write_file(dir.file("tokenizer_config.json"), R"({"add_bos_token": true, "x": 1e400})");
+  const std::string overflow = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(overflow.find("tokenizer_config.json: invalid JSON at 'x': number overflow parsing '1e400'"),
+            std::string::npos) << overflow;
+  std::filesystem::remove(dir.file("tokenizer_config.json"));
+  test::write_file(dir.file("config.json"), "{\"bos_token_id\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  const std::string deep = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(deep.find("config.json: invalid JSON at 'bos_token_id[0][0]"), std::string::npos) << deep;
+}
+
 TEST(Tokenizer, MissingFilesGiveClearErrors) {
   test::TempDir dir;
   try {
