@@ -12,6 +12,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::unique_ptr<BpeTokenizer> tok;
   fuzz::expect_only_resq_errors([&] { tok = BpeTokenizer::from_json(s[0], s[1], "fuzz"); });
   if (!tok) return 0;
+  // Callers put bos_id() in front of every encoded text: it must be a token.
+  if (tok->bos_id() && (*tok->bos_id() < 0 || *tok->bos_id() >= tok->vocab_size())) {
+    fuzz::invariant_failed("bos id " + std::to_string(*tok->bos_id()) + " outside the vocabulary");
+  }
   fuzz::expect_only_resq_errors([&] {
     const std::vector<int32_t> ids = tok->encode(s[2]);
     for (int32_t id : ids) {

@@ -7,6 +7,7 @@
 #include "common/test_util.h"
 #include "resq/common/error.h"
 #include "resq/text/dataset.h"
+#include "resq/text/sentencepiece_shim.h"
 #include "resq/text/tokenizer.h"
 
 namespace resq {
@@ -82,6 +83,22 @@ TEST(SentencePiece, MalformedConfigFilesNameTheFile) {
   test::write_file(dir.file("config.json"), "{\"bos_token_id\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
   const std::string deep = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
   EXPECT_NE(deep.find("config.json: invalid JSON at 'bos_token_id[0][0]"), std::string::npos) << deep;
+}
+
+// A model without BOS takes config.json's bos_token_id: one outside the vocabulary would start
+// every encoded text with an id the embedding does not have.
+TEST(SentencePiece, ConfigBosIdMustBeInTheVocabulary) {
+  test::TempDir dir;
+  test::write_file(dir.file("train.txt"), std::string(50, 'a') + " abc cab bca\n" + "the cat sat\n");
+  spm::train("--input=" + dir.file("train.txt") + " --model_prefix=" + dir.file("tokenizer") +
+                 " --vocab_size=12 --model_type=char --bos_id=-1 --minloglevel=2", 1);
+  test::write_file(dir.file("tokenizer_config.json"), R"({"add_bos_token": false})");
+  test::write_file(dir.file("config.json"), R"({"bos_token_id": 100000})");
+  const std::string message = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(message.find("config.json: bos_token_id 100000 is outside tokenizer.model's vocabulary [0, "),
+            std::string::npos) << message;
+  test::write_file(dir.file("config.json"), R"({"bos_token_id": 3})");
+  EXPECT_EQ(load_tokenizer(dir.path())->bos_id(), 3);
 }
 
 TEST(Tokenizer, MissingFilesGiveClearErrors) {
