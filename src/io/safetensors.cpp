@@ -154,8 +154,14 @@ std::string format_shape(const std::vector<int64_t>& shape) {
 }
 
 int64_t TensorView::numel() const {
+  // Views read from a file have validated shapes; one built by hand may not.
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) {
+      throw ShapeError(file + ": tensor " + in_quotes(name) + " has shape " + format_shape(shape) +
+                       " (a negative dimension or more than 2^63 elements)");
+    }
+  }
   return n;
 }
 

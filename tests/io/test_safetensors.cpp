@@ -627,6 +627,14 @@ TEST(Conversion, UnalignedAndInconsistentViews) {
   view.nbytes = 8;  // disagrees with F32 x [3]
   const std::string msg = message_of<ShapeError>([&] { tensor_to_float32_vector(view); });
   EXPECT_TRUE(has(msg, "'odd'") && has(msg, "8 bytes, expected 12")) << msg;
+
+  // Issue 19 (bounded dimensions): a shape whose product overflows int64 is a ShapeError, not
+  // signed overflow in numel() (UBSan under scripts/test-asan.sh).
+  view.shape = {int64_t{1} << 40, int64_t{1} << 40};
+  const std::string overflow = message_of<ShapeError>([&] { tensor_to_float32_vector(view); });
+  EXPECT_TRUE(has(overflow, "'odd'") && has(overflow, "more than 2^63 elements")) << overflow;
+  view.shape = {3, -1};
+  EXPECT_THROW(view.numel(), ShapeError);
 }
 
 // ------------------------------------------------------------------------------ writer errors
