@@ -154,7 +154,8 @@ std::string format_shape(const std::vector<int64_t>& shape) {
 }
 
 int64_t TensorView::numel() const {
-  // Views read from a file have validated shapes; one built by hand may not.
+  // Views read from a file have validated shapes; one built by hand may not: a negative dimension
+  // or a product beyond int64 is a ShapeError, not signed overflow.
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0 || __builtin_mul_overflow(n, d, &n)) {

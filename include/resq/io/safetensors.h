@@ -30,8 +30,7 @@ struct TensorView {
   size_t nbytes = 0;
   std::string file;  // path of the file it lives in, for messages
 
-  // Product of the shape (1 for a scalar, 0 if any dimension is 0); ShapeError if a dimension is
-  // negative or the product overflows int64 (only a view built by hand can be so).
+  // Product of the shape (1 for a scalar, 0 if any dimension is 0).
   int64_t numel() const;
 };
 
