@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "cuda/act_quant.cuh"
+#include "cuda/decode_gemv.cuh"
 #include "cuda/kv_dequant.cuh"
 #include "cuda/mixed_gemm.cuh"
 #include "resq/common/error.h"
@@ -103,7 +104,7 @@ void check_clip(float clip, const std::string& fn) {
 
 // ------------------------------------------------------------------ PackedCudaLinear
 
-PackedCudaLinear::PackedCudaLinear(const cpu::PackedLinear& packed, std::vector<int32_t> perm, float clip,
+PackedCudaLinear::PackedCudaLinear(const format::PackedLinear& packed, std::vector<int32_t> perm, float clip,
                                    std::shared_ptr<const OnlineHadamard> input_hadamard)
     : N_(packed.dims.N), K4_(packed.dims.K4), K8_(packed.dims.K8), clip_(clip) {
   const std::string fn = "PackedCudaLinear";
@@ -139,16 +140,7 @@ PackedCudaLinear::PackedCudaLinear(const cpu::PackedLinear& packed, std::vector<
                            std::to_string(gpu::kMaxActQuantRow));
   }
   RESQ_CUDA_CHECK(cudaGetDevice(&device_));
-  const gpu::GpuPackedLinearHost g = gpu::repack_linear_for_gpu(packed.view());
-  ldw4_ = g.ldw4;
-  ldw8_ = g.ldw8;
-  w4_ = gpu::DeviceBuffer<uint8_t>(g.w4);
-  w8_ = gpu::DeviceBuffer<int8_t>(g.w8);
-  sw4_ = gpu::DeviceBuffer<float>(g.sw4);
-  sw8_ = gpu::DeviceBuffer<float>(g.sw8);
-  rs4_ = gpu::DeviceBuffer<int32_t>(g.rs4);
-  rs8_ = gpu::DeviceBuffer<int32_t>(g.rs8);
-  if (!g.bias.empty()) bias_ = gpu::DeviceBuffer<float>(g.bias);
+  weights_ = gpu::DevicePackedLinear(packed.view());  // re-strided to the GPU layout, uploaded
   if (!perm.empty()) perm_ = gpu::DeviceBuffer<int32_t>(perm);
   if (h) {
     const gpu::HadamardRowHost row = gpu::make_hadamard_row_host(h->n, h->pow2, h->block, h->block_matrix, h->signs);
@@ -186,30 +178,38 @@ at::Tensor PackedCudaLinear::forward(const at::Tensor& x) const {
   at::Tensor y = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(x.device()));
   if (M > 0 && N_ > 0) {
     CudaDeviceScope scope(device_);
+    const gpu::GpuLinearView w = weights_.view();
+    const int32_t* perm = perm_.size() ? perm_.get() : nullptr;
+    // Decode (M <= 16): the memory-bound GEMV, quantizing the rows itself when they are short and
+    // need no transform (one launch), else after act_quant (decode_gemv.cuh).
+    if (!hadamard_ && gpu::decode_fused_quant_applies(M, K)) {
+      if (x.scalar_type() == at::kBFloat16) {
+        // bf16 written by the kernel (round to nearest even, like the cast; no extra launch).
+        at::Tensor yb = at::empty(shape, at::TensorOptions().dtype(at::kBFloat16).device(x.device()));
+        gpu::decode_quant_gemv_bf16_cuda(static_cast<const uint16_t*>(x.data_ptr()), M, K, perm, clip_, clip_, w,
+                                         yb.data_ptr(), N_, gpu::GemmOutput::kBFloat16, kStream);
+        return yb;
+      }
+      gpu::decode_quant_gemv_cuda(static_cast<const float*>(x.data_ptr()), M, K, perm, clip_, clip_, w, y.data_ptr(),
+                                  N_, gpu::GemmOutput::kFloat32, kStream);
+      return y;
+    }
     ActScratch s = make_act_scratch(M, K4_, K8_, x.device());
     s.args.clip4 = clip_;
     s.args.clip8 = clip_;
-    s.args.perm = perm_.size() ? perm_.get() : nullptr;
+    s.args.perm = perm;
     if (hadamard_) {
       s.args.transform = gpu::ActTransform::kHadamard;
       s.args.hadamard = hadamard_params_;
     }
     launch_act_quant(x, s.args);
-    gpu::GpuLinearView w;
-    w.N = N_;
-    w.K4 = K4_;
-    w.K8 = K8_;
-    w.w4 = w4_.size() ? w4_.get() : nullptr;
-    w.ldw4 = ldw4_;
-    w.w8 = w8_.size() ? w8_.get() : nullptr;
-    w.ldw8 = ldw8_;
-    w.sw4 = sw4_.get();
-    w.sw8 = sw8_.get();
-    w.rs4 = rs4_.get();
-    w.rs8 = rs8_.get();
-    w.bias = bias_.size() ? bias_.get() : nullptr;
-    gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
-                         kStream);
+    if (gpu::decode_gemv_applies(M)) {
+      gpu::decode_gemv_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
+                            kStream);
+    } else {
+      gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
+                           kStream);
+    }
   }
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
