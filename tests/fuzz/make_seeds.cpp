@@ -183,7 +183,12 @@ void checkpoint_seeds(const std::string& scratch) {
       std::vector<int8_t> q(static_cast<size_t>(s.N * s.K));
       for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<int8_t>(static_cast<int>(rng() % 16) - 8);
       const auto s4 = floats(s.N), s8 = floats(s.N);
-      w.add_packed_linear(0, s, q.data(), s4.data(), s8.data(), nullptr);
+      const std::vector<int32_t> order = s.packed_column_order();
+      format::PackOptions o;
+      o.column_order = order.data();
+      o.bits_low = s.weight_bits_low;
+      o.bits_high = s.weight_bits_high;
+      w.add_packed_linear(0, s, format::pack_linear(q.data(), s4.data(), s8.data(), nullptr, {s.N, s.K4(), s.K8()}, o));
     }
     w.commit(m, model_config_to_json(c).dump(2), {});
   }
