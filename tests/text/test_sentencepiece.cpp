@@ -101,6 +101,26 @@ TEST(SentencePiece, ConfigBosIdMustBeInTheVocabulary) {
   EXPECT_EQ(load_tokenizer(dir.path())->bos_id(), 3);
 }
 
+// Found by fuzz_sentencepiece: a piece starting with a NUL byte makes libsentencepiece's Darts
+// trie throw a C++ exception ("zero-length key") through the shim's C boundary, which `resq`
+// printed as "internal error". The shim now turns it into the load error (IoError naming the file).
+TEST(SentencePiece, PieceStartingWithNulIsALoadError) {
+  // A ModelProto by hand: repeated SentencePiece pieces = 1 {piece = 1, score = 2, type = 3}.
+  const auto piece = [](const std::string& text, int type) {
+    std::string p = "\x0a" + std::string(1, static_cast<char>(text.size())) + text + std::string("\x15\0\0\0\0", 5);
+    if (type) p += "\x18" + std::string(1, static_cast<char>(type));
+    return "\x0a" + std::string(1, static_cast<char>(p.size())) + p;
+  };
+  test::TempDir dir;
+  const std::string good = piece("<unk>", 2) + piece("<s>", 3) + piece("and", 0);
+  test::write_file(dir.file("tokenizer.model"), good);
+  EXPECT_EQ(load_tokenizer(dir.path())->vocab_size(), 3);  // the hand-made model itself loads
+  test::write_file(dir.file("tokenizer.model"), good + piece(std::string("\0\0\xe7w", 4), 0));
+  const std::string message = test::message_of<IoError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(message.find(dir.file("tokenizer.model")), std::string::npos) << message;
+  EXPECT_NE(message.find("zero-length key"), std::string::npos) << message;
+}
+
 TEST(Tokenizer, MissingFilesGiveClearErrors) {
   test::TempDir dir;
   try {
