@@ -10,6 +10,7 @@ PACKAGES=(
   libgtest-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev liblapack-dev
   libopenblas0-openmp
   chromium  # headless, renders the HTML report in ctest report_render (tests/report/render_test.sh)
+  clang libclang-rt-14-dev libomp-dev  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang
 )
 
 SUDO=""

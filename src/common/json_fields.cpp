@@ -1,9 +1,11 @@
 // The strict JSON field reader: type and range checks, key paths and the messages that name them.
 #include "resq/common/json_fields.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "resq/common/error.h"
 
@@ -74,12 +76,219 @@ std::string NumberRange::describe() const {
 
 // ---------------------------------------------------------------- parsing
 
-json parse_json(const std::string& text, const std::string& source, JsonErrorKind error) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number overflow
-    throw_kind(error, source + ": invalid JSON: " + e.what());
+namespace {
+
+// Where the parser is: one frame per open array or object, holding the key or index of the
+// child being read, so that a message can say 'weights.bits[2]'.
+class JsonPosition {
+ public:
+  size_t depth() const { return frames_.size(); }
+  // A value (scalar or container) begins in the innermost container.
+  void value() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().count;
   }
+  void open(bool object) {
+    value();
+    frames_.push_back({object, false, std::string(), 0, {}});
+  }
+  void close() {
+    frames_.pop_back();
+    done();
+  }
+  // The value begun last is complete: in an object the next error is after its key.
+  void done() {
+    if (!frames_.empty() && frames_.back().object) frames_.back().has_key = false;
+  }
+  // Records the key; false when unique keys are wanted and the object already had it.
+  bool key(const std::string& k, bool unique) {
+    Frame& f = frames_.back();
+    f.has_key = true;
+    f.key = k;
+    return !unique || f.seen.insert(k).second;
+  }
+  // Path of the value being read; `pending`: its start event has not come yet (a parse error).
+  // `levels`: only the outermost ones (the path of an open container).
+  std::string path(bool pending, size_t levels = SIZE_MAX) const {
+    std::string p;
+    for (size_t i = 0; i < std::min(levels, frames_.size()); ++i) {
+      const Frame& f = frames_[i];
+      if (f.object) {
+        if (!f.has_key) continue;
+        p += is_plain_key(f.key) ? (p.empty() ? "" : ".") + f.key
+                                 : "[" + json(f.key).dump(-1, ' ', false, json::error_handler_t::replace) + "]";
+      } else {
+        const size_t index = pending && i + 1 == frames_.size() ? f.count : f.count - 1;
+        if (f.count == 0 && !pending) continue;
+        p += "[" + std::to_string(index) + "]";
+      }
+      if (p.size() > 120) return p.substr(0, 117) + "...";
+    }
+    return p;
+  }
+
+ private:
+  struct Frame {
+    bool object;
+    bool has_key;
+    std::string key;
+    size_t count;                // array: values begun so far
+    std::set<std::string> seen;  // object keys, only with unique keys
+  };
+  std::vector<Frame> frames_;
+};
+
+// nlohmann's "[json.exception.parse_error.101] parse error at ..." without the bracketed id.
+std::string nlohmann_message(const std::exception& e) {
+  std::string m = e.what();
+  if (m.rfind("[json.exception.", 0) == 0) {
+    const size_t close = m.find("] ");
+    if (close != std::string::npos) m.erase(0, close + 2);
+  }
+  return m;
+}
+
+// Forwards every event to `inner` after the checks of sax_parse_json.
+class GuardedSax : public json::json_sax_t {
+ public:
+  GuardedSax(json::json_sax_t& inner, const std::string& source, JsonParseOptions options)
+      : inner_(inner), source_(source), options_(options) {}
+
+  bool null() override { return scalar_call([&] { return inner_.null(); }); }
+  bool boolean(bool v) override { return scalar_call([&] { return inner_.boolean(v); }); }
+  bool number_integer(number_integer_t v) override { return scalar_call([&] { return inner_.number_integer(v); }); }
+  bool number_unsigned(number_unsigned_t v) override { return scalar_call([&] { return inner_.number_unsigned(v); }); }
+  bool number_float(number_float_t v, const string_t& s) override {
+    return scalar_call([&] { return inner_.number_float(v, s); });
+  }
+  bool string(string_t& v) override { return scalar_call([&] { return inner_.string(v); }); }
+  bool binary(binary_t& v) override { return scalar_call([&] { return inner_.binary(v); }); }
+  bool start_object(std::size_t n) override { return open(true), inner_.start_object(n); }
+  bool key(string_t& k) override {
+    if (!position_.key(k, options_.unique_keys)) {
+      const std::string in = position_.depth() > 1 ? " in '" + parent_path() + "'" : std::string();
+      fail(source_ + ": the key '" + k + "' appears more than once" + in +
+           " (JSON keys must be unique)");
+    }
+    return inner_.key(k);
+  }
+  bool end_object() override { return position_.close(), inner_.end_object(); }
+  bool start_array(std::size_t n) override { return open(false), inner_.start_array(n); }
+  bool end_array() override { return position_.close(), inner_.end_array(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    fail(source_ + ": invalid JSON" + at(true) + ": " + nlohmann_message(e));
+  }
+
+  // An exception of nlohmann's raised by `inner`, made a typed error naming the position.
+  [[noreturn]] void rethrow(const json::exception& e) const {
+    fail(source_ + ": unexpected JSON content" + at(false) + ": " + nlohmann_message(e));
+  }
+
+ private:
+  // `forwarded` is the inner call, evaluated in between: an error there names the scalar's key.
+  template <typename Call>
+  bool scalar_call(Call&& forwarded) {
+    position_.value();
+    const bool ok = forwarded();
+    position_.done();
+    return ok;
+  }
+  void open(bool object) {
+    position_.open(object);
+    if (position_.depth() > kMaxJsonDepth) {
+      fail(source_ + ": invalid JSON" + at(false) + ": arrays and objects nested deeper than " +
+           std::to_string(kMaxJsonDepth) + " levels");
+    }
+  }
+  std::string at(bool pending) const {
+    const std::string p = position_.path(pending);
+    return p.empty() ? std::string() : " at '" + p + "'";
+  }
+  // The object holding a repeated key.
+  std::string parent_path() const { return position_.path(false, position_.depth() - 1); }
+  [[noreturn]] void fail(const std::string& message) const { throw_kind(options_.error, message); }
+
+  json::json_sax_t& inner_;
+  const std::string& source_;
+  JsonParseOptions options_;
+  JsonPosition position_;
+};
+
+// Builds the DOM (what nlohmann's own parser does), placing each value where the events say.
+class DomBuilder : public json::json_sax_t {
+ public:
+  json root;
+
+  bool null() override { return place(json()), true; }
+  bool boolean(bool v) override { return place(json(v)), true; }
+  bool number_integer(number_integer_t v) override { return place(json(v)), true; }
+  bool number_unsigned(number_unsigned_t v) override { return place(json(v)), true; }
+  bool number_float(number_float_t v, const string_t&) override { return place(json(v)), true; }
+  bool string(string_t& v) override { return place(json(std::move(v))), true; }
+  bool binary(binary_t& v) override { return place(json(std::move(v))), true; }
+  bool start_object(std::size_t) override {
+    stack_.push_back({place(json::object()), std::string()});
+    return true;
+  }
+  bool key(string_t& k) override {
+    stack_.back().key = std::move(k);
+    return true;
+  }
+  bool end_object() override { return stack_.pop_back(), true; }
+  bool start_array(std::size_t) override {
+    stack_.push_back({place(json::array()), std::string()});
+    return true;
+  }
+  bool end_array() override { return stack_.pop_back(), true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;  // GuardedSax reports it
+  }
+
+ private:
+  struct Frame {
+    json* value;
+    std::string key;
+  };
+  // Pointers to open containers stay valid: a parent only grows after its open child is closed.
+  json* place(json v) {
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    Frame& top = stack_.back();
+    if (top.value->is_object()) {
+      json& slot = (*top.value)[top.key];  // a repeated key: the last one wins
+      slot = std::move(v);
+      return &slot;
+    }
+    top.value->push_back(std::move(v));
+    return &top.value->back();
+  }
+
+  std::vector<Frame> stack_;
+};
+
+}  // namespace
+
+void sax_parse_json(std::string_view text, const std::string& source, json::json_sax_t& sax,
+                    JsonParseOptions options) {
+  // nlohmann's lexer reads a NUL as the end of the input, which would accept "{}\0garbage"; a raw
+  // NUL is never valid JSON (inside a string it must be written \u0000).
+  if (const void* nul = std::memchr(text.data(), '\0', text.size())) {
+    throw_kind(options.error, source + ": invalid JSON: NUL byte at offset " +
+                                  std::to_string(static_cast<const char*>(nul) - text.data()));
+  }
+  GuardedSax guarded(sax, source, options);
+  try {
+    json::sax_parse(text.begin(), text.end(), &guarded);
+  } catch (const json::exception& e) {
+    guarded.rethrow(e);
+  }
+}
+
+json parse_json(std::string_view text, const std::string& source, JsonParseOptions options) {
+  DomBuilder dom;
+  sax_parse_json(text, source, dom, options);
+  return std::move(dom.root);
 }
 
 std::string json_excerpt(const json& value) {

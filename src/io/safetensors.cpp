@@ -19,6 +19,7 @@
 
 #include "resq/common/error.h"
 #include "resq/common/file.h"
+#include "resq/common/json_fields.h"
 #include "posix_io.h"
 
 namespace resq {
@@ -41,48 +42,11 @@ uint64_t read_u64_le(const uint8_t* p) {
   return v;
 }
 
-// Parses JSON text, also rejecting duplicate keys in any object (nlohmann would silently keep
-// the last one, which would let two header entries claim the same tensor name).
+// Header and index JSON: duplicate keys are refused (nlohmann would keep the last one, which would
+// let two header entries claim the same tensor name).
 json parse_json_strict(const char* begin, const char* end, const std::string& what) {
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_objects.empty() && !open_objects.back().insert(parsed.get<std::string>()).second &&
-            duplicate.empty()) {
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  // nlohmann's lexer stops at a NUL byte as if the input ended there, which would accept
-  // "{}\0garbage"; raw NULs are never valid JSON, so reject them first.
-  if (const void* nul = std::memchr(begin, '\0', static_cast<size_t>(end - begin))) {
-    throw FormatError(what + " is not valid JSON: NUL byte at offset " +
-                      std::to_string(static_cast<const char*>(nul) - begin) +
-                      " (padding must be spaces)");
-  }
-  json value;
-  try {
-    value = json::parse(begin, end, callback);
-  } catch (const json::exception& e) {
-    throw FormatError(what + " is not valid JSON: " + e.what());
-  }
-  if (!duplicate.empty()) {
-    throw FormatError(what + " has the key " + in_quotes(duplicate) +
-                      " more than once (JSON keys must be unique)");
-  }
-  return value;
+  return parse_json(std::string_view(begin, static_cast<size_t>(end - begin)), what,
+                    JsonParseOptions{JsonErrorKind::kFormat, /*unique_keys=*/true});
 }
 
 // Parses one header entry into a view (data pointer set by the caller). `data_size` is the size
@@ -105,7 +69,7 @@ TensorView parse_entry(const std::string& path, const std::string& name, const j
 
   const json& dtype = entry["dtype"];
   if (!dtype.is_string()) {
-    throw FormatError(where + "\"dtype\" must be a string, found " + dtype.dump());
+    throw FormatError(where + "\"dtype\" must be a string, found " + json_excerpt(dtype));
   }
   try {
     view.dtype = parse_dtype(dtype.get<std::string>());
@@ -116,32 +80,32 @@ TensorView parse_entry(const std::string& path, const std::string& name, const j
   const json& shape = entry["shape"];
   if (!shape.is_array()) {
     throw FormatError(where + "\"shape\" must be an array of non-negative integers, found " +
-                      shape.dump());
+                      json_excerpt(shape));
   }
   uint64_t numel = 1;
   for (const json& dim : shape) {
     if (!dim.is_number_unsigned()) {
       const char* problem = dim.is_number_integer() ? "negative dimension " : "non-integer dimension ";
-      throw FormatError(where + "\"shape\" " + shape.dump() + " has a " + problem + dim.dump() +
+      throw FormatError(where + "\"shape\" " + json_excerpt(shape) + " has a " + problem + json_excerpt(dim) +
                         " (expected non-negative integers)");
     }
     const uint64_t d = dim.get<uint64_t>();
     if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || mul_overflows(numel, d, &numel)) {
-      throw FormatError(where + "\"shape\" " + shape.dump() + " overflows a 64-bit element count");
+      throw FormatError(where + "\"shape\" " + json_excerpt(shape) + " overflows a 64-bit element count");
     }
     view.shape.push_back(static_cast<int64_t>(d));
   }
   uint64_t nbytes = 0;
   if (numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
       mul_overflows(numel, dtype_size(view.dtype), &nbytes)) {
-    throw FormatError(where + "\"shape\" " + shape.dump() + " overflows a 64-bit byte count");
+    throw FormatError(where + "\"shape\" " + json_excerpt(shape) + " overflows a 64-bit byte count");
   }
 
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
       !offsets[1].is_number_unsigned()) {
     throw FormatError(where + "\"data_offsets\" must be [begin, end] with non-negative integers, found " +
-                      offsets.dump());
+                      json_excerpt(offsets));
   }
   const uint64_t begin = offsets[0].get<uint64_t>();
   const uint64_t end = offsets[1].get<uint64_t>();
@@ -190,8 +154,15 @@ std::string format_shape(const std::vector<int64_t>& shape) {
 }
 
 int64_t TensorView::numel() const {
+  // Views read from a file have validated shapes; one built by hand may not: a negative dimension
+  // or a product beyond int64 is a ShapeError, not signed overflow.
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) {
+      throw ShapeError(file + ": tensor " + in_quotes(name) + " has shape " + format_shape(shape) +
+                       " (a negative dimension or more than 2^63 elements)");
+    }
+  }
   return n;
 }
 
@@ -251,7 +222,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       for (auto m = it->begin(); m != it->end(); ++m) {
         if (!m->is_string()) {
           throw FormatError(path + ": \"__metadata__\" value for key " + in_quotes(m.key()) +
-                            " must be a string, found " + m->dump());
+                            " must be a string, found " + json_excerpt(*m));
         }
         file->metadata_[m.key()] = m->get<std::string>();
       }
@@ -353,7 +324,7 @@ TensorStore TensorStore::open_model_dir(const std::string& dir) {
   for (auto it = weight_map.begin(); it != weight_map.end(); ++it) {
     if (!it->is_string()) {
       throw FormatError(index_path + ": weight_map entry for tensor " + in_quotes(it.key()) +
-                        " must be a shard file name string, found " + it->dump());
+                        " must be a shard file name string, found " + json_excerpt(*it));
     }
     const std::string shard = it->get<std::string>();
     if (!is_safe_relative_path(shard)) {

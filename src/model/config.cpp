@@ -49,7 +49,8 @@ RopeScaling parse_rope_scaling(const JsonFields& config) {
   scaling.low_freq_factor = in->optional_number("low_freq_factor").value_or(1.0);
   scaling.high_freq_factor = in->optional_number("high_freq_factor").value_or(4.0);
   scaling.original_max_position_embeddings =
-      in->optional_integer("original_max_position_embeddings", IntRange::positive()).value_or(8192);
+      in->optional_integer("original_max_position_embeddings", IntRange::between(1, kMaxModelPositions))
+          .value_or(8192);
   if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
     in->fail("high_freq_factor", "must be > low_freq_factor");
   }
@@ -59,15 +60,32 @@ RopeScaling parse_rope_scaling(const JsonFields& config) {
 }  // namespace
 
 int64_t ModelConfig::parameter_count() const {
+  // Checked: the fields are public and a caller may set them beyond parse_model_config's bounds.
+  const auto fail = [&] {
+    throw ConfigError("model config: the parameter count overflows a 64-bit integer (hidden_size " +
+                      std::to_string(hidden_size) + ", " + std::to_string(num_layers) + " layers)");
+  };
+  const auto mul = [&](int64_t a, int64_t b) {
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) fail();
+    return r;
+  };
+  const auto add = [&](int64_t a, int64_t b) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) fail();
+    return r;
+  };
   const int64_t d = hidden_size;
-  int64_t attn = d * q_size() + 2 * d * kv_size() + q_size() * d;
-  if (qkv_bias) attn += q_size() + 2 * kv_size();
-  if (o_bias) attn += d;
-  int64_t mlp = 3 * d * intermediate_size;
-  if (mlp_bias) mlp += 2 * intermediate_size + d;
-  const int64_t per_layer = attn + mlp + 2 * d;
-  int64_t total = vocab_size * d + num_layers * per_layer + d;
-  if (!tie_word_embeddings) total += vocab_size * d;
+  const int64_t q = mul(num_heads, head_dim), kv = mul(num_kv_heads, head_dim);
+  int64_t attn = add(add(mul(d, q), mul(2, mul(d, kv))), mul(q, d));
+  if (qkv_bias) attn = add(attn, add(q, mul(2, kv)));
+  if (o_bias) attn = add(attn, d);
+  int64_t mlp = mul(3, mul(d, intermediate_size));
+  if (mlp_bias) mlp = add(mlp, add(mul(2, intermediate_size), d));
+  const int64_t per_layer = add(add(attn, mlp), mul(2, d));
+  const int64_t embed = mul(vocab_size, d);
+  int64_t total = add(add(embed, mul(num_layers, per_layer)), d);
+  if (!tie_word_embeddings) total = add(total, embed);
   return total;
 }
 
@@ -82,15 +100,17 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     throw UnsupportedError(source + ": model_type '" + c.model_type +
                            "' is not supported (supported: llama, qwen2, mistral)");
   }
-  const IntRange positive = IntRange::positive();
-  c.hidden_size = in.integer("hidden_size", positive);
-  c.intermediate_size = in.integer("intermediate_size", positive);
-  c.num_layers = in.integer("num_hidden_layers", positive);
-  c.num_heads = in.integer("num_attention_heads", positive);
-  c.num_kv_heads = in.optional_integer("num_key_value_heads", positive).value_or(c.num_heads);
-  c.vocab_size = in.integer("vocab_size", positive);
-  c.max_position_embeddings = in.optional_integer("max_position_embeddings", positive).value_or(4096);
-  if (auto head_dim = in.optional_integer("head_dim", positive)) {
+  const IntRange width = IntRange::between(1, kMaxModelWidth);
+  const IntRange heads = IntRange::between(1, kMaxModelHeads);
+  const IntRange positions = IntRange::between(1, kMaxModelPositions);
+  c.hidden_size = in.integer("hidden_size", width);
+  c.intermediate_size = in.integer("intermediate_size", width);
+  c.num_layers = in.integer("num_hidden_layers", IntRange::between(1, kMaxModelLayers));
+  c.num_heads = in.integer("num_attention_heads", heads);
+  c.num_kv_heads = in.optional_integer("num_key_value_heads", heads).value_or(c.num_heads);
+  c.vocab_size = in.integer("vocab_size", IntRange::between(1, kMaxModelVocab));
+  c.max_position_embeddings = in.optional_integer("max_position_embeddings", positions).value_or(4096);
+  if (auto head_dim = in.optional_integer("head_dim", width)) {
     c.head_dim = *head_dim;
   } else {
     if (c.hidden_size % c.num_heads != 0) {
@@ -101,6 +121,11 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   }
   if (c.head_dim % 2 != 0) {  // explicit or derived
     throw ConfigError(source + ": head_dim must be even for RoPE, got " + std::to_string(c.head_dim));
+  }
+  // Both factors are bounded above, so the product cannot overflow before this check.
+  if (c.q_size() > kMaxModelWidth) {
+    in.fail("num_attention_heads", "x head_dim = " + std::to_string(c.q_size()) + " exceeds " +
+                                       std::to_string(kMaxModelWidth));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
     in.fail("num_key_value_heads", "(" + std::to_string(c.num_kv_heads) + ") must divide num_attention_heads (" +
@@ -119,7 +144,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias.
     if (in.optional_boolean("use_sliding_window").value_or(false)) {
-      c.sliding_window = in.integer("sliding_window", positive);
+      c.sliding_window = in.integer("sliding_window", positions);
     }
   } else if (c.model_type == "llama") {
     const bool attention_bias = in.optional_boolean("attention_bias").value_or(false);
@@ -127,7 +152,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     c.o_bias = attention_bias;
     c.mlp_bias = in.optional_boolean("mlp_bias").value_or(false);
   } else {  // mistral
-    if (auto window = in.optional_integer("sliding_window", positive)) c.sliding_window = *window;
+    if (auto window = in.optional_integer("sliding_window", positions)) c.sliding_window = *window;
   }
   c.bos_token_id = read_token_id(in, "bos_token_id");
   c.eos_token_id = read_token_id(in, "eos_token_id");

@@ -94,7 +94,10 @@ Recipe parse_recipe(const nlohmann::json& json, const std::string& source) {
 }
 
 Recipe load_recipe(const std::string& path) {
-  Recipe recipe = parse_recipe(parse_json(read_file(path, "recipe file"), path), path);
+  // A key written twice would silently override the first: refused like a misspelled one.
+  const nlohmann::json j = parse_json(read_file(path, "recipe file"), path,
+                                      JsonParseOptions{JsonErrorKind::kConfig, /*unique_keys=*/true});
+  Recipe recipe = parse_recipe(j, path);
   // A recipe without a "name" is named after its file (configs/resq.json -> "resq").
   if (recipe.name.empty()) recipe.name = std::filesystem::path(path).stem().string();
   return recipe;

@@ -137,7 +137,7 @@ void TokenizerJsonReader::add_merge(std::string_view left, std::string_view righ
 
 bool TokenizerJsonReader::integer(int64_t id, json v) {
   if (mode_ != Mode::kVocab) return value(std::move(v));
-  if (id < 0 || id > kMaxTokenId) return unexpected(v.dump());
+  if (id < 0 || id > kMaxTokenId) return unexpected(json_excerpt(v));
   vocab.emplace_back(std::move(vocab_key_), static_cast<int32_t>(id));
   return true;
 }

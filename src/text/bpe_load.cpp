@@ -347,7 +347,7 @@ std::unique_ptr<Impl> build_impl(const std::string& tokenizer_json, const std::s
   const std::string file = origin + "/tokenizer.json";
   impl->origin = file;
   TokenizerJsonReader reader(file, tokenizer_json.size());
-  json::sax_parse(tokenizer_json, &reader);
+  sax_parse_json(tokenizer_json, file, reader, {JsonErrorKind::kFormat});
   if (!reader.root.is_object()) throw FormatError(file + ": expected a JSON object at the top level");
   const JsonFields root(reader.root, file, kHfJson);
   // Not root.find: a null version is as wrong as any other.

@@ -34,6 +34,12 @@ class SentencePieceTokenizer : public Tokenizer {
     if (auto cfg = read_json_if_exists(dir + "/config.json")) {
       if (cfg->contains("bos_token_id") && (*cfg)["bos_token_id"].is_number_integer()) {
         const int64_t cfg_bos = (*cfg)["bos_token_id"].get<int64_t>();
+        // A model without BOS takes config.json's id, which every encoded text then starts with.
+        if (cfg_bos < 0 || cfg_bos >= processor_.piece_size()) {
+          throw ConfigError(dir + "/config.json: bos_token_id " + std::to_string(cfg_bos) +
+                            " is outside tokenizer.model's vocabulary [0, " +
+                            std::to_string(processor_.piece_size()) + ")");
+        }
         if (bos_id_ && *bos_id_ != cfg_bos) {
           throw ConfigError(dir + "/config.json: bos_token_id " + std::to_string(cfg_bos) +
                             " differs from tokenizer.model's BOS id " + std::to_string(*bos_id_));

@@ -239,11 +239,77 @@ TEST(JsonFields, LongAndInvalidUtf8ValuesAreCutInMessages) {
 TEST(ParseJson, ParsesOrNamesTheSource) {
   EXPECT_EQ(parse_json("{\"a\": [1]}", "f.json"), json::parse("{\"a\": [1]}"));
   const std::string config = config_error([] { parse_json("{\"a\": ", "f.json"); });
-  EXPECT_EQ(config.rfind("f.json: invalid JSON: ", 0), 0u) << config;
+  EXPECT_EQ(config.rfind("f.json: invalid JSON at 'a': parse error at line 1, column 7", 0), 0u) << config;
   const std::string format =
       test::message_of<FormatError>([] { parse_json("[1, }", "g.json", JsonErrorKind::kFormat); });
-  EXPECT_EQ(format.rfind("g.json: invalid JSON: ", 0), 0u) << format;
+  EXPECT_EQ(format.rfind("g.json: invalid JSON at '[1]': parse error", 0), 0u) << format;
   EXPECT_EQ(config_error([] { parse_json("", "empty.json"); }).rfind("empty.json: invalid JSON: ", 0), 0u);
+}
+
+// Defect 1 of issue 19: 100,000 nested arrays parsed fine but overflowed the stack on the first
+// dump or copy (nlohmann recurses once per level). The depth limit refuses them at the parser.
+TEST(ParseJson, RefusesNestingDeeperThanTheLimit) {
+  const size_t n = 100000;
+  const std::string deep = "{\"shape\": " + std::string(n, '[') + std::string(n, ']') + "}";
+  const std::string message = config_error([&] { parse_json(deep, "f.json"); });
+  EXPECT_EQ(message.rfind("f.json: invalid JSON at 'shape[0][0]", 0), 0u) << message;
+  EXPECT_NE(message.find("nested deeper than 128 levels"), std::string::npos) << message;
+  EXPECT_LT(message.size(), 250u) << message;  // the path is cut
+
+  // kMaxJsonDepth levels are accepted (and copy and dump), one more is not.
+  const auto nested = [](size_t levels) { return std::string(levels, '[') + std::string(levels, ']'); };
+  const json ok = parse_json(nested(kMaxJsonDepth), "ok.json");
+  EXPECT_EQ(json(ok).dump(), nested(kMaxJsonDepth));
+  EXPECT_NE(config_error([&] { parse_json(nested(kMaxJsonDepth + 1), "f.json"); }).find("deeper than"),
+            std::string::npos);
+  std::string objects;
+  for (size_t i = 0; i <= kMaxJsonDepth; ++i) objects += "{\"a\":";
+  objects += "1" + std::string(kMaxJsonDepth + 1, '}');
+  EXPECT_NE(config_error([&] { parse_json(objects, "f.json"); }).find("'a.a.a.a"), std::string::npos);
+}
+
+// Defect 2 of issue 19: 1e400 escaped as nlohmann's out_of_range.406 ("internal error").
+TEST(ParseJson, NumberOverflowNamesTheFileAndTheKey) {
+  const std::string text = R"({"rope_scaling": {"factor": 1e400}})";
+  EXPECT_EQ(config_error([&] { parse_json(text, "config.json"); }),
+            "config.json: invalid JSON at 'rope_scaling.factor': number overflow parsing '1e400'");
+  EXPECT_EQ(test::message_of<FormatError>(
+                [] { parse_json("[1, 2, -1e999]", "m.json", JsonErrorKind::kFormat); }),
+            "m.json: invalid JSON at '[2]': number overflow parsing '-1e999'");
+}
+
+TEST(ParseJson, RefusesNulBytesAndOptionallyRepeatedKeys) {
+  EXPECT_EQ(config_error([] { parse_json(std::string("{}\0{\"x\":1}", 10), "f.json"); }),
+            "f.json: invalid JSON: NUL byte at offset 2");
+  const std::string twice = R"({"a": {"b": 1, "b": 2}})";
+  EXPECT_EQ(parse_json(twice, "f.json"), json::parse(R"({"a": {"b": 2}})"));  // the last one wins
+  EXPECT_EQ(config_error([&] { parse_json(twice, "f.json", JsonParseOptions{JsonErrorKind::kConfig, true}); }),
+            "f.json: the key 'b' appears more than once in 'a' (JSON keys must be unique)");
+  // The same key in two different objects is fine.
+  EXPECT_NO_THROW(parse_json(R"([{"b": 1}, {"b": 2}])", "f.json", JsonParseOptions{JsonErrorKind::kConfig, true}));
+}
+
+// A SAX reader that calls nlohmann in a way that throws (here get<int>() of a string) gets a
+// typed error naming the file and the position, not nlohmann's exception.
+TEST(ParseJson, NlohmannExceptionsOfTheReaderBecomeTypedErrors) {
+  struct Reader : json::json_sax_t {
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t& v) override { return json(v).get<int>() >= 0; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return true; }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return true; }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+  } reader;
+  const std::string message = test::message_of<FormatError>(
+      [&] { sax_parse_json(R"({"ids": [1, "x"]})", "t.json", reader, {JsonErrorKind::kFormat}); });
+  EXPECT_EQ(message.rfind("t.json: unexpected JSON content at 'ids[1]': type must be number", 0), 0u) << message;
 }
 
 }  // namespace

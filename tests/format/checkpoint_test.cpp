@@ -551,5 +551,66 @@ TEST_F(MalformedCheckpoint, InvalidJson) {
   expect_error("invalid JSON");
 }
 
+// Issue 19, defect 1: a deeply nested value in resq_config.json (here the free-form provenance)
+// parsed, then overflowed the stack when the metadata was copied. Refused at the parser now.
+TEST_F(MalformedCheckpoint, DeeplyNestedMetadataIsRefused) {
+  const size_t n = 100000;
+  std::string text = meta_text_;
+  const std::string key = "\"provenance\": ";
+  const size_t at = text.find(key);
+  ASSERT_NE(at, std::string::npos);
+  const size_t end = text.find('}', at) + 1;  // the provenance object is flat
+  text.replace(at + key.size(), end - at - key.size(), std::string(n, '[') + std::string(n, ']'));
+  test::write_file((fs::path(dir_) / kCheckpointConfigFile).string(), text);
+  expect_error(kCheckpointConfigFile + std::string(": invalid JSON at 'provenance[0][0][0]"));
+  expect_error("nested deeper than 128 levels");
+}
+
+// Issue 19, defect 2: a number beyond double in resq_config.json escaped as nlohmann's
+// out_of_range ("internal error"); now a FormatError naming the file and the key.
+TEST_F(MalformedCheckpoint, NumberOverflowNamesTheKey) {
+  std::string text = meta_text_;
+  const size_t at = text.find("\"k_clip_ratio\": ");
+  ASSERT_NE(at, std::string::npos);
+  const size_t value = at + std::string("\"k_clip_ratio\": ").size();
+  text.replace(value, text.find_first_of(",\n}", value) - value, "1e400");
+  test::write_file((fs::path(dir_) / kCheckpointConfigFile).string(), text);
+  try {
+    PackedCheckpoint::open(dir_);
+    ADD_FAILURE() << "1e400 accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("resq_config.json: invalid JSON at 'kv_cache.k_clip_ratio': number overflow "
+                                         "parsing '1e400'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Issue 19, defect 3: config.json dimensions whose products overflow int64 (heads x head_dim, the
+// parameter count) reached PackedCheckpoint::open before any tensor was checked (UBSan: signed
+// overflow). They are bounded when config.json is read; scripts/test-asan.sh runs this under UBSan.
+TEST_F(MalformedCheckpoint, HugeConfigDimensionsAreRefusedBeforeAnyArithmetic) {
+  const std::string config_path = (fs::path(dir_) / "config.json").string();
+  const json original = json::parse(test::read_file(config_path));
+  const auto with = [&](const json& changes) {
+    json c = original;
+    for (auto it = changes.begin(); it != changes.end(); ++it) c[it.key()] = it.value();
+    test::write_file(config_path, c.dump());
+  };
+  with({{"num_attention_heads", 16384}, {"num_key_value_heads", 16384}, {"head_dim", 1048576}});
+  expect_error("config.json: 'num_attention_heads' x head_dim = 17179869184 exceeds 1048576");
+  with({{"hidden_size", int64_t{1} << 62}});
+  expect_error("config.json: 'hidden_size' must be an integer in [1, 1048576], got 4611686018427387904");
+  with({{"num_hidden_layers", int64_t{1} << 40}});
+  expect_error("'num_hidden_layers' must be an integer in [1, 4096]");
+  with({{"vocab_size", int64_t{1} << 30}});
+  expect_error("'vocab_size' must be an integer in [1, 16777216]");
+  with({{"hidden_size", 1048576}, {"intermediate_size", 1048576}, {"vocab_size", 16777216},
+        {"num_hidden_layers", 4096}, {"num_attention_heads", 16384}, {"num_key_value_heads", 16384},
+        {"head_dim", 64}});
+  // The largest accepted config: every size fits in int64; the metadata no longer matches it.
+  expect_error("'sites.q_proj.out_features' must be an integer in [1048576, 1048576], got 16");
+}
+
 }  // namespace
 }  // namespace resq::format

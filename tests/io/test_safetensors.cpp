@@ -275,12 +275,38 @@ TEST(SafetensorsErrors, HeaderLengthOverCap) {
 }
 
 TEST(SafetensorsErrors, HeaderNotJsonOrNotObject) {
-  expect_open_fails(raw_file("{\"w\": {\"dtype\": \"F32\","), {"not valid JSON"});
-  expect_open_fails(raw_file(std::string("{}\0\0", 4)), {"not valid JSON", "NUL byte at offset 2"});
+  expect_open_fails(raw_file("{\"w\": {\"dtype\": \"F32\","), {"invalid JSON"});
+  expect_open_fails(raw_file(std::string("{}\0\0", 4)), {"invalid JSON", "NUL byte at offset 2"});
   expect_open_fails(raw_file(std::string("{}\0{\"x\":1}", 10)), {"NUL byte"});  // padding must be spaces
-  expect_open_fails(raw_file(""), {"not valid JSON"});
+  expect_open_fails(raw_file(""), {"invalid JSON"});
   expect_open_fails(raw_file("[1, 2]"), {"must be a JSON object", "array"});
-  expect_open_fails(raw_file("{\"n\": \"\xff\xfe\"}"), {"not valid JSON"});  // invalid UTF-8
+  expect_open_fails(raw_file("{\"n\": \"\xff\xfe\"}"), {"invalid JSON"});  // invalid UTF-8
+}
+
+// Issue 19, defect 1: a shape of 100,000 nested arrays (a 200 KB header) parsed, then overflowed
+// the stack when parse_entry dumped it into the message. The parser refuses it, naming the entry.
+TEST(SafetensorsErrors, DeeplyNestedShapeIsRefused) {
+  const size_t n = 100000;
+  const std::string shape = std::string(n, '[') + std::string(n, ']');
+  expect_open_fails(raw_file("{" + entry("w", "F32", shape, 0, 4) + "}", kData8),
+                    {": header: invalid JSON at 'w.shape[0][0]", "nested deeper than 128 levels"});
+  // Within the limit, a nested shape is a plain type error with a short excerpt of the value.
+  const std::string deep = std::string(100, '[') + std::string(100, ']');
+  const std::string msg = message_of<FormatError>([&] {
+    TempDir dir;
+    test::write_file(dir.file("x.safetensors"), raw_file("{" + entry("w", "F32", deep, 0, 4) + "}", kData8));
+    SafetensorsFile::open(dir.file("x.safetensors"));
+  });
+  EXPECT_TRUE(has(msg, "non-integer dimension")) << msg;
+  EXPECT_LT(msg.size(), 400u) << msg;
+}
+
+// Issue 19, defect 2: numbers beyond double and a repeated key name the entry and the field.
+TEST(SafetensorsErrors, NumberOverflowNamesTheField) {
+  expect_open_fails(raw_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4e999]}}", kData8),
+                    {"invalid JSON at 'w.data_offsets[1]': number overflow parsing '4e999'"});
+  expect_open_fails(raw_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"shape\":[2],\"data_offsets\":[0,4]}}", kData8),
+                    {"the key 'shape' appears more than once in 'w'"});
 }
 
 TEST(SafetensorsErrors, DuplicateTensorKey) {
@@ -524,7 +550,7 @@ TEST(TensorStore, MalformedIndex) {
     const std::string msg = message_of<FormatError>([&] { TensorStore::open_model_dir(dir.path()); });
     EXPECT_TRUE(has(msg, index) && has(msg, needle)) << "text: " << text << "\nmessage: " << msg;
   };
-  fails_with("{\"weight_map\": {\"a\": ", "not valid JSON");
+  fails_with("{\"weight_map\": {\"a\": ", "invalid JSON");
   fails_with("{\"metadata\": {}}", "\"weight_map\"");
   fails_with("{\"weight_map\": [\"s1.safetensors\"]}", "\"weight_map\"");
   fails_with("{\"weight_map\": {}}", "empty");
@@ -601,6 +627,14 @@ TEST(Conversion, UnalignedAndInconsistentViews) {
   view.nbytes = 8;  // disagrees with F32 x [3]
   const std::string msg = message_of<ShapeError>([&] { tensor_to_float32_vector(view); });
   EXPECT_TRUE(has(msg, "'odd'") && has(msg, "8 bytes, expected 12")) << msg;
+
+  // Issue 19 (bounded dimensions): a shape whose product overflows int64 is a ShapeError, not
+  // signed overflow in numel() (UBSan under scripts/test-asan.sh).
+  view.shape = {int64_t{1} << 40, int64_t{1} << 40};
+  const std::string overflow = message_of<ShapeError>([&] { tensor_to_float32_vector(view); });
+  EXPECT_TRUE(has(overflow, "'odd'") && has(overflow, "more than 2^63 elements")) << overflow;
+  view.shape = {3, -1};
+  EXPECT_THROW(view.numel(), ShapeError);
 }
 
 // ------------------------------------------------------------------------------ writer errors

@@ -1,6 +1,7 @@
 // ModelConfig parsing: the three families, derived fields and every validation error.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/test_util.h"
@@ -156,7 +157,7 @@ TEST(ModelConfig, NullMeansNotSetAndMessagesNameTheKeyPath) {
 
   j = llama_json();
   j["num_attention_heads"] = "x";
-  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'num_attention_heads' must be an integer >= 1, got \"x\"");
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'num_attention_heads' must be an integer in [1, 16384], got \"x\"");
   j = llama_json();
   j["rope_scaling"] = json::parse(R"({"rope_type": "llama3", "low_freq_factor": 1.0})");
   EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'rope_scaling.factor' missing (must be a number > 0)");
@@ -177,6 +178,53 @@ TEST(ModelConfig, NullMeansNotSetAndMessagesNameTheKeyPath) {
   EXPECT_NE(test::message_of<IoError>([&] { load_model_config(missing); })
                 .find(missing + ": cannot open model config"),
             std::string::npos);
+}
+
+// Issue 19, defect 3: unbounded dimensions made heads x head_dim and the parameter count overflow
+// int64 (UBSan). Every dimension is bounded so that no derived size can overflow.
+TEST(ModelConfig, DimensionsAreBoundedSoDerivedSizesFit) {
+  json j = llama_json();
+  j["hidden_size"] = int64_t{1} << 40;
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'hidden_size' must be an integer in [1, 1048576], got 1099511627776");
+  j = llama_json();
+  j["num_attention_heads"] = 16384;
+  j["num_key_value_heads"] = 16384;
+  j["head_dim"] = 1048576;
+  EXPECT_EQ(error_of<ConfigError>(j), "cfg.json: 'num_attention_heads' x head_dim = 17179869184 exceeds 1048576");
+  for (const char* key : {"intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+                          "max_position_embeddings", "head_dim"}) {
+    j = llama_json();
+    j[key] = std::numeric_limits<int64_t>::max();
+    EXPECT_NE(error_of<ConfigError>(j).find(std::string("'") + key + "' must be an integer in [1, "), std::string::npos)
+        << key;
+  }
+  // The largest config the bounds allow: its parameter count is exact (computed by hand here).
+  j = llama_json();
+  j["hidden_size"] = kMaxModelWidth;
+  j["intermediate_size"] = kMaxModelWidth;
+  j["num_hidden_layers"] = kMaxModelLayers;
+  j["num_attention_heads"] = 16;
+  j["num_key_value_heads"] = 16;
+  j["vocab_size"] = kMaxModelVocab;
+  j["tie_word_embeddings"] = false;
+  const ModelConfig c = parse_model_config(j, "cfg.json");
+  const int64_t d = int64_t{1} << 20, layers = int64_t{1} << 12, vocab = int64_t{1} << 24;
+  EXPECT_EQ(c.parameter_count(), 2 * vocab * d + layers * (4 * d * d + 3 * d * d + 2 * d) + d);
+  // A config built by hand beyond the bounds: the count says it overflows instead of wrapping.
+  ModelConfig huge = c;
+  huge.num_layers = int64_t{1} << 40;
+  EXPECT_NE(test::message_of<ConfigError>([&] { huge.parameter_count(); }).find("overflows a 64-bit integer"),
+            std::string::npos);
+}
+
+// Issue 19, defect 2: 1e400 in config.json gave "internal error: [json.exception.out_of_range.406]".
+TEST(ModelConfig, NumberOverflowNamesTheFileAndKey) {
+  test::TempDir dir;
+  std::string text = llama_json().dump();
+  text.replace(text.find("\"rope_theta\":10000.0"), std::string("\"rope_theta\":10000.0").size(), "\"rope_theta\":1e400");
+  test::write_file(dir.file("config.json"), text);
+  EXPECT_EQ(test::message_of<ConfigError>([&] { load_model_config(dir.file("config.json")); }),
+            dir.file("config.json") + ": invalid JSON at 'rope_theta': number overflow parsing '1e400'");
 }
 
 }  // namespace

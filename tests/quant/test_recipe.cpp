@@ -196,5 +196,22 @@ TEST(Recipe, LoadErrors) {
   }
 }
 
+// Issue 19, defects 1 and 2 for recipes: a number beyond double, deep nesting and a key written
+// twice are ConfigErrors naming the file and the key (1e400 used to escape as "internal error").
+TEST(Recipe, OverflowNestingAndRepeatedKeysNameTheKey) {
+  test::TempDir dir;
+  const auto message = [&](const std::string& text) {
+    test::write_file(dir.file("r.json"), text);
+    return test::message_of<ConfigError>([&] { load_recipe(dir.file("r.json")); });
+  };
+  const std::string file = dir.file("r.json");
+  EXPECT_EQ(message(R"({"weights": {"percdamp": 1e400}})"),
+            file + ": invalid JSON at 'weights.percdamp': number overflow parsing '1e400'");
+  EXPECT_EQ(message(R"({"kv": {"bits_low": 4, "bits_low": 8}})"),
+            file + ": the key 'bits_low' appears more than once in 'kv' (JSON keys must be unique)");
+  const std::string deep = message("{\"description\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  EXPECT_EQ(deep.rfind(file + ": invalid JSON at 'description[0][0]", 0), 0u) << deep;
+}
+
 }  // namespace
 }  // namespace resq

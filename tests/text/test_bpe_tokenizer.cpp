@@ -423,6 +423,25 @@ TEST(BpeErrors, NestedFieldsNameTheirPath) {
   EXPECT_EQ(build(j)->encode("ab"), (std::vector<int32_t>{2}));
 }
 
+// Issue 19, defects 1 and 2: deep nesting anywhere in tokenizer.json (its own SAX reader) and
+// numbers beyond double are refused at the shared JSON entry, naming the file and the key.
+TEST(BpeErrors, DeepNestingAndNumberOverflowNameTheKey) {
+  const json good = make_tokenizer({"a", "b", "ab"}, {"a b"});
+  std::string text = good.dump();
+  const size_t n = 100000;
+  std::string deep = text;
+  deep.replace(deep.find("\"normalizer\":null"), std::string("\"normalizer\":null").size(),
+               "\"normalizer\":" + std::string(n, '[') + std::string(n, ']'));
+  expect_error<FormatError>([&] { BpeTokenizer::from_json(deep, "", "dir"); },
+                            {"dir/tokenizer.json: invalid JSON at 'normalizer[0][0]", "nested deeper than 128"});
+  std::string big = text;
+  big.replace(big.find("\"ab\":2"), std::string("\"ab\":2").size(), "\"ab\":2e999");
+  expect_error<FormatError>([&] { BpeTokenizer::from_json(big, "", "dir"); },
+                            {"dir/tokenizer.json: invalid JSON at 'model.vocab.ab': number overflow parsing '2e999'"});
+  expect_error<FormatError>([&] { BpeTokenizer::from_json(text, R"({"add_bos_token": 1e400})", "dir"); },
+                            {"dir/tokenizer_config.json: invalid JSON at 'add_bos_token': number overflow"});
+}
+
 TEST(BpeErrors, FilesAndConfig) {
   expect_error<IoError>([] { load_bpe_tokenizer("/nonexistent/resq_dir"); },
                         {"/nonexistent/resq_dir/tokenizer.json"});

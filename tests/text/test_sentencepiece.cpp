@@ -7,6 +7,7 @@
 #include "common/test_util.h"
 #include "resq/common/error.h"
 #include "resq/text/dataset.h"
+#include "resq/text/sentencepiece_shim.h"
 #include "resq/text/tokenizer.h"
 
 namespace resq {
@@ -66,6 +67,58 @@ TEST(SentencePiece, DecodeRoundTripAndErrors) {
   EXPECT_EQ(tok->decode(tok->encode(text)), text);
   EXPECT_THROW(tok->decode({5, 100000}), UsageError);
   EXPECT_THROW(tok->decode({-1}), UsageError);
+}
+
+// Issue 19, defects 1 and 2 for the SentencePiece directory: its tokenizer_config.json and
+// config.json go through the shared JSON entry (number overflow and deep nesting name the file).
+TEST(SentencePiece, MalformedConfigFilesNameTheFile) {
+  test::TempDir dir;
+  std::filesystem::copy_file(shared_path("models/stories260K/tokenizer.model"), dir.file("tokenizer.model"));
+  EXPECT_NO_THROW(load_tokenizer(dir.path()));
+  test::write_file(dir.file("tokenizer_config.json"), R"({"add_bos_token": true, "x": 1e400})");
+  const std::string overflow = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(overflow.find("tokenizer_config.json: invalid JSON at 'x': number overflow parsing '1e400'"),
+            std::string::npos) << overflow;
+  std::filesystem::remove(dir.file("tokenizer_config.json"));
+  test::write_file(dir.file("config.json"), "{\"bos_token_id\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  const std::string deep = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(deep.find("config.json: invalid JSON at 'bos_token_id[0][0]"), std::string::npos) << deep;
+}
+
+// A model without BOS takes config.json's bos_token_id: one outside the vocabulary would start
+// every encoded text with an id the embedding does not have.
+TEST(SentencePiece, ConfigBosIdMustBeInTheVocabulary) {
+  test::TempDir dir;
+  test::write_file(dir.file("train.txt"), std::string(50, 'a') + " abc cab bca\n" + "the cat sat\n");
+  spm::train("--input=" + dir.file("train.txt") + " --model_prefix=" + dir.file("tokenizer") +
+                 " --vocab_size=12 --model_type=char --bos_id=-1 --minloglevel=2", 1);
+  test::write_file(dir.file("tokenizer_config.json"), R"({"add_bos_token": false})");
+  test::write_file(dir.file("config.json"), R"({"bos_token_id": 100000})");
+  const std::string message = test::message_of<ConfigError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(message.find("config.json: bos_token_id 100000 is outside tokenizer.model's vocabulary [0, "),
+            std::string::npos) << message;
+  test::write_file(dir.file("config.json"), R"({"bos_token_id": 3})");
+  EXPECT_EQ(load_tokenizer(dir.path())->bos_id(), 3);
+}
+
+// Found by fuzz_sentencepiece: a piece starting with a NUL byte makes libsentencepiece's Darts
+// trie throw a C++ exception ("zero-length key") through the shim's C boundary, which `resq`
+// printed as "internal error". The shim now turns it into the load error (IoError naming the file).
+TEST(SentencePiece, PieceStartingWithNulIsALoadError) {
+  // A ModelProto by hand: repeated SentencePiece pieces = 1 {piece = 1, score = 2, type = 3}.
+  const auto piece = [](const std::string& text, int type) {
+    std::string p = "\x0a" + std::string(1, static_cast<char>(text.size())) + text + std::string("\x15\0\0\0\0", 5);
+    if (type) p += "\x18" + std::string(1, static_cast<char>(type));
+    return "\x0a" + std::string(1, static_cast<char>(p.size())) + p;
+  };
+  test::TempDir dir;
+  const std::string good = piece("<unk>", 2) + piece("<s>", 3) + piece("and", 0);
+  test::write_file(dir.file("tokenizer.model"), good);
+  EXPECT_EQ(load_tokenizer(dir.path())->vocab_size(), 3);  // the hand-made model itself loads
+  test::write_file(dir.file("tokenizer.model"), good + piece(std::string("\0\0\xe7w", 4), 0));
+  const std::string message = test::message_of<IoError>([&] { load_tokenizer(dir.path()); });
+  EXPECT_NE(message.find(dir.file("tokenizer.model")), std::string::npos) << message;
+  EXPECT_NE(message.find("zero-length key"), std::string::npos) << message;
 }
 
 TEST(Tokenizer, MissingFilesGiveClearErrors) {

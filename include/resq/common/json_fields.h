@@ -30,6 +30,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -80,9 +81,31 @@ struct NumberRange {
   std::string describe() const;
 };
 
-// Parses JSON text; invalid JSON throws the `error` kind's exception as "SOURCE: invalid JSON: ...".
-nlohmann::json parse_json(const std::string& text, const std::string& source,
-                          JsonErrorKind error = JsonErrorKind::kConfig);
+// Deepest nesting of arrays and objects accepted: serde_json's limit, so every file HF's Rust
+// libraries (safetensors, tokenizers) write or read fits. nlohmann's dump, copy and == recurse once
+// per level: without a limit a 200 KB file of '[' overflows the stack.
+constexpr size_t kMaxJsonDepth = 128;
+
+struct JsonParseOptions {
+  JsonErrorKind error = JsonErrorKind::kConfig;
+  // A key twice in one object is an error (else the last one wins, as in Python and nlohmann).
+  bool unique_keys = false;
+};
+
+// The one entry to nlohmann's parser: every JSON file resq reads goes through it. It refuses raw NUL
+// bytes (nlohmann would stop there as if the input ended), nesting deeper than kMaxJsonDepth and,
+// with unique_keys, repeated keys; syntax errors, number overflow (1e400) and any nlohmann
+// exception raised by `sax` become the options' error kind, naming the source and where the parser
+// was: "config.json: invalid JSON at 'rope_scaling.factor': number overflow parsing '1e400'".
+void sax_parse_json(std::string_view text, const std::string& source,
+                    nlohmann::json_sax<nlohmann::json>& sax, JsonParseOptions options = {});
+
+// Parses JSON text into a value through sax_parse_json: "SOURCE: invalid JSON...: ..." on error.
+nlohmann::json parse_json(std::string_view text, const std::string& source, JsonParseOptions options);
+inline nlohmann::json parse_json(std::string_view text, const std::string& source,
+                                 JsonErrorKind error = JsonErrorKind::kConfig) {
+  return parse_json(text, source, JsonParseOptions{error});
+}
 
 // A value for messages: compact JSON, cut to 80 characters ("...") so a huge array stays readable.
 std::string json_excerpt(const nlohmann::json& value);

@@ -20,6 +20,16 @@ struct RopeScaling {
   int64_t original_max_position_embeddings = 8192;
 };
 
+// Upper bounds parse_model_config puts on config.json's sizes: far above any real model
+// (Llama-3.1-405B: hidden 16384, 126 layers, 128 heads; vocabularies up to ~256k) and low enough
+// that every size derived from them (q_size, a layer's weight count, parameter_count) fits in
+// int64 with room to spare, so no product of untrusted numbers can overflow.
+constexpr int64_t kMaxModelWidth = int64_t{1} << 20;   // hidden, intermediate, head_dim, q/kv sizes
+constexpr int64_t kMaxModelLayers = int64_t{1} << 12;
+constexpr int64_t kMaxModelHeads = int64_t{1} << 14;   // attention and KV heads
+constexpr int64_t kMaxModelVocab = int64_t{1} << 24;   // the BPE reader's dense id table too
+constexpr int64_t kMaxModelPositions = int64_t{1} << 24;  // max_position_embeddings, windows
+
 struct ModelConfig {
   std::string model_type;  // "llama" | "qwen2" | "mistral"
   int64_t hidden_size = 0;
@@ -45,11 +55,13 @@ struct ModelConfig {
   int64_t q_size() const { return num_heads * head_dim; }
   int64_t kv_size() const { return num_kv_heads * head_dim; }
   int64_t num_kv_groups() const { return num_heads / num_kv_heads; }
-  // Parameter count implied by the config (embeddings, layers, norms, lm_head if untied).
+  // Parameter count implied by the config (embeddings, layers, norms, lm_head if untied). Throws
+  // ConfigError if it overflows int64 (only a config built by hand, beyond the bounds above, can).
   int64_t parameter_count() const;
 };
 
-// Parses and validates; `source` names the file in error messages. Throws ConfigError.
+// Parses and validates (types, the bounds above, divisibility); `source` names the file in error
+// messages. Throws ConfigError.
 ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source);
 ModelConfig load_model_config(const std::string& config_json_path);
 

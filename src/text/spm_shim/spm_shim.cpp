@@ -24,14 +24,20 @@ void set_error(char* err, size_t len, const std::string& msg) {
 extern "C" {
 
 __attribute__((visibility("default"))) void* resq_spm_load(const char* path, char* err, size_t err_len) {
+  // libsentencepiece throws on some malformed models (Darts: "zero-length key" for a piece that
+  // starts with NUL): no exception may cross this C boundary (nor the link-map namespace).
   auto* p = new sentencepiece::SentencePieceProcessor();
-  const auto status = p->Load(path);
-  if (!status.ok()) {
+  try {
+    const auto status = p->Load(path);
+    if (status.ok()) return p;
     set_error(err, err_len, status.ToString());
-    delete p;
-    return nullptr;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, std::string("malformed model: ") + e.what());
+  } catch (...) {
+    set_error(err, err_len, "malformed model (unknown exception)");
   }
-  return p;
+  delete p;
+  return nullptr;
 }
 
 __attribute__((visibility("default"))) void resq_spm_free(void* handle) {
@@ -42,10 +48,15 @@ __attribute__((visibility("default"))) void resq_spm_free(void* handle) {
 __attribute__((visibility("default"))) int resq_spm_encode(void* handle, const char* text, size_t len, int** ids,
                                                            size_t* count, char* err, size_t err_len) {
   std::vector<int> out;
-  const auto status =
-      static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Encode(std::string(text, len), &out);
-  if (!status.ok()) {
-    set_error(err, err_len, status.ToString());
+  try {
+    const auto status =
+        static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Encode(std::string(text, len), &out);
+    if (!status.ok()) {
+      set_error(err, err_len, status.ToString());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
     return 1;
   }
   *count = out.size();
@@ -57,10 +68,15 @@ __attribute__((visibility("default"))) int resq_spm_encode(void* handle, const c
 __attribute__((visibility("default"))) int resq_spm_decode(void* handle, const int* ids, size_t count, char** text,
                                                            size_t* len, char* err, size_t err_len) {
   std::string out;
-  const auto status = static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Decode(
-      std::vector<int>(ids, ids + count), &out);
-  if (!status.ok()) {
-    set_error(err, err_len, status.ToString());
+  try {
+    const auto status = static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Decode(
+        std::vector<int>(ids, ids + count), &out);
+    if (!status.ok()) {
+      set_error(err, err_len, status.ToString());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
     return 1;
   }
   *len = out.size();
@@ -83,9 +99,14 @@ __attribute__((visibility("default"))) int resq_spm_bos_id(void* handle) {
 __attribute__((visibility("default"))) int resq_spm_train(const char* args, unsigned int seed, char* err,
                                                          size_t err_len) {
   sentencepiece::SetRandomGeneratorSeed(seed);
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args);
-  if (!status.ok()) {
-    set_error(err, err_len, status.ToString());
+  try {
+    const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+    if (!status.ok()) {
+      set_error(err, err_len, status.ToString());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
     return 1;
   }
   return 0;
