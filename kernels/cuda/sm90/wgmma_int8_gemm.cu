@@ -88,3 +88,31 @@ int int8_gemm_smem_bytes() { return static_cast<int>(sizeof(typename GemmKernel:
 int int8_gemm_threads() { return static_cast<int>(GemmKernel::MaxThreadsPerBlock); }
 
 }  // namespace resq::gpu::sm90
+
+// CUTLASS's TMA descriptors call the driver's cuTensorMapEncodeTiled directly. Linking libcuda would
+// make every resq binary fail to load on machines without an NVIDIA driver (CI, this build machine),
+// so the symbol is defined here and forwards to the driver's entry point through the runtime (which
+// loads libcuda only when a device is used). Debian's CUTLASS 3.4.1 has no switch for this.
+extern "C" CUresult CUDAAPI cuTensorMapEncodeTiled(CUtensorMap* tensorMap, CUtensorMapDataType tensorDataType,
+                                                   cuuint32_t tensorRank, void* globalAddress,
+                                                   const cuuint64_t* globalDim, const cuuint64_t* globalStrides,
+                                                   const cuuint32_t* boxDim, const cuuint32_t* elementStrides,
+                                                   CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle,
+                                                   CUtensorMapL2promotion l2Promotion,
+                                                   CUtensorMapFloatOOBfill oobFill) {
+  using Fn = CUresult(CUDAAPI*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static Fn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      p = nullptr;
+    }
+    return reinterpret_cast<Fn>(p);
+  }();
+  if (fn == nullptr) return CUDA_ERROR_NOT_SUPPORTED;
+  return fn(tensorMap, tensorDataType, tensorRank, globalAddress, globalDim, globalStrides, boxDim, elementStrides,
+            interleave, swizzle, l2Promotion, oobFill);
+}
