@@ -10,6 +10,7 @@
 // CUTLASS epilogue-visitor would save them; docs/PERF.md has the byte count).
 #include "cuda/wgmma_gemm.cuh"
 
+#include <cstdlib>
 #include <string>
 
 #include "cuda/sm90/wgmma_int8_gemm.h"
@@ -80,7 +81,7 @@ void widen4_rows_cuda(const uint8_t* src, int64_t lds, int64_t rows, int64_t K4,
   RESQ_CUDA_CHECK_LAUNCH("widen4_rows_kernel");
 }
 
-WgmmaWeights::WgmmaWeights(const GpuLinearView& w, cudaStream_t stream) : w_(w) {
+WgmmaWeights::WgmmaWeights(const GpuLinearView& w, cudaStream_t stream) : w_(w), built_(true) {
   const int64_t Np = acc_plane_stride(w.N);  // the GEMM's N: rows past N are zero
   if (w.K4 > 0 && w.N > 0) {
     const int64_t L4 = widened4_row_stride(w.K4);
@@ -107,6 +108,12 @@ bool wgmma_gemm_available() {
 #else
   return false;
 #endif
+}
+
+bool wgmma_gemm_enabled() {
+  const char* e = std::getenv("RESQ_WGMMA");
+  if (e != nullptr && std::string(e) == "0") return false;
+  return wgmma_gemm_available();
 }
 
 const char* wgmma_gemm_path_name() {

@@ -31,6 +31,7 @@ class WgmmaWeights {
   // w: a packed linear in GPU layout on the current device. Widens on `stream` (synchronized).
   explicit WgmmaWeights(const GpuLinearView& w, cudaStream_t stream = nullptr);
   const GpuLinearView& view() const { return w_; }
+  bool empty() const { return !built_; }  // default-constructed: no weights
   // [acc_plane_stride(N)][widened4_row_stride(K4)] int8, rows past N zero.
   const int8_t* w4_wide() const { return reinterpret_cast<const int8_t*>(w4_wide_.get()); }
   // The 8-bit part as the GEMM reads it: [acc_plane_stride(N)][ldw8], w.w8 itself when N % 4 == 0,
@@ -41,12 +42,19 @@ class WgmmaWeights {
 
  private:
   GpuLinearView w_;
+  bool built_ = false;
   DeviceBuffer<uint8_t> w4_wide_;
   DeviceBuffer<uint8_t> w8_pad_;
 };
 
 // Whether this binary holds the wgmma path and the current device is sm_90 (Hopper).
 bool wgmma_gemm_available();
+// wgmma_gemm_available() and not turned off by the environment: RESQ_WGMMA=0 forces the mma.sync
+// prefill kernel (mixed_gemm_cuda) on Hopper too, e.g. to compare the two.
+bool wgmma_gemm_enabled();
+// The prefill dispatch of PackedCudaLinear / `resq bench`: M rows go to wgmma_gemm_cuda (M above the
+// decode kernel's 16 rows, the path enabled), else to mixed_gemm_cuda / decode_gemv_cuda.
+inline bool wgmma_gemm_applies(int64_t M, bool enabled) { return enabled && M > 16; }
 
 // y [M][ldy] (fp32 or bf16 bits) = epilogue(X4·W4ᵀ, X8·W8ᵀ): widen X4 (workspace), one CUTLASS
 // wgmma GEMM per non-empty part into int32 planes (workspace), then the fold kernel. workspace: device
