@@ -24,5 +24,16 @@ case "${RESQ_WITH_CUDA:-auto}" in
       CUDA_ARGS=(-DRESQ_WITH_CUDA=OFF)
     fi ;;
 esac
+# The sm_90a wgmma GEMM needs CUTLASS headers (.cutlass/, git-ignored): fetched once when CUDA is
+# on; when the download is unavailable (exit 3) that path is left out of the build, not an error.
+if [[ "${CUDA_ARGS[0]}" == "-DRESQ_WITH_CUDA=ON" && ! -f .cutlass/usr/include/cutlass/version.h ]]; then
+  rc=0
+  scripts/gpu/fetch-cutlass.sh || rc=$?
+  if [[ ${rc} -eq 3 ]]; then
+    echo "build.sh: CUTLASS headers could not be fetched (network): the sm_90a wgmma GEMM is left out" >&2
+  elif [[ ${rc} -ne 0 ]]; then
+    exit "${rc}"
+  fi
+fi
 cmake -S . -B "${BUILD_DIR}" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" "${CUDA_ARGS[@]}" "$@"
 cmake --build "${BUILD_DIR}" -j "${JOBS}"

@@ -42,6 +42,10 @@ apt-get download "${PACKAGES[@]}"
 } > MANIFEST.txt
 echo "pack-deps: $(ls ./*.deb | wc -l) packages, $(du -sh . | cut -f1) in ${OUT}"
 
+# CUTLASS 3.x headers for the sm_90a wgmma GEMM (.cutlass, git-ignored, ~13 MB): carried with the
+# working tree like .gpu-debs (the device tool's `carry`); CMake finds them there by default.
+"${ROOT}/scripts/gpu/fetch-cutlass.sh" || echo "pack-deps: CUTLASS headers not fetched: the GPU build leaves the wgmma GEMM out" >&2
+
 # The GPU tests also read two small files of ../shared (stories260K and a TinyStories text, ~2 MB),
 # which does not travel to the GPU machine: copy them into .gpu-shared (git-ignored, never
 # committed) for run.sh, which points RESQ_SHARED_DIR at it.

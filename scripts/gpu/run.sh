@@ -122,6 +122,13 @@ GEN=()
 if command -v ninja >/dev/null; then GEN=(-G Ninja); fi
 
 BUILD="${ROOT}/build-gpu"
+# CUTLASS headers for the sm_90a wgmma GEMM travel as .cutlass (pack-deps.sh; carry it): CMake finds
+# them there. Without them the build leaves that path out and says so in configure.log.
+if [[ -f "${ROOT}/.cutlass/usr/include/cutlass/version.h" ]]; then
+  step "CUTLASS: $(cat "${ROOT}/.cutlass/MANIFEST.txt" 2>/dev/null || echo present)"
+else
+  step "CUTLASS: .cutlass missing (carry it): the sm_90a wgmma GEMM is not built"
+fi
 step "configure (${BUILD}, CUDA arch ${ARCH})"
 cmake -S "${ROOT}" -B "${BUILD}" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DRESQ_WITH_CUDA=ON \
   -DCMAKE_CUDA_COMPILER="${NVCC}" -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" \

@@ -20,6 +20,7 @@
 #include "cuda/act_quant.cuh"
 #include "cuda/decode_gemv.cuh"
 #include "cuda/mixed_gemm.cuh"
+#include "cuda/wgmma_gemm.cuh"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
 #include "cuda/device_linear.h"
@@ -142,6 +143,8 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
                            {"build_type", RESQ_BUILD_TYPE},
                            {"gemm_path", gpu::mixed_gemm_path_name(prop.major, prop.minor)},
                            {"decode_path", gpu::decode_gemv_path_name(prop.major, prop.minor)},
+                           {"prefill_path", gpu::wgmma_gemm_enabled() ? gpu::wgmma_gemm_path_name()
+                                                                      : gpu::mixed_gemm_path_name(prop.major, prop.minor)},
                            {"warmup", o.warmup},
                            {"repeats", o.repeats},
                            {"flush_l2", o.flush_l2},
@@ -174,6 +177,9 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
     const format::PackedLinear packed = cpu::quantize_linear_rtn(w.data(), nullptr, {N, K4, K8});
     const gpu::DevicePackedLinear d_w(packed.view());
     const gpu::GpuLinearView wv = d_w.view();
+    // sm_90 prefill (wgmma_gemm.cuh): the widened weights, built once per shape like PackedCudaLinear's.
+    const bool wgmma = gpu::wgmma_gemm_enabled();
+    const gpu::WgmmaWeights ww = wgmma ? gpu::WgmmaWeights(wv, stream) : gpu::WgmmaWeights();
     DeviceBuffer<uint16_t> d_w_bf16(to_bf16(w));
     // int8 baseline operands: random int8 (IMMA speed does not depend on the values).
     std::vector<int8_t> w_i8(static_cast<size_t>(N * K));
@@ -207,7 +213,8 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
       RESQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 
       const double flops = 2.0 * static_cast<double>(M) * N * K;
-      // path: "cublaslt", "tile" (mixed_gemm_cuda) or "decode" (decode_gemv, M <= 16), and for the
+      // path: "cublaslt", "tile" (mixed_gemm_cuda), "wgmma" (wgmma_gemm_cuda, sm_90, M > 16) or
+      // "decode" (decode_gemv, M <= 16), and for the
       // decode quant+gemm row whether the quantizer ran fused ("decode-fused") or as act_quant.
       auto emit = [&](const std::string& backend, const std::string& path, double us, double bytes, double t_bf16,
                       double t_i8) {
@@ -277,6 +284,27 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
         // The fused kernel reads the bf16 rows and writes y only.
         emit("resq-quant+gemm", fused ? "decode-fused" : "decode", t_full,
              fused ? packed_bytes_w + 2.0 * M * K + 2.0 * M * N : bytes_full, t_bf16, t_i8);
+        emit("resq-gemm-tile", "tile", time_tile(false), bytes_gemm, t_bf16, t_i8);
+        emit("resq-quant+gemm-tile", "tile", time_tile(true), bytes_full, t_bf16, t_i8);
+      } else if (gpu::wgmma_gemm_applies(M, wgmma)) {
+        // wgmma path (what PackedCudaLinear runs here), then the mma.sync tile kernel side by side.
+        // Bytes: widened 4-bit weights (K4 per row), X4 widened (read + write + GEMM read), the int32
+        // planes written by the GEMMs and read by the fold (8 bytes per output and part).
+        const gpu::WgmmaWorkspace wsz = gpu::wgmma_workspace(M, N, K4, K8);
+        DeviceBuffer<uint8_t> d_ws(static_cast<size_t>(wsz.bytes));
+        const int64_t L4 = K4 > 0 ? gpu::widened4_row_stride(K4) : 0;
+        const double planes = 8.0 * M * gpu::acc_plane_stride(N) * ((K4 > 0) + (K8 > 0));
+        const double bytes_w = static_cast<double>(N) * (L4 + ldq8) + 16.0 * N;
+        const double bytes_x = static_cast<double>(M) * (ldq4 + 2.0 * L4 + ldq8) + 16.0 * M;
+        const double bytes_wg = bytes_w + bytes_x + planes + 2.0 * M * N;
+        auto time_wgmma = [&](bool quant) {
+          return gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
+            if (quant) gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
+            gpu::wgmma_gemm_cuda(xv, ww, d_y.get(), N, gpu::GemmOutput::kBFloat16, d_ws.get(), stream);
+          });
+        };
+        emit("resq-gemm", "wgmma", time_wgmma(false), bytes_wg, t_bf16, t_i8);
+        emit("resq-quant+gemm", "wgmma", time_wgmma(true), bytes_wg + 2.0 * M * K + packed_bytes_x, t_bf16, t_i8);
         emit("resq-gemm-tile", "tile", time_tile(false), bytes_gemm, t_bf16, t_i8);
         emit("resq-quant+gemm-tile", "tile", time_tile(true), bytes_full, t_bf16, t_i8);
       } else {

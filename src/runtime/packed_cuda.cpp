@@ -141,6 +141,8 @@ PackedCudaLinear::PackedCudaLinear(const format::PackedLinear& packed, std::vect
   }
   RESQ_CUDA_CHECK(cudaGetDevice(&device_));
   weights_ = gpu::DevicePackedLinear(packed.view());  // re-strided to the GPU layout, uploaded
+  // Hopper prefill: the 4-bit part widened to int8 once, here (+K4 bytes per row on the device).
+  if (gpu::wgmma_gemm_enabled()) wgmma_weights_ = gpu::WgmmaWeights(weights_.view());
   if (!perm.empty()) perm_ = gpu::DeviceBuffer<int32_t>(perm);
   if (h) {
     const gpu::HadamardRowHost row = gpu::make_hadamard_row_host(h->n, h->pow2, h->block, h->block_matrix, h->signs);
@@ -206,6 +208,14 @@ at::Tensor PackedCudaLinear::forward(const at::Tensor& x) const {
     if (gpu::decode_gemv_applies(M)) {
       gpu::decode_gemv_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
                             kStream);
+    } else if (gpu::wgmma_gemm_applies(M, !wgmma_weights_.empty())) {
+      // sm_90 prefill: wgmma int32 GEMMs + fold (wgmma_gemm.cuh); scratch from torch's allocator.
+      const gpu::WgmmaWorkspace ws = gpu::wgmma_workspace(M, N_, K4_, K8_);
+      at::Tensor scratch = at::empty({ws.bytes + 256}, at::TensorOptions().dtype(at::kByte).device(x.device()));
+      uint8_t* base = scratch.data_ptr<uint8_t>();
+      base += (256 - reinterpret_cast<uintptr_t>(base) % 256) % 256;
+      gpu::wgmma_gemm_cuda(gpu::quantized_activations_view(s.args), wgmma_weights_, y.data_ptr(), N_,
+                           gpu::GemmOutput::kFloat32, base, kStream);
     } else {
       gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
                            kStream);

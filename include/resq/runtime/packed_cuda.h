@@ -17,6 +17,7 @@
 #include "resq/cuda/device.h"
 #include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
+#include "cuda/wgmma_gemm.cuh"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
 #include "resq/model/linear.h"
@@ -59,6 +60,7 @@ class PackedCudaLinear : public Linear {
   float clip_ = 1.0f;
   int device_ = 0;  // CUDA device holding the buffers
   gpu::DevicePackedLinear weights_;            // the packed linear in the GPU layout
+  gpu::WgmmaWeights wgmma_weights_;            // sm_90 prefill (M > 16): 4-bit part widened to int8, else empty
   gpu::DeviceBuffer<int32_t> perm_;            // [K] or empty
   bool hadamard_ = false;
   gpu::HadamardRowParams hadamard_params_;     // device pointers into signs_ / mix_
