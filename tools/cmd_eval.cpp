@@ -14,6 +14,7 @@
 #include "resq/common/file.h"
 #include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
+#include "resq/format/checkpoint.h"
 #include "resq/model/decoder.h"
 #include "resq/runtime/packed_model.h"
 #include "resq/text/dataset.h"
@@ -30,6 +31,7 @@ struct EvalOptions {
   int64_t max_windows = -1;
   int64_t batch = 0;
   bool no_bos = false;
+  bool verify = false;  // hash every tensor of a packed checkpoint against its checksums first
   std::string mode;  // "" = packed for a packed checkpoint
 };
 
@@ -38,9 +40,12 @@ void run_eval(const EvalOptions& o) {
   if (o.data.empty() == o.wikitext2.empty()) {
     throw UsageError("resq eval: give exactly one of --data FILE or --wikitext2 RAW_FILE");
   }
+  if (o.verify && !format::PackedCheckpoint::is_checkpoint_dir(o.common.model)) {
+    throw UsageError("--verify: '" + o.common.model + "' is not a resq packed checkpoint (only those carry checksums)");
+  }
   const auto t0 = std::chrono::steady_clock::now();
   const std::string text_path = o.data.empty() ? o.wikitext2 : o.data;
-  std::string text = read_file(text_path, "text file");
+  std::string text = read_file(text_path, o.data.empty() ? "--wikitext2 text file" : "--data text file");
   if (!o.wikitext2.empty()) text = wikitext_join(text);
 
   auto tokenizer = load_tokenizer(o.common.model);
@@ -50,7 +55,16 @@ void run_eval(const EvalOptions& o) {
   log::info(strprintf("tokenized %s (%zu bytes) into %zu tokens with %s (%sBOS prepended) in %.2f s", text_path.c_str(),
                       text.size(), ids.size(), tokenizer->kind().c_str(), add_bos ? "" : "no ", tokenize_seconds));
 
-  RunModel model = load_run_model(o.common, parse_mode_option(o.mode));
+  const std::optional<ExecutionMode> mode = parse_mode_option(o.mode);
+  if (o.verify) {
+    // One more read of the checkpoint before loading it: a flipped byte is refused naming the tensor.
+    const auto tv = std::chrono::steady_clock::now();
+    const int64_t n = format::PackedCheckpoint::open(o.common.model).verify_checksums();
+    if (n == 0) throw FormatError("--verify: " + o.common.model + " is a format 1.0 checkpoint without checksums");
+    log::info(strprintf("verified the checksums of %lld tensors in %.2f s", static_cast<long long>(n),
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count()));
+  }
+  RunModel model = load_run_model(o.common, mode);
   Decoder& decoder = model.decoder;
   const bool quantized = model.quantized;
   const std::string& mode_name = model.mode_name;
@@ -109,6 +123,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "windows per forward pass (0 = automatic)")->capture_default_str();
   cmd->add_option("--mode", o->mode, "packed checkpoints: packed (integer kernels, default) or simulate (fake quantization)");
   cmd->add_flag("--no-bos", o->no_bos, "do not prepend BOS even if the tokenizer config asks for it");
+  cmd->add_flag("--verify", o->verify, "packed checkpoints: verify every tensor's checksum before evaluating");
   add_runtime_options(cmd, o->common);
   add_json_option(cmd, o->common);
   cmd->callback([o] { run_eval(*o); });

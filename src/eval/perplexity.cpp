@@ -63,7 +63,17 @@ PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t
     at::Tensor targets = ids_batch.narrow(1, 1, seqlen - 1).to(logp.device()).unsqueeze(-1);
     at::Tensor nll = -logp.gather(-1, targets).squeeze(-1);  // [nb, T-1]
     at::Tensor window_nll = nll.to(at::kDouble).mean(1).cpu();
-    for (int64_t b = 0; b < nb; ++b) r.window_nll.push_back(window_nll[b].item<double>());
+    for (int64_t b = 0; b < nb; ++b) {
+      const double v = window_nll[b].item<double>();
+      // A NaN or infinite loss makes every figure after it meaningless ("ppl: -nan"): stop here.
+      if (!std::isfinite(v)) {
+        throw NumericError(strprintf("eval: window %" PRId64 " (tokens %" PRId64 "..%" PRId64 ") has a non-finite loss (%f): "
+                                     "the model produced NaN or infinite logits (non-finite weights, or an overflow in "
+                                     "this dtype); no perplexity can be reported",
+                                     w0 + b, (w0 + b) * seqlen, (w0 + b + 1) * seqlen - 1, v));
+      }
+      r.window_nll.push_back(v);
+    }
 
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start).count();
@@ -105,6 +115,9 @@ KlResult evaluate_kl_divergence(Decoder& reference, Decoder& candidate, const st
     at::Tensor lp = at::log_softmax(reference.forward(x).to(at::kDouble), -1);  // [1, T, V]
     at::Tensor lq = at::log_softmax(candidate.forward(x).to(at::kDouble), -1);
     total += (lp.exp() * (lp - lq)).sum().item<double>();
+    if (!std::isfinite(total)) {
+      throw NumericError("kl: window " + std::to_string(w) + " gives a non-finite KL divergence (NaN or infinite logits)");
+    }
   }
   KlResult r;
   r.num_positions = windows * seqlen;

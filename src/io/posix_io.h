@@ -39,19 +39,4 @@ class FdGuard {
   int fd_;
 };
 
-// Writes all bytes or throws IoError naming `path` (handles short writes and EINTR).
-inline void write_all(int fd, const void* data, size_t nbytes, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (nbytes > 0) {
-    const ssize_t n = ::write(fd, p, nbytes < (size_t{1} << 30) ? nbytes : (size_t{1} << 30));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw IoError(path + ": write failed: " + errno_text(errno));
-    }
-    if (n == 0) throw IoError(path + ": write failed: no progress");
-    p += n;
-    nbytes -= static_cast<size_t>(n);
-  }
-}
-
 }  // namespace resq::io_detail
