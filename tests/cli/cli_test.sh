@@ -172,7 +172,7 @@ check "unknown flag exits 2" 2 "--bogus" -- "$RESQ" eval --model "$MODEL" --data
 check "missing option value exits 2" 2 "seqlen" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen
 check "non-numeric value exits 2" 2 "abc" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen abc
 check "missing required option exits 2" 2 "--config is required" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/x"
-check "unknown subcommand exits 2" 2 "frobnicate" -- "$RESQ" frobnicate
+check "unknown subcommand exits 2" 2 "subcommand" -- "$RESQ" frobnicate
 check "no subcommand exits 2" 2 "subcommand" -- "$RESQ"
 check "help exits 0" 0 "Usage" -- "$RESQ" eval --help
 # Text inputs: regular files only, refused at once naming the flag (no hang on /dev/zero or a FIFO).
@@ -245,7 +245,8 @@ else
 fi
 mkdir -p "$WORK/qs.tmp.999999999/sub" && echo spill > "$WORK/qs.tmp.999999999/sub/spill-0-1"  # pid above pid_max: dead
 check "stale temporary removed" 0 "wrote" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qs" --config "$RTN" --calib "$DATA" --nsamples 4 --seqlen 64
-check "stale temporary named" 0 "removed .*qs.tmp.999999999, left behind by an interrupted run" -- cat "$WORK/err"
+cp "$WORK/err" "$WORK/qs.err"
+check "stale temporary named" 0 "removed .*qs.tmp.999999999, left behind by an interrupted run" -- cat "$WORK/qs.err"
 [ ! -e "$WORK/qs.tmp.999999999" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: stale temporary directory kept"; }
 
 echo "cli: $passed passed, $failed failed"
