@@ -33,24 +33,6 @@ namespace {
 }
 [[maybe_unused]] const char* strerror_result(const char* text, const char*) { return text; }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int close_now() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 const char* file_kind(mode_t mode) {
   if (S_ISDIR(mode)) return "a directory";
@@ -90,7 +72,7 @@ std::string errno_text(int errnum) {
 
 std::string read_file(const std::string& path, const std::string& what, uint64_t max_bytes) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
-  Fd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  FdGuard fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
   if (fd.get() < 0) throw IoError(path + ": cannot open " + what + ": " + errno_text(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw IoError(path + ": cannot stat " + what + ": " + errno_text(errno));
@@ -161,7 +143,7 @@ std::vector<std::string> remove_stale_temporaries(const std::string& base) {
 }
 
 void fsync_path(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw IoError(path + ": cannot open to fsync: " + errno_text(errno));
   if (::fsync(fd.get()) != 0 && errno != EINVAL) throw IoError(path + ": fsync failed: " + errno_text(errno));
 }
@@ -170,7 +152,7 @@ void write_file_atomically(const std::string& path, const std::function<void(int
                            const std::string& what) {
   remove_stale_temporaries(path);
   const std::string tmp = temporary_path(path);
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  FdGuard fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) throw IoError(tmp + ": cannot create temporary file for " + path + " (" + what + "): " + errno_text(errno));
   try {
     write(fd.get(), tmp);

@@ -2,6 +2,8 @@
 // and the durable-write primitives (fsync, atomic and no-replace renames, stale temporaries).
 #pragma once
 
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -9,6 +11,27 @@
 #include <vector>
 
 namespace resq {
+
+// Closes a file descriptor on scope exit unless closed earlier.
+class FdGuard {
+ public:
+  explicit FdGuard(int fd) : fd_(fd) {}
+  ~FdGuard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdGuard(const FdGuard&) = delete;
+  FdGuard& operator=(const FdGuard&) = delete;
+  int get() const { return fd_; }
+  // Closes now and reports the result (close errors matter for written files).
+  int close_now() {
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
 
 // Default bound of read_file: text, JSON and tokenizer files are far smaller; a bigger one is refused
 // rather than read into memory.
