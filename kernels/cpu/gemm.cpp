@@ -51,6 +51,13 @@ void check_gemm_args(const char* fn, const QuantizedActivationsView& x, const Pa
                      std::to_string(format::kMaxPartDim) + " columns per part");
   }
   const bool mn = M > 0 && N > 0;
+  // The tiles read weight rows back to back: the compact layout (format::PackedLinear as packed or
+  // read), not the GPU's 16-byte strides.
+  if ((K4 > 0 && w.ldw4 != format::packed4_row_bytes(K4)) || (K8 > 0 && w.ldw8 != K8)) {
+    throw ShapeError(std::string(fn) + ": weight row strides ldw4 = " + std::to_string(w.ldw4) + ", ldw8 = " +
+                     std::to_string(w.ldw8) + " are not compact (" + std::to_string(format::packed4_row_bytes(K4)) +
+                     ", " + std::to_string(K8) + " bytes): the CPU kernels read unpadded rows");
+  }
   check_ptr(fn, x.xq4, "x.xq4", mn && K4 > 0);
   check_ptr(fn, x.xq8, "x.xq8", mn && K8 > 0);
   check_ptr(fn, w.w4, "w.w4", mn && K4 > 0);

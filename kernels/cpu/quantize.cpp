@@ -1,5 +1,5 @@
 // Activation and weight quantizers producing the packed layout of resq/format/packed.h: scalar
-// references, the dispatching fast activation quantizer and the owning PackedLinear builders.
+// references, the dispatching fast activation quantizer and RTN quantization of a whole linear.
 #include "cpu/quantize.h"
 
 #include <algorithm>
@@ -194,49 +194,14 @@ void quantize_weights_rtn_reference(const float* w, int64_t N, int64_t K4, int64
   }
 }
 
-format::PackedLinearView PackedLinear::view() const {
-  return {dims, data_or_null(w4), data_or_null(w8), sw4.data(), sw8.data(), rs4.data(), rs8.data(), data_or_null(bias)};
-}
-
-PackedLinear pack_linear(const int8_t* q, const float* sw4, const float* sw8, const float* bias,
-                         format::PackedLinearDims dims) {
-  const char* fn = "pack_linear";
-  const int64_t N = dims.N, K4 = dims.K4, K8 = dims.K8, K = K4 + K8;
-  check_dims(fn, "N", N, K4, K8);
-  check_ptr(fn, q, "q", N > 0 && K > 0);
-  check_ptr(fn, sw4, "sw4", N > 0);
-  check_ptr(fn, sw8, "sw8", N > 0);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K4; ++k) {
-      const int v = q[n * K + k];
-      if (v < format::kInt4Min || v > format::kInt4Max) {
-        throw ShapeError(std::string(fn) + ": q[" + std::to_string(n) + ", " + std::to_string(k) +
-                         "] = " + std::to_string(v) + " is outside the int4 range [-8, 7]");
-      }
-    }
-  }
-  PackedLinear p;
-  p.dims = dims;
-  p.w4.assign(static_cast<size_t>(N * packed4_row_bytes(K4)), 0);
-  p.w8.assign(static_cast<size_t>(N * K8), 0);
-  p.rs4.assign(static_cast<size_t>(N), 0);
-  p.rs8.assign(static_cast<size_t>(N), 0);
-  p.sw4.assign(sw4, sw4 + N);
-  p.sw8.assign(sw8, sw8 + N);
-  if (bias != nullptr) p.bias.assign(bias, bias + N);
-  format::pack_weights_reference(q, N, K4, K8, p.w4.data(), p.w8.data());
-  format::weight_row_sums_reference(q, N, K4, K8, p.rs4.data(), p.rs8.data());
-  return p;
-}
-
-PackedLinear quantize_linear_rtn(const float* w, const float* bias, format::PackedLinearDims dims,
+format::PackedLinear quantize_linear_rtn(const float* w, const float* bias, format::PackedLinearDims dims,
                                  float clip4, float clip8) {
   check_dims("quantize_linear_rtn", "N", dims.N, dims.K4, dims.K8);
   std::vector<int8_t> q(static_cast<size_t>(dims.N * dims.K()));
   std::vector<float> sw4(static_cast<size_t>(dims.N)), sw8(static_cast<size_t>(dims.N));
   quantize_weights_rtn_reference(w, dims.N, dims.K4, dims.K8, clip4, clip8, q.data(), sw4.data(),
                                  sw8.data());
-  return pack_linear(q.data(), sw4.data(), sw8.data(), bias, dims);
+  return format::pack_linear(q.data(), sw4.data(), sw8.data(), bias, dims);
 }
 
 }  // namespace resq::cpu

@@ -1,6 +1,7 @@
 // Quantizers that produce the packed 4/8-bit layout of resq/format/packed.h on the CPU: dynamic
 // per-token asymmetric activation quantization and round-to-nearest symmetric weight quantization,
-// plus owning host containers for one packed linear and one batch of quantized activations.
+// plus the owning host container of one batch of quantized activations (a packed linear's is
+// format::PackedLinear).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 
 #include "cpu/features.h"
 #include "resq/format/packed.h"
+#include "resq/format/packed_linear.h"
 
 namespace resq::cpu {
 
@@ -55,32 +57,14 @@ QuantizedActivations quantize_activations(const float* x, int64_t M, int64_t K4,
 //   s4 = (max_k |w| * clip4) / 7,   q4 = clamp(round_half_even(w / s4), -8, 7)
 //   s8 = (max_k |w| * clip8) / 127, q8 = clamp(round_half_even(w / s8), -128, 127)
 // with s = 1 (and q = 0) for an all-zero or empty part. Writes q int8 [N][K4 + K8] (unpacked;
-// feed it to format::pack_weights_reference or pack_linear) and sw4, sw8 float [N].
+// feed it to format::pack_linear) and sw4, sw8 float [N].
 // Throws like quantize_activations_reference.
 void quantize_weights_rtn_reference(const float* w, int64_t N, int64_t K4, int64_t K8,
                                     float clip4, float clip8, int8_t* q, float* sw4, float* sw8);
 
-// Owning storage of one packed linear (layout of format::PackedLinearView).
-struct PackedLinear {
-  format::PackedLinearDims dims;
-  std::vector<uint8_t> w4;    // [N][packed4_row_bytes(K4)]
-  std::vector<int8_t> w8;     // [N][K8]
-  std::vector<float> sw4;     // [N]
-  std::vector<float> sw8;     // [N]
-  std::vector<int32_t> rs4;   // [N]
-  std::vector<int32_t> rs8;   // [N]
-  std::vector<float> bias;    // [N] or empty
-  format::PackedLinearView view() const;
-};
-
-// Packs q int8 [N][K4 + K8] (checked: q in [-8, 7] on the 4-bit part, any int8 on the 8-bit part)
-// with scales sw4, sw8 float [N] and optional bias float [N] (null for none); computes the row
-// sums. Throws resq::ShapeError for bad dims / null pointers and an out-of-range q4 (naming n, k).
-PackedLinear pack_linear(const int8_t* q, const float* sw4, const float* sw8, const float* bias,
-                         format::PackedLinearDims dims);
-
-// Round-to-nearest quantization then packing: w float [N][K4 + K8], bias float [N] or null.
-PackedLinear quantize_linear_rtn(const float* w, const float* bias, format::PackedLinearDims dims,
+// Round-to-nearest quantization then packing (format::pack_linear): w float [N][K4 + K8], bias
+// float [N] or null.
+format::PackedLinear quantize_linear_rtn(const float* w, const float* bias, format::PackedLinearDims dims,
                                  float clip4 = 1.0f, float clip8 = 1.0f);
 
 }  // namespace resq::cpu

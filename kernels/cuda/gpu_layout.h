@@ -1,7 +1,8 @@
 // GPU-side operand layout of the packed W4A4+W8A8 linear: the packed format of resq/format/packed.h
 // with row strides padded to 16 bytes (so every cp.async source is aligned), the plain-pointer views
-// the CUDA launchers take, the host-side "repack for GPU" of a packed linear, and the per-element
-// epilogue shared by the kernel and its CPU emulation. Plain C++ (compiles without nvcc).
+// the CUDA launchers take (a packed linear's is built from format::PackedLinear re-strided to 16
+// bytes, format/packed_linear.h), and the per-element epilogue shared by the kernel and its CPU
+// emulation. Plain C++ (compiles without nvcc).
 #pragma once
 
 #include <cstdint>
@@ -110,90 +111,29 @@ inline void dequantize_activations_reference(const GpuActivationsView& x, float*
   }
 }
 
-// ---------------------------------------------------------------------------- host repacking
+// ---------------------------------------------------------------------------- packed linear view
 
-// Host copy of one packed linear in GPU layout (what is uploaded to the device).
-struct GpuPackedLinearHost {
-  int64_t N = 0;
-  int64_t K4 = 0;
-  int64_t K8 = 0;
-  int64_t ldw4 = 0;            // bytes, multiple of 16
-  int64_t ldw8 = 0;            // bytes, multiple of 16
-  std::vector<uint8_t> w4;     // [N][ldw4], bytes past the logical row and the pad nibble are 0
-  std::vector<int8_t> w8;      // [N][ldw8], bytes past the logical row are 0
-  std::vector<float> sw4, sw8; // [N]
-  std::vector<int32_t> rs4, rs8;  // [N]
-  std::vector<float> bias;     // [N] or empty
-  // View on this host storage (for the emulation; the device copy has its own pointers).
-  GpuLinearView host_view() const {
-    GpuLinearView v;
-    v.N = N;
-    v.K4 = K4;
-    v.K8 = K8;
-    v.w4 = w4.empty() ? nullptr : w4.data();
-    v.ldw4 = ldw4;
-    v.w8 = w8.empty() ? nullptr : w8.data();
-    v.ldw8 = ldw8;
-    v.sw4 = sw4.data();
-    v.sw8 = sw8.data();
-    v.rs4 = rs4.data();
-    v.rs8 = rs8.data();
-    v.bias = bias.empty() ? nullptr : bias.data();
-    return v;
-  }
-};
-
-// Repacks a packed linear (format::PackedLinearView, host memory) into the GPU layout: rows
-// re-strided to 16-byte multiples, padding and an odd K4's pad nibble set to 0, scales/row sums/
-// bias copied (a missing scale or row sum of an empty part becomes 1 / 0). Throws ShapeError for
-// negative dims, a part above format::kMaxPartDim or a missing required pointer.
-inline GpuPackedLinearHost repack_linear_for_gpu(const format::PackedLinearView& w) {
+// The GPU view of a packed linear whose rows are in the GPU layout: format::restride(w, kGpuRowAlign)
+// of the owner (format::PackedLinear), on the host (the emulation) or uploaded (its device
+// pointers). Throws ShapeError when a non-empty part's stride is not a 16-byte multiple covering
+// its row, or when a required pointer is null.
+inline GpuLinearView gpu_linear_view(const format::PackedLinearView& w) {
   const auto& d = w.dims;
-  const std::string fn = "repack_linear_for_gpu: ";
+  const int64_t rb4 = part4_row_bytes(d.K4), rb8 = part8_row_bytes(d.K8);
+  const bool rows = d.N > 0;
   RESQ_CHECK_OR_THROW(d.N >= 0 && d.K4 >= 0 && d.K8 >= 0, ShapeError,
-                      fn + "negative dims N=" + std::to_string(d.N) + " K4=" + std::to_string(d.K4) +
+                      "gpu_linear_view: negative dims N=" + std::to_string(d.N) + " K4=" + std::to_string(d.K4) +
                           " K8=" + std::to_string(d.K8));
-  RESQ_CHECK_OR_THROW(d.K4 <= format::kMaxPartDim && d.K8 <= format::kMaxPartDim, ShapeError,
-                      fn + "K4/K8 above kMaxPartDim = 65536");
-  const int64_t N = d.N;
-  if (N > 0) {
-    RESQ_CHECK_OR_THROW(d.K4 == 0 || (w.w4 && w.sw4 && w.rs4), ShapeError,
-                        fn + "w4, sw4 and rs4 are required when K4 > 0");
-    RESQ_CHECK_OR_THROW(d.K8 == 0 || (w.w8 && w.sw8 && w.rs8), ShapeError,
-                        fn + "w8, sw8 and rs8 are required when K8 > 0");
-  }
-  GpuPackedLinearHost g;
-  g.N = N;
-  g.K4 = d.K4;
-  g.K8 = d.K8;
-  const int64_t rb4 = part4_row_bytes(d.K4);
-  const int64_t rb8 = part8_row_bytes(d.K8);
-  g.ldw4 = gpu_row_stride(rb4);
-  g.ldw8 = gpu_row_stride(rb8);
-  g.w4.assign(static_cast<size_t>(N * g.ldw4), 0);
-  g.w8.assign(static_cast<size_t>(N * g.ldw8), 0);
-  for (int64_t n = 0; n < N; ++n) {
-    if (rb4 > 0) {
-      std::memcpy(g.w4.data() + n * g.ldw4, w.w4 + n * rb4, static_cast<size_t>(rb4));
-      if (d.K4 % 2 == 1) g.w4[static_cast<size_t>(n * g.ldw4 + rb4 - 1)] &= 0x0F;
-    }
-    if (rb8 > 0) std::memcpy(g.w8.data() + n * g.ldw8, w.w8 + n * rb8, static_cast<size_t>(rb8));
-  }
-  const size_t n = static_cast<size_t>(N);
-  g.sw4.assign(n, 1.0f);
-  g.sw8.assign(n, 1.0f);
-  g.rs4.assign(n, 0);
-  g.rs8.assign(n, 0);
-  if (d.K4 > 0 && N > 0) {
-    std::memcpy(g.sw4.data(), w.sw4, n * sizeof(float));
-    std::memcpy(g.rs4.data(), w.rs4, n * sizeof(int32_t));
-  }
-  if (d.K8 > 0 && N > 0) {
-    std::memcpy(g.sw8.data(), w.sw8, n * sizeof(float));
-    std::memcpy(g.rs8.data(), w.rs8, n * sizeof(int32_t));
-  }
-  if (w.bias && N > 0) g.bias.assign(w.bias, w.bias + N);
-  return g;
+  RESQ_CHECK_OR_THROW((d.K4 == 0 || (w.ldw4 >= rb4 && w.ldw4 % kGpuRowAlign == 0)) &&
+                          (d.K8 == 0 || (w.ldw8 >= rb8 && w.ldw8 % kGpuRowAlign == 0)),
+                      ShapeError,
+                      "gpu_linear_view: strides ldw4 = " + std::to_string(w.ldw4) + ", ldw8 = " + std::to_string(w.ldw8) +
+                          " are not the GPU layout (16-byte multiples covering " + std::to_string(rb4) + ", " +
+                          std::to_string(rb8) + " bytes): restride the linear first");
+  RESQ_CHECK_OR_THROW(!rows || ((d.K4 == 0 || (w.w4 && w.sw4 && w.rs4)) && (d.K8 == 0 || (w.w8 && w.sw8 && w.rs8))),
+                      ShapeError, "gpu_linear_view: the weights, scales and row sums of a non-empty part are required");
+  // Field for field, in GpuLinearView's order (N, K4, K8, w4, ldw4, w8, ldw8, sw4, sw8, rs4, rs8, bias).
+  return GpuLinearView{d.N, d.K4, d.K8, w.w4, w.ldw4, w.w8, w.ldw8, w.sw4, w.sw8, w.rs4, w.rs8, w.bias};
 }
 
 // Host copy of quantized activations in GPU layout (tests and the emulation).

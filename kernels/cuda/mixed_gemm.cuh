@@ -16,8 +16,8 @@ enum class GemmOutput { kFloat32, kBFloat16 };
 enum class GemmTile { kAuto, kLarge, kSmall };
 
 // x: device activations [M][ldx4 / ldx8] in GPU layout (cuda/gpu_layout.h), w: device weights
-// from repack_linear_for_gpu (w4 [N][ldw4], w8 [N][ldw8]: 16-byte strides, zero padding), y: device
-// output [M][ldy] float32 or bf16 bits (ldy >= N, elements). Runs on `stream`, asynchronously.
+// from gpu_linear_view of a format::PackedLinear re-strided to 16 bytes (w4 [N][ldw4], w8 [N][ldw8]:
+// zero padding), y: device output [M][ldy] float32 or bf16 bits (ldy >= N, elements). Runs on `stream`, asynchronously.
 // y[m, n] = format::epilogue_value(acc4[m, n], acc8[m, n], ...) exactly (no FMA contraction).
 // Throws ShapeError for inconsistent dims/strides/alignment/null pointers, UnsupportedError when
 // the device is older than sm_80 or the binary has no kernel image for it, CudaError on CUDA

@@ -92,7 +92,7 @@ nlohmann::json run_cpu_gemm_bench(const CpuBenchOptions& o, void (*on_row)(const
     // Weights [N, K] float32 -> packed (RTN); the same float weights feed the libtorch baselines.
     at::Tensor w = at::randn({s.N, s.K}, at::TensorOptions().dtype(at::kFloat)).mul_(0.02);
     const format::PackedLinearDims dims{s.N, s.K - s.K8, s.K8};
-    const cpu::PackedLinear packed = cpu::quantize_linear_rtn(w.data_ptr<float>(), nullptr, dims);
+    const format::PackedLinear packed = cpu::quantize_linear_rtn(w.data_ptr<float>(), nullptr, dims);
     at::Tensor w_bf16 = o.bf16_baseline ? w.to(at::kBFloat16) : at::Tensor();
     for (int64_t M : o.ms) {
       at::Tensor x = at::randn({M, s.K}, at::TensorOptions().dtype(at::kFloat));

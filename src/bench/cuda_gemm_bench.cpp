@@ -21,6 +21,7 @@
 #include "cuda/mixed_gemm.cuh"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
+#include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
 
 namespace resq {
@@ -154,20 +155,9 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
     const int64_t N = s.N, K = s.K, K8 = s.K8, K4 = K - K8;
     std::vector<float> w(static_cast<size_t>(N * K));
     for (auto& v : w) v = normal(rng) * 0.02f;
-    const cpu::PackedLinear packed = cpu::quantize_linear_rtn(w.data(), nullptr, {N, K4, K8});
-    const gpu::GpuPackedLinearHost gw = gpu::repack_linear_for_gpu(packed.view());
-    DeviceBuffer<uint8_t> d_w4(gw.w4);
-    DeviceBuffer<int8_t> d_w8(gw.w8);
-    DeviceBuffer<float> d_sw4(gw.sw4), d_sw8(gw.sw8);
-    DeviceBuffer<int32_t> d_rs4(gw.rs4), d_rs8(gw.rs8);
-    gpu::GpuLinearView wv = gw.host_view();
-    wv.w4 = d_w4.get();
-    wv.w8 = d_w8.get();
-    wv.sw4 = d_sw4.get();
-    wv.sw8 = d_sw8.get();
-    wv.rs4 = d_rs4.get();
-    wv.rs8 = d_rs8.get();
-    wv.bias = nullptr;
+    const format::PackedLinear packed = cpu::quantize_linear_rtn(w.data(), nullptr, {N, K4, K8});
+    const gpu::DevicePackedLinear d_w(packed.view());
+    const gpu::GpuLinearView wv = d_w.view();
     DeviceBuffer<uint16_t> d_w_bf16(to_bf16(w));
     // int8 baseline operands: random int8 (IMMA speed does not depend on the values).
     std::vector<int8_t> w_i8(static_cast<size_t>(N * K));

@@ -64,36 +64,13 @@ std::vector<SiteSpec> bench_layer_site_specs(const ModelConfig& c) {
 namespace {
 
 // RTN-quantized w [N, K] (any device) -> the LinearData a checkpoint reader would return for spec:
-// q reordered to spec.packed_column_order() and packed like CheckpointWriter does (w4: two 4-bit
-// two's-complement codes per byte, even column in the low nibble, an odd K4's pad nibble 0; w8:
-// the 8-bit columns). The reorder and the nibble packing run as torch ops on q's device (on cuda
-// that takes the 1.4 s per Llama-3-8B layer of the scalar pack_weights_reference off the CPU);
-// only the packed bytes and scales are copied to the host arrays of LinearData.
+// the packed linear of pack_quantized_weight (the conversion the checkpoint writer is given), the
+// site's column order.
 format::LinearData packed_site_data(const SiteSpec& s, const QuantizedWeight& qw) {
   format::LinearData d;
   d.spec = s;
-  const int64_t N = s.N, K4 = s.K4(), K8 = s.K8(), rb4 = format::packed4_row_bytes(K4);
-  d.dims = {N, K4, K8};
   d.perm = s.packed_column_order();
-  const at::Tensor perm =
-      at::from_blob(d.perm.data(), {s.K}, at::TensorOptions().dtype(at::kInt)).to(qw.q.device(), at::kLong);
-  const at::Tensor q = qw.q.index_select(1, perm);  // [N, K] int8, packed order, q's device
-  if (K4 > 0) {
-    at::Tensor q4 = q.narrow(1, 0, K4).to(at::kInt).bitwise_and(0xF);  // [N, K4] nibbles 0..15
-    if (K4 % 2 == 1) q4 = at::cat({q4, at::zeros({N, 1}, q4.options())}, 1);
-    const at::Tensor w4 = (q4.slice(1, 0, 2 * rb4, 2) + q4.slice(1, 1, 2 * rb4, 2).mul(16))
-                              .to(at::kByte)
-                              .to(at::kCPU)
-                              .contiguous();  // [N, rb4]
-    d.w4.assign(w4.data_ptr<uint8_t>(), w4.data_ptr<uint8_t>() + N * rb4);
-  }
-  if (K8 > 0) {
-    const at::Tensor w8 = q.narrow(1, K4, K8).to(at::kCPU).contiguous();  // [N, K8] int8
-    d.w8.assign(w8.data_ptr<int8_t>(), w8.data_ptr<int8_t>() + N * K8);
-  }
-  const at::Tensor s4 = qw.scale_low.to(at::kCPU).contiguous(), s8 = qw.scale_high.to(at::kCPU).contiguous();
-  d.scale4.assign(s4.data_ptr<float>(), s4.data_ptr<float>() + N);
-  d.scale8.assign(s8.data_ptr<float>(), s8.data_ptr<float>() + N);
+  d.packed = pack_quantized_weight(qw, d.perm, at::Tensor(), std::string("bench layer: ") + format::site_name(s.kind));
   return d;
 }
 

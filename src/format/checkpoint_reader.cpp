@@ -242,25 +242,24 @@ LinearData PackedCheckpoint::linear(int64_t layer, SiteKind kind) const {
   d.spec = meta_.sites.at(kind);
   const SiteSpec& s = d.spec;
   const SiteTensorNames t = site_tensor_names(layer, kind);
-  if (s.has_bias) d.bias = tensor_to_float32_vector(store_->get(t.bias));
+  std::vector<float> bias = s.has_bias ? tensor_to_float32_vector(store_->get(t.bias)) : std::vector<float>{};
   d.perm = s.packed_column_order();
   if (s.storage == LinearStorage::kDense) {
     d.dense_weight = tensor_to_float32_vector(store_->get(t.weight));
+    d.dense_bias = std::move(bias);
     return d;
   }
-  d.dims = {s.N, s.K4(), s.K8()};
-  d.w4 = copy_raw<uint8_t>(store_->get(t.qweight4));
-  d.w8 = copy_raw<int8_t>(store_->get(t.qweight8));
-  d.scale4 = tensor_to_float32_vector(store_->get(t.scale4));
-  d.scale8 = tensor_to_float32_vector(store_->get(t.scale8));
+  // Rows validated by open() (codes in range, pad nibble 0); the row sums are computed here, once.
+  d.packed = packed_linear_from_rows({s.N, s.K4(), s.K8()}, copy_raw<uint8_t>(store_->get(t.qweight4)),
+                                     copy_raw<int8_t>(store_->get(t.qweight8)), tensor_to_float32_vector(store_->get(t.scale4)),
+                                     tensor_to_float32_vector(store_->get(t.scale8)), std::move(bias));
   return d;
 }
 
 std::vector<int8_t> LinearData::unpacked_original_order() const {
   if (spec.storage != LinearStorage::kPacked) throw UsageError("LinearData: " + std::string(site_name(spec.kind)) + " is not packed");
-  const int64_t N = dims.N, K = dims.K();
-  std::vector<int8_t> qp(static_cast<size_t>(N * K));
-  unpack_weights_reference(w4.data(), w8.data(), N, dims.K4, dims.K8, qp.data());
+  const int64_t N = packed.dims.N, K = packed.dims.K();
+  const std::vector<int8_t> qp = unpack_linear(packed.view());
   std::vector<int8_t> q(qp.size());
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < K; ++j) q[n * K + perm[j]] = qp[n * K + j];
@@ -269,13 +268,12 @@ std::vector<int8_t> LinearData::unpacked_original_order() const {
 
 std::vector<float> LinearData::dequantized() const {
   if (spec.storage == LinearStorage::kDense) return dense_weight;
-  const int64_t N = dims.N, K = dims.K(), K4 = dims.K4;
-  std::vector<int8_t> qp(static_cast<size_t>(N * K));
-  unpack_weights_reference(w4.data(), w8.data(), N, K4, dims.K8, qp.data());
+  const int64_t N = packed.dims.N, K = packed.dims.K(), K4 = packed.dims.K4;
+  const std::vector<int8_t> qp = unpack_linear(packed.view());
   std::vector<float> w(static_cast<size_t>(N * K));
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < K; ++j) {
-      const float scale = j < K4 ? scale4[n] : scale8[n];
+      const float scale = j < K4 ? packed.sw4[n] : packed.sw8[n];
       w[n * K + perm[j]] = mul_rn(scale, static_cast<float>(qp[n * K + j]));
     }
   }

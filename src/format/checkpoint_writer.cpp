@@ -29,40 +29,32 @@ void CheckpointWriter::add_f32(const std::string& name, const std::vector<int64_
   add(name, DType::F32, shape, data, sizeof(float) * static_cast<size_t>(std::max<int64_t>(numel, 0)));
 }
 
-void CheckpointWriter::add_packed_linear(int64_t layer, const SiteSpec& spec, const int8_t* q, const float* scale_low,
-                                         const float* scale_high, const float* bias) {
+void CheckpointWriter::add_packed_linear(int64_t layer, const SiteSpec& spec, const PackedLinear& packed) {
   const SiteTensorNames t = site_tensor_names(layer, spec.kind);
   const std::string site = site_prefix(layer, spec.kind);
   const int64_t N = spec.N, K = spec.K, K4 = spec.K4(), K8 = spec.K8();
   if (spec.storage != LinearStorage::kPacked) throw UsageError("checkpoint: " + site + " is not a packed site");
-  if (!q || !scale_low || !scale_high) throw UsageError("checkpoint: " + site + ": null weights or scales");
-  const std::vector<int32_t> perm = spec.packed_column_order();
-  const int lo4 = weight_code_min(spec.weight_bits_low), hi4 = weight_code_max(spec.weight_bits_low);
-  const int lo8 = weight_code_min(spec.weight_bits_high), hi8 = weight_code_max(spec.weight_bits_high);
-  // q [N, K] original order -> qp [N, K] packed order, range-checked per part.
-  std::vector<int8_t> qp(static_cast<size_t>(N * K));
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < K; ++j) {
-      const int v = q[n * K + perm[j]];
-      const bool low = j < K4;
-      if (v < (low ? lo4 : lo8) || v > (low ? hi4 : hi8)) {
-        throw ShapeError("checkpoint: " + site + ": q[" + std::to_string(n) + ", " + std::to_string(perm[j]) + "] = " + std::to_string(v) +
-                         " is outside the " + std::to_string(low ? spec.weight_bits_low : spec.weight_bits_high) + "-bit range");
-      }
-      qp[n * K + j] = static_cast<int8_t>(v);
-    }
+  const PackedLinearDims& d = packed.dims;
+  if (d.N != N || d.K4 != K4 || d.K8 != K8) {
+    throw ShapeError("checkpoint: " + site + ": packed linear N = " + std::to_string(d.N) + ", K4 = " + std::to_string(d.K4) +
+                     ", K8 = " + std::to_string(d.K8) + ", the site has N = " + std::to_string(N) + ", K4 = " +
+                     std::to_string(K4) + ", K8 = " + std::to_string(K8));
   }
-  std::vector<uint8_t> w4(static_cast<size_t>(N * packed4_row_bytes(K4)));
-  std::vector<int8_t> w8(static_cast<size_t>(N * K8));
-  pack_weights_reference(qp.data(), N, K4, K8, w4.data(), w8.data());
-  add(t.qweight4, DType::U8, {N, packed4_row_bytes(K4)}, w4.data(), w4.size());
-  add(t.qweight8, DType::I8, {N, K8}, w8.data(), w8.size());
-  add_f32(t.scale4, {N}, scale_low);
-  add_f32(t.scale8, {N}, scale_high);
-  if (spec.permuted()) add(t.perm, DType::I32, {K}, perm.data(), perm.size() * sizeof(int32_t));
+  // Stored rows have no padding: a re-strided (GPU layout) linear is written compact.
+  const bool is_compact = packed.ldw4 == packed4_row_bytes(K4) && packed.ldw8 == K8;
+  const PackedLinear restrided = is_compact ? PackedLinear{} : restride(packed.view(), 1);
+  const PackedLinear& compact = is_compact ? packed : restrided;
+  add(t.qweight4, DType::U8, {N, packed4_row_bytes(K4)}, compact.w4.data(), compact.w4.size());
+  add(t.qweight8, DType::I8, {N, K8}, compact.w8.data(), compact.w8.size());
+  add_f32(t.scale4, {N}, compact.sw4.data());
+  add_f32(t.scale8, {N}, compact.sw8.data());
+  if (spec.permuted()) {
+    const std::vector<int32_t> perm = spec.packed_column_order();
+    add(t.perm, DType::I32, {K}, perm.data(), perm.size() * sizeof(int32_t));
+  }
   if (spec.has_bias) {
-    if (!bias) throw UsageError("checkpoint: " + site + ": the site has a bias but none was given");
-    add_f32(t.bias, {N}, bias);
+    if (compact.bias.empty()) throw UsageError("checkpoint: " + site + ": the site has a bias but none was given");
+    add_f32(t.bias, {N}, compact.bias.data());
   }
 }
 

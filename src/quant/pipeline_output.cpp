@@ -102,7 +102,7 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
       const QuantizedWeight& q = quantized.at(static_cast<LinearKind>(i));
       at::Tensor qi = q.q.contiguous();
       at::Tensor sl = q.scale_low.to(at::kFloat).contiguous(), sh = q.scale_high.to(at::kFloat).contiguous();
-      writer.add_packed_linear(l, spec, qi.data_ptr<int8_t>(), sl.data_ptr<float>(), sh.data_ptr<float>(), bias_ptr);
+      writer.add_packed_linear(l, spec, pack_quantized_weight(q, spec.packed_column_order(), bias, "checkpoint: " + prefix));
       checksums[prefix] = weight_checksum(qi, sl, sh);
     } else {
       // Not quantized (weights.method none: kept in the globals' dtype) or bit widths that do not

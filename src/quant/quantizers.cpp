@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "resq/common/error.h"
+#include "resq/io/safetensors.h"  // format_shape
 #include "resq/format/packed.h"
 
 namespace resq {
@@ -209,6 +210,39 @@ QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_
   out.bits_low = bits_low;
   out.bits_high = bits_high;
   return out;
+}
+
+format::PackedLinear pack_quantized_weight(const QuantizedWeight& qw, const std::vector<int32_t>& column_order,
+                                           const at::Tensor& bias, const std::string& what) {
+  const at::Tensor mask = qw.high_mask.to(at::kCPU, at::kBool).contiguous();  // [K]
+  const int64_t K = static_cast<int64_t>(column_order.size());
+  if (qw.q.dim() != 2 || qw.q.size(1) != K || mask.numel() != K) {
+    throw ShapeError(what + ": q has shape " + format_shape(qw.q.sizes().vec()) + " and high_mask " +
+                     std::to_string(mask.numel()) + " columns, the column order " + std::to_string(K));
+  }
+  const int64_t N = qw.q.size(0), K8 = mask.sum().item<int64_t>(), K4 = K - K8;
+  const bool* high = mask.data_ptr<bool>();
+  for (int64_t j = 0; j < K; ++j) {
+    const int32_t c = column_order[static_cast<size_t>(j)];
+    if (c >= 0 && c < K && high[c] != (j >= K4)) {
+      throw ShapeError(what + ": packed column " + std::to_string(j) + " = column " + std::to_string(c) + " is " +
+                       (high[c] ? "high" : "low") + ", but the order must put the " + std::to_string(K4) +
+                       " low columns first");
+    }
+  }
+  const at::Tensor q = qw.q.to(at::kCPU, at::kChar).contiguous();  // [N, K] int8
+  const at::Tensor sl = qw.scale_low.to(at::kCPU, at::kFloat).contiguous(), sh = qw.scale_high.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor b = bias.defined() ? bias.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  if (sl.numel() != N || sh.numel() != N || (b.defined() && b.numel() != N)) {
+    throw ShapeError(what + ": scales / bias are not [N = " + std::to_string(N) + "]");
+  }
+  format::PackOptions o;
+  o.column_order = column_order.data();
+  o.bits_low = qw.bits_low;
+  o.bits_high = qw.bits_high;
+  o.what = what;
+  return format::pack_linear(q.data_ptr<int8_t>(), sl.data_ptr<float>(), sh.data_ptr<float>(),
+                             b.defined() ? b.data_ptr<float>() : nullptr, {N, K4, K8}, o);
 }
 
 }  // namespace resq

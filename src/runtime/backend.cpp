@@ -64,14 +64,14 @@ std::string packed_cuda_unavailable_reason() {
 #endif
 }
 
-std::shared_ptr<Linear> make_packed_linear(cpu::PackedLinear packed, std::vector<int32_t> perm, float clip,
+std::shared_ptr<Linear> make_packed_linear(format::PackedLinear packed, std::vector<int32_t> perm, float clip,
                                            std::shared_ptr<const OnlineHadamard> input_hadamard,
                                            const at::Device& device) {
   if (device.is_cpu()) {
     return std::make_shared<PackedCpuLinear>(std::move(packed), std::move(perm), clip, std::move(input_hadamard));
   }
 #if defined(RESQ_HAVE_CUDA)
-  // Repacked and uploaded once; the host copy `packed` is dropped when this returns.
+  // Re-strided and uploaded once; the host copy `packed` is dropped when this returns.
   if (device.is_cuda()) return std::make_shared<PackedCudaLinear>(packed, std::move(perm), clip, std::move(input_hadamard));
 #endif
   throw_no_backend("packed linear", device);

@@ -103,7 +103,7 @@ void check_clip(float clip, const std::string& fn) {
 
 // ------------------------------------------------------------------ PackedCudaLinear
 
-PackedCudaLinear::PackedCudaLinear(const cpu::PackedLinear& packed, std::vector<int32_t> perm, float clip,
+PackedCudaLinear::PackedCudaLinear(const format::PackedLinear& packed, std::vector<int32_t> perm, float clip,
                                    std::shared_ptr<const OnlineHadamard> input_hadamard)
     : N_(packed.dims.N), K4_(packed.dims.K4), K8_(packed.dims.K8), clip_(clip) {
   const std::string fn = "PackedCudaLinear";
@@ -139,16 +139,7 @@ PackedCudaLinear::PackedCudaLinear(const cpu::PackedLinear& packed, std::vector<
                            std::to_string(gpu::kMaxActQuantRow));
   }
   RESQ_CUDA_CHECK(cudaGetDevice(&device_));
-  const gpu::GpuPackedLinearHost g = gpu::repack_linear_for_gpu(packed.view());
-  ldw4_ = g.ldw4;
-  ldw8_ = g.ldw8;
-  w4_ = gpu::DeviceBuffer<uint8_t>(g.w4);
-  w8_ = gpu::DeviceBuffer<int8_t>(g.w8);
-  sw4_ = gpu::DeviceBuffer<float>(g.sw4);
-  sw8_ = gpu::DeviceBuffer<float>(g.sw8);
-  rs4_ = gpu::DeviceBuffer<int32_t>(g.rs4);
-  rs8_ = gpu::DeviceBuffer<int32_t>(g.rs8);
-  if (!g.bias.empty()) bias_ = gpu::DeviceBuffer<float>(g.bias);
+  weights_ = gpu::DevicePackedLinear(packed.view());  // re-strided to the GPU layout, uploaded
   if (!perm.empty()) perm_ = gpu::DeviceBuffer<int32_t>(perm);
   if (h) {
     const gpu::HadamardRowHost row = gpu::make_hadamard_row_host(h->n, h->pow2, h->block, h->block_matrix, h->signs);
@@ -195,20 +186,7 @@ at::Tensor PackedCudaLinear::forward(const at::Tensor& x) const {
       s.args.hadamard = hadamard_params_;
     }
     launch_act_quant(x, s.args);
-    gpu::GpuLinearView w;
-    w.N = N_;
-    w.K4 = K4_;
-    w.K8 = K8_;
-    w.w4 = w4_.size() ? w4_.get() : nullptr;
-    w.ldw4 = ldw4_;
-    w.w8 = w8_.size() ? w8_.get() : nullptr;
-    w.ldw8 = ldw8_;
-    w.sw4 = sw4_.get();
-    w.sw8 = sw8_.get();
-    w.rs4 = rs4_.get();
-    w.rs8 = rs8_.get();
-    w.bias = bias_.size() ? bias_.get() : nullptr;
-    gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
+    gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), weights_.view(), y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
                          kStream);
   }
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());

@@ -30,7 +30,7 @@ const char* execution_mode_name(ExecutionMode mode) { return mode == ExecutionMo
 
 // ------------------------------------------------------------------ PackedCpuLinear
 
-PackedCpuLinear::PackedCpuLinear(cpu::PackedLinear packed, std::vector<int32_t> perm, float clip,
+PackedCpuLinear::PackedCpuLinear(format::PackedLinear packed, std::vector<int32_t> perm, float clip,
                                  std::shared_ptr<const OnlineHadamard> input_hadamard)
     : packed_(std::move(packed)), perm_(std::move(perm)), clip_(clip), hadamard_(std::move(input_hadamard)) {
   const int64_t K = packed_.dims.K();
@@ -164,24 +164,16 @@ std::shared_ptr<Linear> build_site_linear(format::LinearData d, ExecutionMode mo
                                           const std::shared_ptr<const OnlineHadamard>& fused_hadamard, bool* fused) {
   const SiteSpec& s = d.spec;
   *fused = false;
-  at::Tensor bias = d.bias.empty() ? at::Tensor() : to_tensor(d.bias, {s.N}).to(device, dtype);
   const bool int_path = mode == ExecutionMode::kPacked && s.activations.enabled;
   if (int_path) {
-    cpu::PackedLinear p;
-    p.dims = d.dims;
-    p.w4 = std::move(d.w4);
-    p.w8 = std::move(d.w8);
-    p.sw4 = std::move(d.scale4);
-    p.sw8 = std::move(d.scale8);
-    p.rs4.resize(static_cast<size_t>(s.N));
-    p.rs8.resize(static_cast<size_t>(s.N));
-    format::packed_weight_row_sums_reference(p.w4.data(), p.w8.data(), s.N, d.dims.K4, d.dims.K8, p.rs4.data(), p.rs8.data());
-    p.bias = std::move(d.bias);
+    // The reader's PackedLinear (row sums included) goes to the backend as it is.
     *fused = static_cast<bool>(fused_hadamard);
     std::vector<int32_t> perm = s.permuted() ? std::move(d.perm) : std::vector<int32_t>{};
     const float clip = static_cast<float>(s.activations.clip_ratio);
-    return make_packed_linear(std::move(p), std::move(perm), clip, fused_hadamard, device);
+    return make_packed_linear(std::move(d.packed), std::move(perm), clip, fused_hadamard, device);
   }
+  const std::vector<float>& b = d.bias();
+  at::Tensor bias = b.empty() ? at::Tensor() : to_tensor(b, {s.N}).to(device, dtype);
   auto dense = std::make_shared<DenseLinear>(to_tensor(d.dequantized(), {s.N, s.K}).to(device, dtype), bias);
   if (!s.activations.enabled) return dense;
   auto quant = std::make_shared<ActivationFakeQuant>(site_activation_high_mask(s), s.activations.bits_low,

@@ -19,6 +19,7 @@
 #include "cuda/mixed_gemm.cuh"
 #include "cuda/act_transform.h"
 #include "resq/cuda/device.h"
+#include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
@@ -232,28 +233,6 @@ TEST_F(CudaDeviceTest, ActQuantWithPerHeadRotationEqualsHostReference) {
 
 // ------------------------------------------------------------------ mixed GEMM
 
-struct DeviceLinear {
-  GpuPackedLinearHost host;
-  DeviceBuffer<uint8_t> w4;
-  DeviceBuffer<int8_t> w8;
-  DeviceBuffer<float> sw4, sw8, bias;
-  DeviceBuffer<int32_t> rs4, rs8;
-  explicit DeviceLinear(GpuPackedLinearHost h)
-      : host(std::move(h)), w4(host.w4), w8(host.w8), sw4(host.sw4), sw8(host.sw8), bias(host.bias),
-        rs4(host.rs4), rs8(host.rs8) {}
-  GpuLinearView view() const {
-    GpuLinearView v = host.host_view();
-    v.w4 = w4.get();
-    v.w8 = w8.get();
-    v.sw4 = sw4.get();
-    v.sw8 = sw8.get();
-    v.rs4 = rs4.get();
-    v.rs8 = rs8.get();
-    v.bias = host.bias.empty() ? nullptr : bias.get();
-    return v;
-  }
-};
-
 struct DeviceActs {
   GpuActivationsHost host;
   DeviceBuffer<uint8_t> xq4, xq8;
@@ -296,7 +275,7 @@ TEST_F(CudaDeviceTest, MixedGemmEqualsCpuReference) {
     std::vector<uint16_t> want16(want.size());
     resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
 
-    DeviceLinear dw(repack_linear_for_gpu(lin.view()));
+    const DevicePackedLinear dw(lin.view());
     DeviceActs dxq(restride_activations_for_gpu(xq.view(), 0, 0, 0xEE));
     for (GemmTile tile : {GemmTile::kSmall, GemmTile::kLarge, GemmTile::kAuto}) {
       DeviceBuffer<float> y(static_cast<size_t>(c.M * c.N));
@@ -326,7 +305,7 @@ TEST_F(CudaDeviceTest, QuantizeThenGemmEqualsCpuPipeline) {
   std::vector<float> want(static_cast<size_t>(M * N));
   resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
 
-  DeviceLinear dw(repack_linear_for_gpu(lin.view()));
+  const DevicePackedLinear dw(lin.view());
   DeviceBuffer<float> dx(x);
   ActOut out(M, K4, K8);
   const ActQuantArgs qa = out.args(1.0f, 1.0f);

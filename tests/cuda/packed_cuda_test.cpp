@@ -38,7 +38,7 @@ namespace {
 using PackedCudaTest = test::CudaTorchTest;
 
 // Random packed linear N x (K4 + K8) (RTN of Gaussian weights, the CPU packer computes row sums).
-cpu::PackedLinear random_packed(int64_t N, int64_t K4, int64_t K8, bool bias, uint32_t seed) {
+format::PackedLinear random_packed(int64_t N, int64_t K4, int64_t K8, bool bias, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> w(static_cast<size_t>(N * (K4 + K8))), b;
@@ -76,7 +76,7 @@ TEST_F(PackedCudaTest, LinearEqualsPackedCpuLinearBitForBit) {
   uint32_t seed = 1;
   for (const C& c : cases) {
     const int64_t K = c.K4 + c.K8;
-    const cpu::PackedLinear p = random_packed(c.N, c.K4, c.K8, c.bias, seed++);
+    const format::PackedLinear p = random_packed(c.N, c.K4, c.K8, c.bias, seed++);
     const std::vector<int32_t> perm = c.perm ? random_perm(K, seed++) : std::vector<int32_t>{};
     PackedCpuLinear cpu_lin(p, perm, 0.9f, nullptr);
     PackedCudaLinear gpu_lin(p, perm, 0.9f, nullptr);
@@ -99,7 +99,7 @@ TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
     Rng rng(7);
     auto h = std::make_shared<const OnlineHadamard>(make_online_hadamard(256, rng, /*random_signs=*/true));
     ASSERT_EQ(h->block, 1);
-    const cpu::PackedLinear p = random_packed(48, 256, 0, false, 3);
+    const format::PackedLinear p = random_packed(48, 256, 0, false, 3);
     PackedCpuLinear cpu_lin(p, {}, 1.0f, h);
     PackedCudaLinear gpu_lin(p, {}, 1.0f, h);
     at::manual_seed(4);
@@ -116,7 +116,7 @@ TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
     const OnlineHadamard t = make_online_hadamard(n, rng, /*random_signs=*/true);
     ASSERT_GT(t.block, 1);
     const gpu::HadamardRowHost row = gpu::make_hadamard_row_host(t.n, t.pow2, t.block, t.block_matrix, t.signs);
-    const cpu::PackedLinear p = random_packed(N, n, 0, true, 5);
+    const format::PackedLinear p = random_packed(N, n, 0, true, 5);
     PackedCudaLinear gpu_lin(p, {}, 1.0f, std::make_shared<const OnlineHadamard>(t));
     at::manual_seed(6);
     const at::Tensor x = at::randn({M, n});
@@ -130,7 +130,7 @@ TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
 }
 
 TEST_F(PackedCudaTest, LinearRejectsBadInputs) {
-  const cpu::PackedLinear p = random_packed(8, 24, 8, false, 2);
+  const format::PackedLinear p = random_packed(8, 24, 8, false, 2);
   PackedCudaLinear lin(p, {}, 1.0f, nullptr);
   EXPECT_THROW(lin.forward(at::randn({2, 32})), UnsupportedError);                          // CPU tensor
   EXPECT_THROW(lin.forward(at::randn({2, 31}, at::TensorOptions().device(cuda()))), ShapeError);  // K
@@ -186,7 +186,7 @@ TEST_F(PackedCudaTest, StoriesLogitsOnCudaMatchCpu) {
 // ---------------------------------------------------------------- argument errors, no device needed
 
 TEST(PackedCudaArgs, ConstructorsRejectBadArgumentsBeforeAnyCudaCall) {
-  const cpu::PackedLinear p = random_packed(4, 12, 4, false, 1);
+  const format::PackedLinear p = random_packed(4, 12, 4, false, 1);
   EXPECT_THROW(PackedCudaLinear(p, {0, 1}, 1.0f, nullptr), ShapeError);  // perm size
   std::vector<int32_t> bad(16);
   std::iota(bad.begin(), bad.end(), 0);

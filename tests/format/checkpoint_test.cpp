@@ -93,6 +93,19 @@ struct Written {
 };
 
 // Writes a complete random checkpoint to `dir`; returns what it wrote.
+// A site's codes q [N][K] in ORIGINAL column order -> its packed linear (what the pipeline's
+// pack_quantized_weight hands the writer: spec's column order and bit widths).
+PackedLinear pack_site(const SiteSpec& s, const int8_t* q, const float* s_low, const float* s_high, const float* bias,
+                       const std::string& what) {
+  const std::vector<int32_t> order = s.packed_column_order();
+  PackOptions o;
+  o.column_order = order.data();
+  o.bits_low = s.weight_bits_low;
+  o.bits_high = s.weight_bits_high;
+  o.what = what;
+  return pack_linear(q, s_low, s_high, bias, {s.N, s.K4(), s.K8()}, o);
+}
+
 Written write_checkpoint(const std::string& dir, const CheckpointMeta& m, uint64_t seed, int64_t max_shard = kDefaultMaxShardBytes) {
   std::mt19937_64 rng(seed);
   const ModelConfig& c = m.model;
@@ -137,8 +150,8 @@ Written write_checkpoint(const std::string& dir, const CheckpointMeta& m, uint64
       wl.s_low = random_floats(static_cast<size_t>(s.N), 0.01f, 1.0f);
       wl.s_high = random_floats(static_cast<size_t>(s.N), 0.001f, 0.1f);
       if (s.has_bias) wl.bias = random_floats(static_cast<size_t>(s.N), -1, 1);
-      writer.add_packed_linear(l, s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
-                               s.has_bias ? wl.bias.data() : nullptr);
+      writer.add_packed_linear(l, s, pack_site(s, wl.q.data(), wl.s_low.data(), wl.s_high.data(),
+                                               s.has_bias ? wl.bias.data() : nullptr, site_prefix(l, kind)));
       w.linears[{l, kind}] = std::move(wl);
     }
   }
@@ -191,9 +204,11 @@ TEST(Checkpoint, RoundTripIsBitExact) {
     for (const auto& [key, wl] : w.linears) {
       const LinearData d = ck.linear(key.first, key.second);
       ASSERT_EQ(d.unpacked_original_order(), wl.q) << site_prefix(key.first, key.second);
-      EXPECT_EQ(d.scale4, wl.s_low);
-      EXPECT_EQ(d.scale8, wl.s_high);
-      EXPECT_EQ(d.bias, wl.bias);
+      EXPECT_EQ(d.packed.sw4, wl.s_low);
+      EXPECT_EQ(d.packed.sw8, wl.s_high);
+      EXPECT_EQ(d.bias(), wl.bias);
+      EXPECT_EQ(d.packed.ldw4, packed4_row_bytes(d.spec.K4()));  // compact rows, as stored
+      EXPECT_EQ(d.packed.ldw8, d.spec.K8());
       // Dequantized values: scale of the column's part times q, in ORIGINAL column order.
       const auto deq = d.dequantized();
       const auto high = d.spec.high_columns();
@@ -202,6 +217,13 @@ TEST(Checkpoint, RoundTripIsBitExact) {
       for (int64_t n = 0; n < d.spec.N; ++n)
         for (int64_t k = 0; k < d.spec.K; ++k)
           ASSERT_EQ(deq[n * d.spec.K + k], (is_high[k] ? wl.s_high[n] : wl.s_low[n]) * static_cast<float>(wl.q[n * d.spec.K + k]));
+      // Row sums of each part from the written codes: the reader hands them out with the linear.
+      for (int64_t n = 0; n < d.spec.N; ++n) {
+        int32_t s4 = 0, s8 = 0;
+        for (int64_t k = 0; k < d.spec.K; ++k) (is_high[k] ? s8 : s4) += wl.q[n * d.spec.K + k];
+        ASSERT_EQ(d.packed.rs4[n], s4) << "row " << n;
+        ASSERT_EQ(d.packed.rs8[n], s8) << "row " << n;
+      }
     }
     EXPECT_EQ(ck.float_tensor("model.embed_tokens.weight"), w.embed);
   }
@@ -330,7 +352,7 @@ TEST(CheckpointWriter, RejectsOutOfRangeWeights) {
   std::vector<float> sc(static_cast<size_t>(s.N), 1.0f);
   q[5] = 4;  // 3-bit range is [-4, 3]
   try {
-    writer.add_packed_linear(0, s, q.data(), sc.data(), sc.data(), nullptr);
+    writer.add_packed_linear(0, s, pack_site(s, q.data(), sc.data(), sc.data(), nullptr, "checkpoint: q_proj"));
     FAIL() << "expected ShapeError";
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("q[0, 5] = 4 is outside the 3-bit range"), std::string::npos) << e.what();

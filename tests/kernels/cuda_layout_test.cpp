@@ -257,9 +257,9 @@ TEST(CudaLayout, Int8PathEqualsNativeInt4Mma) {
   }
 }
 
-// ------------------------------------------------------------------ repack
+// ------------------------------------------------------------------ GPU layout of a packed linear
 
-TEST(CudaLayout, RepackForGpuPadsWithZerosAndKeepsTheRows) {
+TEST(CudaLayout, RestrideForGpuPadsWithZerosAndKeepsTheRows) {
   std::mt19937 rng(1);
   const int64_t N = 5, K4 = 37, K8 = 19;
   std::vector<int8_t> q(static_cast<size_t>(N * (K4 + K8)));
@@ -270,11 +270,11 @@ TEST(CudaLayout, RepackForGpuPadsWithZerosAndKeepsTheRows) {
     }
   }
   std::vector<float> s4(N, 0.5f), s8(N, 0.25f), bias(N, 1.0f);
-  resq::cpu::PackedLinear p = resq::cpu::pack_linear(q.data(), s4.data(), s8.data(), bias.data(), {N, K4, K8});
+  resq::format::PackedLinear p = resq::format::pack_linear(q.data(), s4.data(), s8.data(), bias.data(), {N, K4, K8});
   // Garbage in the pad nibble of the source must not survive.
   const int64_t rb4 = resq::format::packed4_row_bytes(K4);
   for (int64_t n = 0; n < N; ++n) p.w4[static_cast<size_t>(n * rb4 + rb4 - 1)] |= 0xB0;
-  const GpuPackedLinearHost g = repack_linear_for_gpu(p.view());
+  const resq::format::PackedLinear g = resq::format::restride(p.view(), kGpuRowAlign);
   EXPECT_EQ(g.ldw4, 32);
   EXPECT_EQ(g.ldw8, 32);
   for (int64_t n = 0; n < N; ++n) {
@@ -289,10 +289,28 @@ TEST(CudaLayout, RepackForGpuPadsWithZerosAndKeepsTheRows) {
     for (int64_t b = K8; b < g.ldw8; ++b) EXPECT_EQ(g.w8[static_cast<size_t>(n * g.ldw8 + b)], 0);
   }
   EXPECT_EQ(g.rs4, p.rs4);
+  EXPECT_EQ(g.rs8, p.rs8);
+  EXPECT_EQ(g.sw4, p.sw4);
+  EXPECT_EQ(g.sw8, p.sw8);
   EXPECT_EQ(g.bias, p.bias);
+  // The GPU view takes the re-strided copy and refuses the compact one (strides not 16-byte multiples).
+  const GpuLinearView v = gpu_linear_view(g.view());
+  EXPECT_EQ(v.ldw4, 32);
+  EXPECT_EQ(v.w8, g.w8.data());
+  EXPECT_THROW(gpu_linear_view(p.view()), resq::ShapeError);
+  // Back to compact: the original rows with the pad nibble cleared.
+  const resq::format::PackedLinear c = resq::format::restride(g.view(), 1);
+  EXPECT_EQ(c.ldw4, rb4);
+  EXPECT_EQ(c.ldw8, K8);
+  for (int64_t n = 0; n < N; ++n) p.w4[static_cast<size_t>(n * rb4 + rb4 - 1)] &= 0x0F;
+  EXPECT_EQ(c.w4, p.w4);
+  EXPECT_EQ(c.w8, p.w8);
   resq::format::PackedLinearView bad = p.view();
   bad.w4 = nullptr;
-  EXPECT_THROW(repack_linear_for_gpu(bad), resq::ShapeError);
+  EXPECT_THROW(resq::format::restride(bad, kGpuRowAlign), resq::ShapeError);
+  bad = p.view();
+  bad.ldw8 = K8 - 1;  // shorter than a row
+  EXPECT_THROW(resq::format::restride(bad, kGpuRowAlign), resq::ShapeError);
 }
 
 // ------------------------------------------------------------------ emulation vs CPU reference
@@ -313,16 +331,17 @@ void run_emulation_case(const EmuCase& c, MmaPath path, uint32_t seed) {
   for (auto& v : x) v = normal(rng) * (rng() % 17 == 0 ? 20.0f : 1.0f);  // some outliers
   for (auto& v : w) v = normal(rng) * 0.05f;
   for (auto& v : bias) v = normal(rng);
-  const resq::cpu::PackedLinear lin =
+  const resq::format::PackedLinear lin =
       resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
   const resq::cpu::QuantizedActivations xq =
       resq::cpu::quantize_activations(x.data(), c.M, c.K4, c.K8, 1.0f, 0.9f, resq::cpu::CpuKernel::kReference);
   std::vector<float> want(static_cast<size_t>(c.M * c.N));
   resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
 
-  // GPU layout: weights repacked; activations re-strided with garbage past each row (and, for an
+  // GPU layout: weights re-strided; activations re-strided with garbage past each row (and, for an
   // odd K4, in the pad nibble) which the kernel must never use.
-  const GpuPackedLinearHost g = repack_linear_for_gpu(lin.view());
+  const resq::format::PackedLinear g = resq::format::restride(lin.view(), kGpuRowAlign);
+  const GpuLinearView gw = gpu_linear_view(g.view());
   const int64_t rb4 = part4_row_bytes(c.K4);
   const int64_t extra4 = rng() % 2 ? 16 : 0;  // also a stride larger than the minimum
   GpuActivationsHost gx = restride_activations_for_gpu(xq.view(), gpu_row_stride(rb4) + extra4, 0, 0xEE);
@@ -333,11 +352,11 @@ void run_emulation_case(const EmuCase& c, MmaPath path, uint32_t seed) {
   std::vector<float> got(static_cast<size_t>(c.M * ldy), -7.0f);
   std::vector<uint16_t> got16(static_cast<size_t>(c.M * ldy), 0xDEAD);
   if (c.large) {
-    emulation::emulate_mixed_gemm<GemmTileLarge>(gx.host_view(), g.host_view(), got.data(), nullptr, ldy, path);
-    emulation::emulate_mixed_gemm<GemmTileLarge>(gx.host_view(), g.host_view(), nullptr, got16.data(), ldy, path);
+    emulation::emulate_mixed_gemm<GemmTileLarge>(gx.host_view(), gw, got.data(), nullptr, ldy, path);
+    emulation::emulate_mixed_gemm<GemmTileLarge>(gx.host_view(), gw, nullptr, got16.data(), ldy, path);
   } else {
-    emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), g.host_view(), got.data(), nullptr, ldy, path);
-    emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), g.host_view(), nullptr, got16.data(), ldy, path);
+    emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), gw, got.data(), nullptr, ldy, path);
+    emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), gw, nullptr, got16.data(), ldy, path);
   }
   std::vector<uint16_t> want16(want.size());
   resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());

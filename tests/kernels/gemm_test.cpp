@@ -32,7 +32,7 @@ struct Problem {
   std::vector<int32_t> zx4, zx8;
   // Packed storage.
   std::vector<uint8_t> xq4, xq8;
-  resq::cpu::PackedLinear w;
+  resq::format::PackedLinear w;
 
   QuantizedActivationsView xview() const {
     return {M, K4, K8, xq4.data(), xq8.data(), sx4.data(), zx4.data(), sx8.data(), zx8.data()};
@@ -95,7 +95,7 @@ Problem make_problem(int64_t M, int64_t N, int64_t K4, int64_t K8, uint32_t seed
     if (K4 % 2 == 1) p.xq4[m * rb + K4 / 2] |= 0xB0;
     for (int64_t k = 0; k < K8; ++k) p.xq8[m * K8 + k] = static_cast<uint8_t>(p.xq[m * K + K4 + k]);
   }
-  p.w = resq::cpu::pack_linear(p.wq.data(), p.sw4.data(), p.sw8.data(),
+  p.w = resq::format::pack_linear(p.wq.data(), p.sw4.data(), p.sw8.data(),
                                with_bias ? p.bias.data() : nullptr, {N, K4, K8});
   return p;
 }
@@ -305,6 +305,12 @@ TEST(Gemm, ErrorPaths) {
     auto bad = w;
     bad.w8 = nullptr;
     EXPECT_THROW(resq::cpu::gemm_int_accumulate(x, bad, a.data(), b.data()), ShapeError);
+  }
+  {
+    auto bad = w;
+    bad.ldw8 += 16;  // a padded (GPU-layout) row: the CPU tiles read rows back to back
+    EXPECT_THROW(resq::cpu::gemm_w4a4_w8a8(x, bad, y.data()), ShapeError);
+    EXPECT_THROW(resq::cpu::gemm_int_accumulate_reference(x, bad, a.data(), b.data()), ShapeError);
   }
   {
     auto bad = w;

@@ -280,21 +280,4 @@ TEST(QuantizeWeights, RoundTripErrorIsAtMostHalfAStep) {
   }
 }
 
-TEST(PackLinear, BuildsViewsAndChecksRange) {
-  const int8_t q[2 * 5] = {-8, 7, -1, -128, 127, 1, -2, 3, 5, -6};
-  const float s4[2] = {0.5f, 0.25f}, s8[2] = {0.1f, 0.2f}, bias[2] = {1.0f, -1.0f};
-  const auto p = resq::cpu::pack_linear(q, s4, s8, bias, {2, 3, 2});
-  EXPECT_EQ(p.w4, (std::vector<uint8_t>{0x78, 0x0F, 0xE1, 0x03}));
-  EXPECT_EQ(p.rs4, (std::vector<int32_t>{-2, 2}));
-  EXPECT_EQ(p.rs8, (std::vector<int32_t>{-1, -1}));
-  const auto v = p.view();
-  EXPECT_EQ(v.dims.N, 2);
-  EXPECT_EQ(v.bias, p.bias.data());
-  EXPECT_EQ(resq::cpu::pack_linear(q, s4, s8, nullptr, {2, 3, 2}).view().bias, nullptr);
-  const int8_t bad[2] = {3, 8};  // 8 is not an int4
-  EXPECT_THROW(resq::cpu::pack_linear(bad, s4, s8, nullptr, {1, 2, 0}), resq::ShapeError);
-  EXPECT_THROW(resq::cpu::pack_linear(q, s4, s8, nullptr, {-1, 2, 0}), resq::ShapeError);
-  EXPECT_THROW(resq::cpu::pack_linear(q, nullptr, s8, nullptr, {2, 3, 2}), resq::ShapeError);
-}
-
 }  // namespace

@@ -33,7 +33,7 @@ namespace {
 // Packs an RTN-quantized W [N, K] (high columns = `high`, original order) the way the checkpoint
 // writer + reader do: columns reordered low-then-high, row sums computed.
 struct PackedFixture {
-  cpu::PackedLinear packed;
+  format::PackedLinear packed;
   std::vector<int32_t> perm;
   at::Tensor dequant;  // [N, K] original order
   at::Tensor mask;     // [K] bool
@@ -53,17 +53,13 @@ PackedFixture make_packed(int64_t N, int64_t K, const std::vector<int64_t>& high
     if (!is_high[k]) f.perm.push_back(static_cast<int32_t>(k));
   for (int64_t k = 0; k < K; ++k)
     if (is_high[k]) f.perm.push_back(static_cast<int32_t>(k));
-  const int64_t K8 = static_cast<int64_t>(high.size()), K4 = K - K8;
-  std::vector<int8_t> qp(static_cast<size_t>(N * K));
-  const int8_t* qo = q.q.contiguous().data_ptr<int8_t>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < K; ++j) qp[n * K + j] = qo[n * K + f.perm[j]];
-  std::vector<float> b;
+  at::Tensor b;
   if (bias) {
-    for (int64_t n = 0; n < N; ++n) b.push_back(0.01f * static_cast<float>(n % 7) - 0.03f);
+    std::vector<float> bv;
+    for (int64_t n = 0; n < N; ++n) bv.push_back(0.01f * static_cast<float>(n % 7) - 0.03f);
+    b = at::tensor(bv);
   }
-  at::Tensor sl = q.scale_low.contiguous(), sh = q.scale_high.contiguous();
-  f.packed = cpu::pack_linear(qp.data(), sl.data_ptr<float>(), sh.data_ptr<float>(), bias ? b.data() : nullptr, {N, K4, K8});
+  f.packed = pack_quantized_weight(q, f.perm, b, "test");
   return f;
 }
 
@@ -192,7 +188,7 @@ TEST_F(PackedStories, WeightsRoundTripBitExactlyAndSizesMatchTheBudget) {
     for (int i = 0; i < format::kNumSites; ++i) {
       const auto kind = static_cast<format::SiteKind>(i);
       const format::LinearData d = ck.linear(l, kind);
-      EXPECT_EQ(fnv_checksum(d.unpacked_original_order(), d.scale4, d.scale8), sums.at(format::site_prefix(l, kind)).get<std::string>())
+      EXPECT_EQ(fnv_checksum(d.unpacked_original_order(), d.packed.sw4, d.packed.sw8), sums.at(format::site_prefix(l, kind)).get<std::string>())
           << format::site_prefix(l, kind);
     }
   }

@@ -16,6 +16,7 @@
 
 #include "resq/format/layout.h"
 #include "resq/format/packed.h"
+#include "resq/format/packed_linear.h"
 #include "resq/io/dtype.h"
 #include "resq/io/safetensors.h"
 #include "resq/io/safetensors_writer.h"
@@ -101,13 +102,11 @@ class CheckpointWriter {
   void add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes);
   void add_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data);
 
-  // One packed site of layer `layer` (tensor names from format/layout.h). q: int8 [N][K] in ORIGINAL
-  // column order; scale_low/high float [N] (the scales of the low / high parts); bias float [N] or
-  // null. The columns are reordered to spec.packed_column_order(), split at K4 and packed
-  // (format::pack_weights_reference). Checks every q against spec's bit widths (ShapeError naming
-  // the site, n, k).
-  void add_packed_linear(int64_t layer, const SiteSpec& spec, const int8_t* q, const float* scale_low,
-                         const float* scale_high, const float* bias);
+  // One packed site of layer `layer` (tensor names from format/layout.h): the rows of `packed`
+  // (pack_linear with spec's column order and bit widths; any row strides, stored compact), its scales, its bias (required
+  // when spec.has_bias) and spec's column order when the site is permuted. Throws UsageError when
+  // the site is not packed, ShapeError when packed's dims are not spec's.
+  void add_packed_linear(int64_t layer, const SiteSpec& spec, const PackedLinear& packed);
   // One dense site: weight [N][K] in `dtype` (F32/BF16/F16 raw bytes), bias float [N] or null.
   void add_dense_linear(int64_t layer, const SiteSpec& spec, DType dtype, const void* weight, const float* bias);
 
@@ -126,16 +125,16 @@ class CheckpointWriter {
 
 // ------------------------------------------------------------------ reader
 
-// One site of one layer, copied out of the checkpoint.
+// One site of one layer, copied out of the checkpoint: the packed linear (row sums included, what
+// every backend consumes) or the dense weights, plus the site's spec and column order.
 struct LinearData {
   SiteSpec spec;
-  PackedLinearDims dims;               // N, K4, K8 (packed storage)
-  std::vector<uint8_t> w4;             // [N][packed4_row_bytes(K4)]
-  std::vector<int8_t> w8;              // [N][K8]
-  std::vector<float> scale4, scale8;   // [N]
+  PackedLinear packed;                 // packed storage: compact rows, scales, row sums, bias
   std::vector<int32_t> perm;           // [K] (packed column j = original column perm[j])
   std::vector<float> dense_weight;     // [N][K] float32 (dense storage)
-  std::vector<float> bias;             // [N] or empty
+  std::vector<float> dense_bias;       // [N] or empty (dense storage; a packed site's is packed.bias)
+  // The site's bias [N], or empty.
+  const std::vector<float>& bias() const { return spec.storage == LinearStorage::kPacked ? packed.bias : dense_bias; }
   // Dequantized weights [N][K] in ORIGINAL column order: scale_part[n] * q (fp32 product, the
   // value the quantizer computed), or the dense weights.
   std::vector<float> dequantized() const;

@@ -106,12 +106,17 @@ RESQ_HOST_DEVICE inline void uint4_set(uint8_t* row, int64_t k, int v) { int4_se
 
 // ------------------------------------------------------------------ views (non-owning)
 
-// One packed linear as raw pointers (device- or host-resident). w4 may be null when K4 == 0,
-// w8 when K8 == 0; bias is null when absent. Scales and row sums are always [N].
+// One packed linear as raw pointers (device- or host-resident). Row n of the 4-bit part starts at
+// w4 + n * ldw4 (packed4_row_bytes(K4) logical bytes), of the 8-bit part at w8 + n * ldw8 (K8
+// bytes): compact strides on the CPU, 16-byte multiples in the GPU layout (format/packed_linear.h
+// owns the storage). w4 may be null when K4 == 0, w8 when K8 == 0; bias is null when absent.
+// Scales and row sums are always [N].
 struct PackedLinearView {
   PackedLinearDims dims;
-  const uint8_t* w4 = nullptr;   // [N][packed4_row_bytes(K4)]
-  const int8_t* w8 = nullptr;    // [N][K8]
+  const uint8_t* w4 = nullptr;   // [N][ldw4]
+  int64_t ldw4 = 0;              // bytes, >= packed4_row_bytes(K4)
+  const int8_t* w8 = nullptr;    // [N][ldw8]
+  int64_t ldw8 = 0;              // bytes, >= K8
   const float* sw4 = nullptr;    // [N]
   const float* sw8 = nullptr;    // [N]
   const int32_t* rs4 = nullptr;  // [N]

@@ -8,9 +8,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "resq/format/packed_linear.h"
 #include "resq/transforms/masks.h"
 
 namespace resq {
@@ -32,6 +34,16 @@ struct QuantizedWeight {
   int bits_high = 8;
   double damp_fraction = 0.0;  // GPTQ only: the dampening actually used (after any retries)
 };
+
+// THE conversion of a quantizer's result to the packed linear the checkpoint stores and the runtime
+// runs (format::PackedLinear, row sums included): qw.q [N, K] (any device, original column order),
+// its scales and bits, and bias ([N] float, or undefined for none) through format::pack_linear with
+// `column_order` [K] (packed column j = column column_order[j]: the site's order, low columns of
+// qw.high_mask first, e.g. SiteSpec::packed_column_order()). Errors are prefixed by `what`. Throws
+// ShapeError when the order does not match qw's shapes and mask or a code is out of range,
+// UsageError when qw's bit widths do not fit the 4/8-bit containers.
+format::PackedLinear pack_quantized_weight(const QuantizedWeight& qw, const std::vector<int32_t>& column_order,
+                                           const at::Tensor& bias, const std::string& what);
 
 // Symmetric per-output-channel scales of each part, computed from w [N, K] (any float dtype, on any
 // device) in float32 exactly as format/quantize_weights_rtn_reference does:

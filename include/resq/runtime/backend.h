@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/quantize.h"
+#include "resq/format/packed_linear.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
 #include "resq/model/linear.h"
@@ -28,10 +28,10 @@ bool cuda_kernels_built();
 std::string packed_cuda_unavailable_reason();
 
 // The packed linear of one site (the arguments of PackedCpuLinear, packed_model.h) on `device`:
-// PackedCpuLinear on cpu, PackedCudaLinear on cuda (repacked and uploaded once; the host copy is
-// dropped). Throws UnsupportedError for cuda in a binary without CUDA and for any other device;
+// PackedCpuLinear on cpu, PackedCudaLinear on cuda (re-strided to the GPU layout and uploaded once;
+// the host copy is dropped). Throws UnsupportedError for cuda in a binary without CUDA and for any other device;
 // callers check packed_cuda_unavailable_reason() first to say it in their own terms.
-std::shared_ptr<Linear> make_packed_linear(cpu::PackedLinear packed, std::vector<int32_t> perm, float clip,
+std::shared_ptr<Linear> make_packed_linear(format::PackedLinear packed, std::vector<int32_t> perm, float clip,
                                            std::shared_ptr<const OnlineHadamard> input_hadamard,
                                            const at::Device& device);
 

@@ -12,9 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "cpu/quantize.h"
+#include "resq/format/packed_linear.h"
 #include "cuda/act_transform.h"
 #include "resq/cuda/device.h"
+#include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
 #include "resq/linalg/rotation.h"
 #include "resq/model/decoder.h"
@@ -35,8 +36,8 @@ namespace resq {
 //   x [..., K] CUDA, float32 or bfloat16, contiguous -> gather columns by perm (o_proj) or online
 //   Hadamard (down_proj) fused into the per-token quantizer (act_quant_cuda) -> W4A4 + W8A8 GEMM
 //   with the fp32 epilogue and bias (mixed_gemm_cuda) -> y [..., N] float32, returned in x's dtype.
-// The weights are repacked once (repack_linear_for_gpu) and uploaded to the device that is current
-// at construction; forward needs x on that device. A Hadamard whose block is > 1 mixes blocks in a
+// The weights are re-strided once (format::restride to 16-byte rows) and uploaded to the device
+// that is current at construction; forward needs x on that device. A Hadamard whose block is > 1 mixes blocks in a
 // fixed order on the GPU (act_transform.h) while the CPU uses an Eigen GEMM: equal to rounding only.
 class PackedCudaLinear : public Linear {
  public:
@@ -45,7 +46,7 @@ class PackedCudaLinear : public Linear {
   // input_hadamard: applied to every token before quantization, or null. perm and a Hadamard
   // together are rejected (UnsupportedError: the kernel gathers before it transforms, the CPU
   // transforms before it gathers; no checkpoint site has both).
-  PackedCudaLinear(const cpu::PackedLinear& packed, std::vector<int32_t> perm, float clip,
+  PackedCudaLinear(const format::PackedLinear& packed, std::vector<int32_t> perm, float clip,
                    std::shared_ptr<const OnlineHadamard> input_hadamard);
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return K4_ + K8_; }
@@ -55,13 +56,9 @@ class PackedCudaLinear : public Linear {
 
  private:
   int64_t N_ = 0, K4_ = 0, K8_ = 0;
-  int64_t ldw4_ = 0, ldw8_ = 0;  // GPU row strides of the weights (bytes)
   float clip_ = 1.0f;
   int device_ = 0;  // CUDA device holding the buffers
-  gpu::DeviceBuffer<uint8_t> w4_;   // [N][ldw4]
-  gpu::DeviceBuffer<int8_t> w8_;    // [N][ldw8]
-  gpu::DeviceBuffer<float> sw4_, sw8_, bias_;  // [N] (bias empty when absent)
-  gpu::DeviceBuffer<int32_t> rs4_, rs8_;       // [N]
+  gpu::DevicePackedLinear weights_;            // the packed linear in the GPU layout
   gpu::DeviceBuffer<int32_t> perm_;            // [K] or empty
   bool hadamard_ = false;
   gpu::HadamardRowParams hadamard_params_;     // device pointers into signs_ / mix_

@@ -33,22 +33,22 @@ const char* execution_mode_name(ExecutionMode mode);
 // thread-local buffer; the GEMM then runs over all tokens.
 class PackedCpuLinear : public Linear {
  public:
-  // packed: N x (K4 + K8) packed weights with row sums; perm: [K] packed column j = input column
+  // packed: N x (K4 + K8) packed weights with row sums, compact rows (as packed or read); perm: [K] packed column j = input column
   // perm[j], or empty for the identity; clip: activation clip ratio of both parts;
   // input_hadamard: applied to every token before quantization, or null.
-  PackedCpuLinear(cpu::PackedLinear packed, std::vector<int32_t> perm, float clip,
+  PackedCpuLinear(format::PackedLinear packed, std::vector<int32_t> perm, float clip,
                   std::shared_ptr<const OnlineHadamard> input_hadamard);
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return packed_.dims.K(); }
   int64_t out_features() const override { return packed_.dims.N; }
   std::string implementation() const override { return "packed-cpu"; }
-  const cpu::PackedLinear& packed() const { return packed_; }
+  const format::PackedLinear& packed() const { return packed_; }
 
   // The quantization step alone: x [M, K] float32 contiguous -> quantized rows (for tests).
   cpu::QuantizedActivations quantize_input(const float* x, int64_t M) const;
 
  private:
-  cpu::PackedLinear packed_;
+  format::PackedLinear packed_;
   std::vector<int32_t> perm_;
   float clip_;
   std::shared_ptr<const OnlineHadamard> hadamard_;
