@@ -163,7 +163,7 @@ class PackedCheckpoint {
   // Hashes every tensor and compares it with resq_config.json's checksum: FormatError naming the
   // file and the first tensor whose bytes changed (a flipped byte anywhere in a packed weight or a
   // scale). Returns the number of tensors verified, 0 for a version 1.0 checkpoint (no checksums).
-  // Reads every byte once (XXH64, several GB/s).
+  // Reads every byte once (XXH64).
   int64_t verify_checksums() const;
 
   LinearData linear(int64_t layer, SiteKind kind) const;
