@@ -9,6 +9,7 @@ PACKAGES=(
   libtorch-dev libeigen3-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev liblapack-dev
   libopenblas0-openmp
+  chromium  # headless, renders the HTML report in ctest report_render (tests/report/render_test.sh)
 )
 
 SUDO=""

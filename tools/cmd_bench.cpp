@@ -57,8 +57,11 @@ void print_gpu_row(const nlohmann::json& r) {
                 gpu_header.warmup, gpu_header.repeats, gpu_header.flush_l2 ? ", L2 flushed before every timed call" : "");
     std::printf("(resq-gemm: pre-quantized activations; resq-quant+gemm: bf16 input quantized on the fly; "
                 "bf16 output; speedups = cuBLASLt time / time)\n");
-    std::printf("%-13s %-8s %5s %6s %6s | %-16s | %10s | %8s | %8s | %7s | %7s\n", "model", "layer", "M", "N", "K",
-                "backend", "us", "TFLOP/s", "GB/s", "vs bf16", "vs int8");
+    std::printf("(path: decode = the M <= 16 GEMV, decode-fused = with the activation quantizer inside, tile = the "
+                "tile GEMM; %% copy = GB/s over the device-to-device copy's %.0f GB/s)\n",
+                r.value("copy_gbps", 0.0));
+    std::printf("%-13s %-8s %5s %6s %6s | %-20s | %-12s | %10s | %8s | %8s | %6s | %7s | %7s\n", "model", "layer", "M",
+                "N", "K", "backend", "path", "us", "TFLOP/s", "GB/s", "% copy", "vs bf16", "vs int8");
     gpu_header.printed = true;
   }
   auto ratio = [](double v) {
@@ -70,11 +73,12 @@ void print_gpu_row(const nlohmann::json& r) {
     }
     return std::string(buf);
   };
-  std::printf("%-13s %-8s %5lld %6lld %6lld | %-16s | %10.1f | %8.2f | %8.1f | %s | %s\n",
+  std::printf("%-13s %-8s %5lld %6lld %6lld | %-20s | %-12s | %10.1f | %8.2f | %8.1f | %5.0f%% | %s | %s\n",
               r["model"].get<std::string>().c_str(), r["layer"].get<std::string>().c_str(),
               static_cast<long long>(r["M"].get<int64_t>()), static_cast<long long>(r["N"].get<int64_t>()),
               static_cast<long long>(r["K"].get<int64_t>()), r["backend"].get<std::string>().c_str(),
-              r["us"].get<double>(), r["tflops"].get<double>(), r["gbps"].get<double>(),
+              r.value("path", std::string()).c_str(), r["us"].get<double>(), r["tflops"].get<double>(),
+              r["gbps"].get<double>(), r.value("pct_of_copy", 0.0),
               ratio(r["speedup_vs_bf16"].get<double>()).c_str(), ratio(r["speedup_vs_int8"].get<double>()).c_str());
   std::fflush(stdout);
 }
@@ -200,11 +204,13 @@ void run_gpu_bench(BenchOptions& o) {
     return;
   }
   nlohmann::json result = run_cuda_gemm_bench(b, &print_gpu_row);
-  std::printf("device: %s (%s, %d SMs, %d MHz, memory %d MHz, L2 %d bytes), CUDA runtime %d, kernel path: %s\n",
+  std::printf("device: %s (%s, %d SMs, %d MHz, memory %d MHz, L2 %d bytes), CUDA runtime %d, kernel path: %s; "
+              "%s; device-to-device copy %.0f GB/s\n",
               result["device"].get<std::string>().c_str(), result["sm"].get<std::string>().c_str(),
               result["sm_count"].get<int>(), result["clock_mhz"].get<int>(), result["mem_clock_mhz"].get<int>(),
               result["l2_bytes"].get<int>(), result["cuda_runtime"].get<int>(),
-              result["gemm_path"].get<std::string>().c_str());
+              result["gemm_path"].get<std::string>().c_str(), result.value("decode_path", std::string()).c_str(),
+              result.value("copy_gbps", 0.0));
   save(result);
   run_layer_bench(o, b.warmup, b.repeats, result);
   save(result);
@@ -270,6 +276,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq bench --cpu --models llama-3.2-1b --json bench.json");
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -28,7 +28,7 @@ namespace {
 struct DemoOptions {
   CommonOptions common;
   bool keep = false;
-  std::string configs = RESQ_DEFAULT_CONFIG_DIR;
+  std::string configs;  // empty: the built-in recipes
   std::vector<std::string> recipes = {"fp", "rtn-w4a4kv4", "quarot", "resq-rtn", "resq"};
 };
 
@@ -91,8 +91,7 @@ void run_demo(const DemoOptions& o) {
     QuantizeOptions q;
     q.model_dir = model_dir;
     q.out_dir = (work / ("q-" + name)).string();
-    q.recipe = load_recipe(o.configs + "/" + name + ".json");
-    q.recipe_path = o.configs + "/" + name + ".json";
+    q.recipe = find_recipe(o.configs.empty() ? name : o.configs + "/" + name + ".json", &q.recipe_path);
     q.calib_path = calib_path;
     q.nsamples = nsamples;
     q.seqlen = seqlen;
@@ -100,7 +99,9 @@ void run_demo(const DemoOptions& o) {
     const nlohmann::json report = quantize_model(q);
     Decoder model = load_model_for_eval(q.out_dir, LoadOptions{});
     const PerplexityResult r = evaluate_perplexity(model, ids, po);
-    const KlResult kl = evaluate_kl_divergence(fp, model, ids, seqlen, 4);
+    PerplexityOptions kl_windows = po;
+    kl_windows.max_windows = 4;
+    const ComparisonResult kl = compare_to_reference(fp, model, ids, kl_windows);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     char bits[64];
     std::snprintf(bits, sizeof bits, "%g/%g/%g", report["bits"]["weights"].get<double>(),
@@ -127,11 +128,12 @@ void register_demo(CLI::App& app) {
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
-  cmd->add_option("--configs", o->configs, "directory of recipe JSON files")->capture_default_str();
+  cmd->add_option("--configs", o->configs, "directory of recipe JSON files (default: the built-in recipes)");
   cmd->add_option("--recipes", o->recipes, "recipes to run (file names in --configs without .json)")
       ->capture_default_str();
   cmd->add_flag("--keep", o->keep, "keep the temporary directory");
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq demo --recipes fp resq quarot");
   cmd->callback([o] { run_demo(*o); });
 }
 

@@ -146,6 +146,7 @@ void register_generate(CLI::App& app) {
   add_seed_option(cmd, o->common, 0);
   add_runtime_options(cmd, o->common);
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq generate --model llama-resq --prompt \"Once upon a time\" --max-new-tokens 64");
   cmd->callback([o] { run_generate(*o); });
 }
 

@@ -78,16 +78,7 @@ void run_inspect(const InspectOptions& o) {
     nlohmann::json j = m.to_json();
     j["dir"] = o.dir;
     j["verified_tensors"] = verified;
-    j["sizes"] = {{"file_bytes", sz.file_bytes},
-                  {"parameters", sz.parameters},
-                  {"quantized_weights", sz.quantized_weights},
-                  {"packed_weight_bytes", sz.packed_weight_bytes},
-                  {"packed_scale_bytes", sz.packed_scale_bytes},
-                  {"dense_linear_weights", sz.dense_linear_weights},
-                  {"dense_linear_bytes", sz.dense_linear_bytes},
-                  {"global_bytes", sz.global_bytes},
-                  {"bits_per_quantized_weight", sz.bits_per_quantized_weight()},
-                  {"compression_vs_bf16", sz.compression_vs_bf16()}};
+    j["sizes"] = sz.to_json();
     write_json_file(o.common.json_out, j);
   }
 }
@@ -100,6 +91,7 @@ void register_inspect(CLI::App& app) {
   cmd->add_option("dir", o->dir, "packed checkpoint directory (written by resq quantize)")->required();
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq inspect llama-resq --json inspect.json");
   cmd->callback([o] { run_inspect(*o); });
 }
 

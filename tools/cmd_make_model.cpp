@@ -49,6 +49,7 @@ void register_make_model(CLI::App& app) {
   add_seed_option(cmd, o->common, 0);
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
+  cmd->footer("Example:\n  resq make-model --shape tiny --out tiny-model --seed 3");
   cmd->callback([o] { run_make_model(*o); });
 }
 

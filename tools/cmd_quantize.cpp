@@ -3,6 +3,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
+#include <utility>
 
 #include "common.h"
 #include "resq/common/error.h"
@@ -11,6 +12,7 @@
 #include "resq/common/log.h"
 #include "resq/quant/pipeline.h"
 #include "resq/quant/recipe.h"
+#include "resq/report/html_report.h"
 
 namespace resq::tools {
 namespace {
@@ -24,10 +26,31 @@ struct QuantizeCliOptions {
   int64_t nsamples = 128;
   int64_t seqlen = 2048;
   std::string globals_dtype;
+  std::string report_html;  // --report FILE.html
+  bool list_recipes = false;
 };
+
+// `--list-recipes`: name, bits W/A/KV and the description of every built-in recipe.
+void print_recipes() {
+  std::printf("%-14s | %-18s | %s\n", "recipe", "bits W/A/KV", "description");
+  for (const Recipe& r : builtin_recipes()) {
+    const RecipeBits b = recipe_bits(r);
+    std::printf("%-14s | %-18s | %s\n", r.name.c_str(), strprintf("%g/%g/%g", b.weights, b.activations, b.kv).c_str(),
+                r.description.c_str());
+  }
+  std::printf("(use one with --config NAME; a path to a recipe JSON file works too and wins when it exists)\n");
+}
 
 void run_quantize(const QuantizeCliOptions& o) {
   apply_runtime_options(o.common);
+  if (o.list_recipes) {
+    print_recipes();
+    return;
+  }
+  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--model", &o.common.model},
+                                    {"--out", &o.out}, {"--config", &o.config}}) {
+    if (value->empty()) throw UsageError(std::string("resq quantize: ") + flag + " is required (or give --list-recipes)");
+  }
   // Ctrl-C / SIGTERM unwind at the next layer or tensor, removing the temporary checkpoint (exit 130).
   install_interrupt_handlers();
   if (o.calib.empty() == o.calib_wikitext2.empty()) {
@@ -37,11 +60,11 @@ void run_quantize(const QuantizeCliOptions& o) {
   if (o.seqlen < 2) throw UsageError("--seqlen must be >= 2, got " + std::to_string(o.seqlen));
   // The output is checked before the work (minutes to hours), not when it is written.
   check_output_dir_creatable(o.out, "--out");
+  if (!o.report_html.empty()) check_output_file_writable(o.report_html, "--report");
   QuantizeOptions q;
   q.model_dir = o.common.model;
   q.out_dir = o.out;
-  q.recipe = load_recipe(o.config);
-  q.recipe_path = o.config;
+  q.recipe = find_recipe(o.config, &q.recipe_path);
   q.calib_path = o.calib.empty() ? o.calib_wikitext2 : o.calib;
   q.calib_wikitext2 = !o.calib_wikitext2.empty();
   q.nsamples = o.nsamples;
@@ -80,6 +103,13 @@ void run_quantize(const QuantizeCliOptions& o) {
                 report["spectra"]["U_C_captured_variance_top_r_mean"].get<double>());
   }
   if (!o.common.json_out.empty()) write_json_file(o.common.json_out, report);
+  if (!o.report_html.empty()) {
+    ReportInputs in;
+    in.quantize = report;
+    in.source = "resq quantize --out " + o.out;
+    write_report_html(o.report_html, in);
+    std::printf("report: %s\n", o.report_html.c_str());
+  }
 }
 
 }  // namespace
@@ -87,9 +117,12 @@ void run_quantize(const QuantizeCliOptions& o) {
 void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
   auto* cmd = app.add_subcommand("quantize", "quantize a model with a recipe into a packed 4/8-bit checkpoint");
-  add_model_option(cmd, o->common);
-  cmd->add_option("--out", o->out, "output directory (must not exist)")->required();
-  cmd->add_option("--config", o->config, "recipe JSON, e.g. configs/resq.json")->required();
+  add_model_option(cmd, o->common, /*required=*/false);
+  cmd->add_option("--out", o->out, "output directory (must not exist); required");
+  cmd->add_option("--config", o->config,
+                  "recipe: a built-in name (resq, quarot, ...; see --list-recipes) or a recipe JSON file; required");
+  cmd->add_flag("--list-recipes", o->list_recipes, "print the built-in recipes (name, bits W/A/KV, description) and exit");
+  cmd->add_option("--report", o->report_html, "also write a self-contained HTML report (spectra, GPTQ errors, bits)");
   cmd->add_option("--calib", o->calib, "calibration text file, read verbatim");
   cmd->add_option("--calib-wikitext2", o->calib_wikitext2, "calibration wiki.*.raw, rows re-joined as the HF dataset");
   cmd->add_option("--nsamples", o->nsamples, "calibration windows")->capture_default_str();
@@ -100,6 +133,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);
+  cmd->footer("Example:\n  resq quantize --model models/Llama-3.2-1B --config resq --calib-wikitext2 wiki.train.raw "
+              "--out llama-resq --json llama-resq.json --report llama-resq.html");
   cmd->callback([o] { run_quantize(*o); });
 }
 

@@ -73,6 +73,7 @@ void register_tokenize(CLI::App& app) {
   cmd->add_flag("--bos", o->bos, "prepend BOS (default: no special token added)");
   cmd->add_flag("--json", o->json, "print {\"ids\": [...]} (or {\"text\": ...} with --decode)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
+  cmd->footer("Example:\n  resq tokenize --model models/Llama-3.2-1B --text \"Hello world\" --bos");
   cmd->callback([o] { run_tokenize(*o); });
 }
 

@@ -42,6 +42,8 @@ void register_quantize(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_report(CLI::App& app);
+void register_export(CLI::App& app);
 
 // Version banner for `resq --version`.
 std::string version_text();

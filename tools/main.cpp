@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   resq::tools::register_inspect(app);
   resq::tools::register_generate(app);
   resq::tools::register_demo(app);
+  resq::tools::register_report(app);
+  resq::tools::register_export(app);
 
   // Ctrl-C / SIGTERM set a flag that the long loops check; the exception unwinds and removes
   // temporary files (a second signal kills at once).

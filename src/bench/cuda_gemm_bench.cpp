@@ -18,6 +18,7 @@
 
 #include "cpu/quantize.h"
 #include "cuda/act_quant.cuh"
+#include "cuda/decode_gemv.cuh"
 #include "cuda/mixed_gemm.cuh"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
@@ -97,6 +98,18 @@ class LtMatmul {
   bool ok_ = false;
 };
 
+// Device-to-device copy bandwidth (GB/s, read + write bytes) of a 512 MiB cudaMemcpyAsync: the
+// practical peak the memory-bound rows are measured against.
+double measure_copy_gbps(int warmup, int repeats, cudaStream_t stream) {
+  const size_t bytes = size_t{512} << 20;
+  DeviceBuffer<uint8_t> src(bytes), dst(bytes);
+  RESQ_CUDA_CHECK(cudaMemsetAsync(src.get(), 1, bytes, stream));
+  const double us = gpu::median_event_time_us(std::max(warmup, 1), std::max(repeats, 5), nullptr, stream, [&] {
+    RESQ_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream));
+  });
+  return 2.0 * static_cast<double>(bytes) / us * 1e-3;
+}
+
 }  // namespace
 
 nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(const nlohmann::json&)) {
@@ -128,6 +141,7 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
                            {"cuda_runtime", runtime},
                            {"build_type", RESQ_BUILD_TYPE},
                            {"gemm_path", gpu::mixed_gemm_path_name(prop.major, prop.minor)},
+                           {"decode_path", gpu::decode_gemv_path_name(prop.major, prop.minor)},
                            {"warmup", o.warmup},
                            {"repeats", o.repeats},
                            {"flush_l2", o.flush_l2},
@@ -148,6 +162,8 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
   const size_t ws_bytes = size_t{32} << 20;
   DeviceBuffer<uint8_t> workspace(ws_bytes);
   DeviceBuffer<uint8_t> flush(o.flush_l2 ? static_cast<size_t>(std::max(l2, 1 << 20)) * 2 : 0);
+  const double copy_gbps = measure_copy_gbps(o.warmup, o.repeats, stream);
+  result["copy_gbps"] = copy_gbps;
 
   std::mt19937 rng(static_cast<uint32_t>(o.seed));
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -191,10 +207,14 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
       RESQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 
       const double flops = 2.0 * static_cast<double>(M) * N * K;
-      auto emit = [&](const std::string& backend, double us, double bytes, double t_bf16, double t_i8) {
+      // path: "cublaslt", "tile" (mixed_gemm_cuda) or "decode" (decode_gemv, M <= 16), and for the
+      // decode quant+gemm row whether the quantizer ran fused ("decode-fused") or as act_quant.
+      auto emit = [&](const std::string& backend, const std::string& path, double us, double bytes, double t_bf16,
+                      double t_i8) {
         nlohmann::json r = {{"model", s.model}, {"layer", s.layer}, {"M", M}, {"N", N}, {"K", K}, {"K8", K8},
-                            {"backend", backend}, {"us", us}, {"tflops", flops / us * 1e-6},
-                            {"gbps", bytes / us * 1e-3},
+                            {"backend", backend}, {"path", path}, {"us", us}, {"tflops", flops / us * 1e-6},
+                            {"gbps", bytes / us * 1e-3}, {"copy_gbps", copy_gbps},
+                            {"pct_of_copy", 100.0 * bytes / us * 1e-3 / copy_gbps},
                             {"speedup_vs_bf16", t_bf16 > 0 ? t_bf16 / us : 0.0},
                             {"speedup_vs_int8", t_i8 > 0 ? t_i8 / us : 0.0}};
         result["rows"].push_back(r);
@@ -222,21 +242,47 @@ nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& o, void (*on_row)(con
         }
       }
       const double bytes_bf16 = 2.0 * (N * K + M * K + M * N);
-      if (bf16.ok()) emit("cublaslt-bf16", t_bf16, bytes_bf16, t_bf16, t_i8);
-      if (t_i8 > 0) emit("cublaslt-int8", t_i8, 1.0 * (N * K + M * K) + 4.0 * M * N, t_bf16, t_i8);
+      if (bf16.ok()) emit("cublaslt-bf16", "cublaslt", t_bf16, bytes_bf16, t_bf16, t_i8);
+      if (t_i8 > 0) emit("cublaslt-int8", "cublaslt", t_i8, 1.0 * (N * K + M * K) + 4.0 * M * N, t_bf16, t_i8);
 
       const double packed_bytes_w = static_cast<double>(N) * (ldq4 + ldq8) + 16.0 * N;
       const double packed_bytes_x = static_cast<double>(M) * (ldq4 + ldq8) + 16.0 * M;
-      const double t_gemm = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
-        gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
-      });
-      emit("resq-gemm", t_gemm, packed_bytes_w + packed_bytes_x + 2.0 * M * N, t_bf16, t_i8);
-      const double t_full = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
-        gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
-        gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
-      });
-      emit("resq-quant+gemm", t_full, packed_bytes_w + 2.0 * M * K + 2.0 * packed_bytes_x + 2.0 * M * N,
-           t_bf16, t_i8);
+      const double bytes_gemm = packed_bytes_w + packed_bytes_x + 2.0 * M * N;
+      const double bytes_full = packed_bytes_w + 2.0 * M * K + 2.0 * packed_bytes_x + 2.0 * M * N;
+      // "resq-gemm" / "resq-quant+gemm": what PackedCudaLinear runs at this M (the decode kernel for
+      // M <= 16, else the tile kernel); at M <= 16 the tile kernel is also timed ("-tile" rows), so
+      // before and after sit side by side in one run.
+      const bool decode = gpu::decode_gemv_applies(M);
+      const bool fused = gpu::decode_fused_quant_applies(M, K);
+      auto time_tile = [&](bool quant) {
+        return gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
+          if (quant) gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
+          gpu::mixed_gemm_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
+        });
+      };
+      if (decode) {
+        const double t_gemm = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
+          gpu::decode_gemv_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
+        });
+        emit("resq-gemm", "decode", t_gemm, bytes_gemm, t_bf16, t_i8);
+        const double t_full = gpu::median_event_time_us(o.warmup, o.repeats, fl, stream, [&] {
+          if (fused) {
+            gpu::decode_quant_gemv_bf16_cuda(d_x_bf16.get(), M, K, nullptr, 1.0f, 1.0f, wv, d_y.get(), N,
+                                             gpu::GemmOutput::kBFloat16, stream);
+          } else {
+            gpu::act_quant_bf16_cuda(d_x_bf16.get(), qa, stream);
+            gpu::decode_gemv_cuda(xv, wv, d_y.get(), N, gpu::GemmOutput::kBFloat16, stream);
+          }
+        });
+        // The fused kernel reads the bf16 rows and writes y only.
+        emit("resq-quant+gemm", fused ? "decode-fused" : "decode", t_full,
+             fused ? packed_bytes_w + 2.0 * M * K + 2.0 * M * N : bytes_full, t_bf16, t_i8);
+        emit("resq-gemm-tile", "tile", time_tile(false), bytes_gemm, t_bf16, t_i8);
+        emit("resq-quant+gemm-tile", "tile", time_tile(true), bytes_full, t_bf16, t_i8);
+      } else {
+        emit("resq-gemm", "tile", time_tile(false), bytes_gemm, t_bf16, t_i8);
+        emit("resq-quant+gemm", "tile", time_tile(true), bytes_full, t_bf16, t_i8);
+      }
     }
   }
   return result;

@@ -22,6 +22,19 @@ double CheckpointSizes::compression_vs_bf16() const {
   return 2.0 * static_cast<double>(parameters) / static_cast<double>(file_bytes);
 }
 
+json CheckpointSizes::to_json() const {
+  return {{"file_bytes", file_bytes},
+          {"parameters", parameters},
+          {"quantized_weights", quantized_weights},
+          {"packed_weight_bytes", packed_weight_bytes},
+          {"packed_scale_bytes", packed_scale_bytes},
+          {"dense_linear_weights", dense_linear_weights},
+          {"dense_linear_bytes", dense_linear_bytes},
+          {"global_bytes", global_bytes},
+          {"bits_per_quantized_weight", bits_per_quantized_weight()},
+          {"compression_vs_bf16", compression_vs_bf16()}};
+}
+
 // ------------------------------------------------------------------ metadata
 
 json CheckpointMeta::to_json() const {
@@ -181,6 +194,31 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
   m.provenance = f.object("provenance").raw();
   f.reject_unknown_keys();
   return m;
+}
+
+json hf_quantization_config(const CheckpointMeta& m) {
+  // The q_proj site stands for the linears' bits (every site of one recipe shares them, down_proj's
+  // high part aside); the per-site truth is resq_config.json.
+  const SiteSpec& q = m.sites.at(SiteKind::kQ);
+  json activations = nullptr;
+  if (q.activations.enabled) activations = {{"bits_low", q.activations.bits_low}, {"bits_high", q.activations.bits_high}};
+  json kv = nullptr;
+  if (m.kv.enabled) kv = {{"bits_low", m.kv.bits_low}, {"bits_high", m.kv.bits_high}};
+  const std::string recipe = m.recipe.is_object() && m.recipe.contains("name") && m.recipe["name"].is_string()
+                                 ? m.recipe["name"].get<std::string>()
+                                 : "";
+  return {{"quant_method", "resq"},
+          {"format", kCheckpointFormatName},
+          {"format_version", m.format_version},
+          {"kernel_layout_version", m.kernel_layout_version},
+          {"recipe", recipe},
+          {"bits",
+           {{"weights", {{"bits_low", q.weight_bits_low}, {"bits_high", q.weight_bits_high}}},
+            {"activations", activations},
+            {"kv_cache", kv}}},
+          {"high_subspace", {{"hidden", m.r}, {"head", m.r_h}}},
+          {"note", "resq packed mixed 4/8-bit checkpoint (resq_config.json): run it with resq; "
+                   "`resq export --format hf-bf16` writes a plain HF directory"}};
 }
 
 }  // namespace resq::format

@@ -198,6 +198,24 @@ void apply_online_hadamard(const OnlineHadamard& t, double* x, int64_t rows, int
   apply_online_hadamard_impl(t, x, rows, row_stride);
 }
 
+void apply_online_hadamard_transpose(const OnlineHadamard& t, double* x, int64_t rows) {
+  if (t.n < 1 || t.block < 1 || static_cast<int64_t>(t.block_matrix.size()) != t.block * t.block ||
+      static_cast<int64_t>(t.signs.size()) != t.n) {
+    throw ShapeError("apply_online_hadamard_transpose: inconsistent transform (n " + std::to_string(t.n) + ", block " +
+                     std::to_string(t.block) + ", " + std::to_string(t.block_matrix.size()) + " block entries, " +
+                     std::to_string(t.signs.size()) + " signs)");
+  }
+  OnlineHadamard k = t;  // K^T: block transposed, no signs
+  k.signs.assign(static_cast<size_t>(t.n), 1.0f);
+  for (int64_t i = 0; i < t.block; ++i) {
+    for (int64_t j = 0; j < t.block; ++j) k.block_matrix[i * t.block + j] = t.block_matrix[j * t.block + i];
+  }
+  apply_online_hadamard_impl(k, x, rows, t.n);  // validates t's consistency too
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < t.n; ++j) x[r * t.n + j] *= t.signs[j];
+  }
+}
+
 MatrixXdR randomized_hadamard(int64_t n, Rng& rng) {
   return online_hadamard_dense(make_online_hadamard(n, rng, /*random_signs=*/true));
 }

@@ -72,7 +72,9 @@ int64_t ModelConfig::parameter_count() const {
 }
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
-  // HF configs carry many keys resq does not use, and null for "not set": no unknown-key check.
+  // HF configs carry many keys resq does not use, and null for "not set": no unknown-key check. A
+  // packed checkpoint's config.json also has "quantization_config" (quant_method "resq", for HF
+  // loaders to refuse): it is read from resq_config.json instead, and ignored here.
   const JsonFields in(j, source, {JsonErrorKind::kConfig, /*null_is_absent=*/true});
   ModelConfig c;
   c.model_type = in.string("model_type");

@@ -267,10 +267,10 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   report["peak_rss_gib"] = peak_rss_gib();
   report["recipe"] = recipe_to_json(recipe);
   report["provenance"] = provenance;
+  report["resq_config"] = meta.to_json();  // per-site bits and splits: the report is self-contained
   report["out"] = o.out_dir;
-  report["bits"] = {{"weights", w.method == "none" ? 16.0 : recipe.mixed_bits(w.bits_low, w.bits_high)},
-                    {"activations", recipe.activations.enabled ? recipe.mixed_bits(recipe.activations.bits_low, recipe.activations.bits_high) : 16.0},
-                    {"kv", recipe.kv.enabled ? recipe.mixed_bits(recipe.kv.bits_low, recipe.kv.bits_high) : 16.0}};
+  const RecipeBits bits = recipe_bits(recipe);
+  report["bits"] = {{"weights", bits.weights}, {"activations", bits.activations}, {"kv", bits.kv}};
   return report;
 }
 

@@ -136,7 +136,9 @@ void finish_output(format::CheckpointWriter& writer, const Decoder& m, const Qua
   ModelConfig saved = m.config();
   saved.tie_word_embeddings = false;
   saved.torch_dtype = dtype_name(meta.globals_dtype) == "BF16" ? "bfloat16" : dtype_name(meta.globals_dtype) == "F16" ? "float16" : "float32";
-  writer.commit(meta, model_config_to_json(saved).dump(2) + "\n", tokenizer_files(o.model_dir));
+  nlohmann::json config = model_config_to_json(saved);
+  config["quantization_config"] = format::hf_quantization_config(meta);  // HF loaders refuse, loudly
+  writer.commit(meta, config.dump(2) + "\n", tokenizer_files(o.model_dir));
 }
 
 // The dtype of embeddings / lm_head in the checkpoint: --globals-dtype, else the source model's
@@ -159,16 +161,10 @@ nlohmann::json checkpoint_report(const std::string& dir, const format::Checkpoin
     budget_bits += static_cast<double>(layers) *
                    (s.N * (8.0 * format::packed4_row_bytes(s.K4()) + 8.0 * s.K8() + 64.0) + (s.permuted() ? 32.0 * s.K : 0.0));
   }
-  return {{"dir", dir},
-          {"file_bytes", sizes.file_bytes},
-          {"quantized_weights", sizes.quantized_weights},
-          {"packed_weight_bytes", sizes.packed_weight_bytes},
-          {"packed_scale_bytes", sizes.packed_scale_bytes},
-          {"dense_linear_bytes", sizes.dense_linear_bytes},
-          {"global_bytes", sizes.global_bytes},
-          {"bits_per_quantized_weight", sizes.bits_per_quantized_weight()},
-          {"budget_bits_per_quantized_weight", budget_weights ? budget_bits / budget_weights : 0.0},
-          {"compression_vs_bf16", sizes.compression_vs_bf16()}};
+  nlohmann::json j = sizes.to_json();
+  j["dir"] = dir;
+  j["budget_bits_per_quantized_weight"] = budget_weights ? budget_bits / budget_weights : 0.0;
+  return j;
 }
 
 }  // namespace resq::pipeline

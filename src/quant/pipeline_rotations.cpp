@@ -90,30 +90,39 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
   Rotations out;
   if (rot.method == "none") return out;
   const bool pca = rot.method == "resq";
-  auto basis = [&](const at::Tensor& cov, int64_t rr, Rng rng, double* captured) {
+  // spectrum (PCA only): the subspace's undamped eigenvalues, largest first, with the captured fraction.
+  auto basis = [&](const at::Tensor& cov, int64_t rr, Rng rng, double* captured, nlohmann::json* spectrum) {
     if (!pca) return to_tensor(randomized_hadamard(cov.size(0), rng));
     const PcaResult p = pca_from_covariance(to_eigen(cov), rot.pca_damping);
     if (captured) *captured = captured_variance_fraction(p, rr);
+    std::vector<double> eig;
+    for (int64_t i = p.eigenvalues.size() - 1; i >= 0; --i) eig.push_back(std::max(0.0, p.eigenvalues[i] - p.damping));
+    *spectrum = {{"eigenvalues", eig}, {"rank", rr}, {"captured", captured ? *captured : 0.0}};
     return to_tensor(resq_basis(p, rr, rng, /*rotate=*/true));
   };
   double captured_a = 0.0;
   const auto d = c.hidden_size, hd = c.head_dim;
-  out.u_a = basis(pca ? cov->cov_a : at::zeros({d, d}, at::kDouble), r, Rng::derive(seed, "U_A"), &captured_a);
+  nlohmann::json spectrum_a, spectra_b = nlohmann::json::array(), spectra_c = nlohmann::json::array();
+  out.u_a = basis(pca ? cov->cov_a : at::zeros({d, d}, at::kDouble), r, Rng::derive(seed, "U_A"), &captured_a, &spectrum_a);
   double sum_b = 0, sum_c = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     std::vector<at::Tensor> heads;
     for (int64_t h = 0; h < c.num_kv_heads; ++h) {
       double captured = 0;
+      nlohmann::json spectrum;
       heads.push_back(basis(pca ? cov->cov_v[l][h] : at::zeros({hd, hd}, at::kDouble), r_h,
-                            Rng::derive(seed, "U_B", {l, h}), &captured));
+                            Rng::derive(seed, "U_B", {l, h}), &captured, &spectrum));
       sum_b += captured;
+      if (pca) spectra_b.push_back({{"layer", l}, {"kv_head", h}, {"spectrum", spectrum}});
     }
     out.u_b.push_back(heads);
     if (rot.qk_rotation) {
       double captured = 0;
+      nlohmann::json spectrum;
       out.u_c.push_back(basis(pca ? cov->cov_k[l] : at::zeros({hd, hd}, at::kDouble), r_h,
-                              Rng::derive(seed, "U_C", {l}), &captured));
+                              Rng::derive(seed, "U_C", {l}), &captured, &spectrum));
       sum_c += captured;
+      if (pca) spectra_c.push_back({{"layer", l}, {"spectrum", spectrum}});
     }
   }
   if (rot.online_down_hadamard) {
@@ -125,7 +134,11 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
                    {"U_B_captured_variance_top_r_mean", sum_b / (c.num_layers * c.num_kv_heads)},
                    {"U_C_captured_variance_top_r_mean", rot.qk_rotation ? sum_c / c.num_layers : 0.0},
                    {"r", r},
-                   {"r_h", r_h}};
+                   {"r_h", r_h},
+                   // Per subspace: undamped eigenvalues (largest first), rank kept in 8 bits, captured fraction.
+                   {"U_A", spectrum_a},
+                   {"U_B", spectra_b},
+                   {"U_C", spectra_c}};
   }
   return out;
 }

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "resq/common/error.h"
 #include "resq/common/file.h"
 #include "resq/common/json_fields.h"
 
@@ -97,6 +98,52 @@ Recipe load_recipe(const std::string& path) {
   // A recipe without a "name" is named after its file (configs/resq.json -> "resq").
   if (recipe.name.empty()) recipe.name = std::filesystem::path(path).stem().string();
   return recipe;
+}
+
+RecipeBits recipe_bits(const Recipe& r) {
+  RecipeBits b;
+  if (r.weights.method != "none") b.weights = r.mixed_bits(r.weights.bits_low, r.weights.bits_high);
+  if (r.activations.enabled) b.activations = r.mixed_bits(r.activations.bits_low, r.activations.bits_high);
+  if (r.kv.enabled) b.kv = r.mixed_bits(r.kv.bits_low, r.kv.bits_high);
+  return b;
+}
+
+namespace {
+
+std::string builtin_source(const BuiltinRecipeText& b) { return std::string("<built-in>/") + b.name + ".json"; }
+
+Recipe parse_builtin(const BuiltinRecipeText& b) {
+  Recipe r = parse_recipe(parse_json(b.json, builtin_source(b)), builtin_source(b));
+  if (r.name.empty()) r.name = b.name;  // as load_recipe names a file's recipe after the file
+  return r;
+}
+
+}  // namespace
+
+std::vector<Recipe> builtin_recipes() {
+  std::vector<Recipe> out;
+  for (const BuiltinRecipeText& b : builtin_recipe_texts()) out.push_back(parse_builtin(b));
+  return out;
+}
+
+Recipe find_recipe(const std::string& name_or_path, std::string* source) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(name_or_path, ec)) {
+    if (source) *source = name_or_path;
+    return load_recipe(name_or_path);
+  }
+  std::string name = name_or_path;
+  if (name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0) name.resize(name.size() - 5);
+  std::string known;
+  for (const BuiltinRecipeText& b : builtin_recipe_texts()) {
+    if (name == b.name) {
+      if (source) *source = builtin_source(b);
+      return parse_builtin(b);
+    }
+    known += (known.empty() ? "" : ", ") + std::string(b.name);
+  }
+  throw ConfigError("--config '" + name_or_path + "': no such recipe file and no built-in recipe of that name (built-in: " +
+                    known + "; `resq quantize --list-recipes` describes them)");
 }
 
 nlohmann::json recipe_to_json(const Recipe& r) {

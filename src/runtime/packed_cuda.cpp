@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "cuda/act_quant.cuh"
+#include "cuda/decode_gemv.cuh"
 #include "cuda/kv_dequant.cuh"
 #include "cuda/mixed_gemm.cuh"
 #include "resq/common/error.h"
@@ -177,17 +178,38 @@ at::Tensor PackedCudaLinear::forward(const at::Tensor& x) const {
   at::Tensor y = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(x.device()));
   if (M > 0 && N_ > 0) {
     CudaDeviceScope scope(device_);
+    const gpu::GpuLinearView w = weights_.view();
+    const int32_t* perm = perm_.size() ? perm_.get() : nullptr;
+    // Decode (M <= 16): the memory-bound GEMV, quantizing the rows itself when they are short and
+    // need no transform (one launch), else after act_quant (decode_gemv.cuh).
+    if (!hadamard_ && gpu::decode_fused_quant_applies(M, K)) {
+      if (x.scalar_type() == at::kBFloat16) {
+        // bf16 written by the kernel (round to nearest even, like the cast; no extra launch).
+        at::Tensor yb = at::empty(shape, at::TensorOptions().dtype(at::kBFloat16).device(x.device()));
+        gpu::decode_quant_gemv_bf16_cuda(static_cast<const uint16_t*>(x.data_ptr()), M, K, perm, clip_, clip_, w,
+                                         yb.data_ptr(), N_, gpu::GemmOutput::kBFloat16, kStream);
+        return yb;
+      }
+      gpu::decode_quant_gemv_cuda(static_cast<const float*>(x.data_ptr()), M, K, perm, clip_, clip_, w, y.data_ptr(),
+                                  N_, gpu::GemmOutput::kFloat32, kStream);
+      return y;
+    }
     ActScratch s = make_act_scratch(M, K4_, K8_, x.device());
     s.args.clip4 = clip_;
     s.args.clip8 = clip_;
-    s.args.perm = perm_.size() ? perm_.get() : nullptr;
+    s.args.perm = perm;
     if (hadamard_) {
       s.args.transform = gpu::ActTransform::kHadamard;
       s.args.hadamard = hadamard_params_;
     }
     launch_act_quant(x, s.args);
-    gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), weights_.view(), y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
-                         kStream);
+    if (gpu::decode_gemv_applies(M)) {
+      gpu::decode_gemv_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
+                            kStream);
+    } else {
+      gpu::mixed_gemm_cuda(gpu::quantized_activations_view(s.args), w, y.data_ptr(), N_, gpu::GemmOutput::kFloat32,
+                           kStream);
+    }
   }
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }

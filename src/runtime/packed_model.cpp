@@ -26,7 +26,14 @@ ExecutionMode parse_execution_mode(const std::string& name) {
   throw UsageError("--mode: expected packed or simulate, got '" + name + "'");
 }
 
-const char* execution_mode_name(ExecutionMode mode) { return mode == ExecutionMode::kPacked ? "packed" : "simulate"; }
+const char* execution_mode_name(ExecutionMode mode) {
+  switch (mode) {
+    case ExecutionMode::kPacked: return "packed";
+    case ExecutionMode::kSimulate: return "simulate";
+    case ExecutionMode::kSimulateWeights: return "simulate-weights";
+  }
+  return "?";
+}
 
 // ------------------------------------------------------------------ PackedCpuLinear
 
@@ -175,7 +182,7 @@ std::shared_ptr<Linear> build_site_linear(format::LinearData d, ExecutionMode mo
   const std::vector<float>& b = d.bias();
   at::Tensor bias = b.empty() ? at::Tensor() : to_tensor(b, {s.N}).to(device, dtype);
   auto dense = std::make_shared<DenseLinear>(to_tensor(d.dequantized(), {s.N, s.K}).to(device, dtype), bias);
-  if (!s.activations.enabled) return dense;
+  if (!s.activations.enabled || mode == ExecutionMode::kSimulateWeights) return dense;
   auto quant = std::make_shared<ActivationFakeQuant>(site_activation_high_mask(s), s.activations.bits_low,
                                                      s.activations.bits_high, s.activations.clip_ratio);
   return std::make_shared<SimulatedLinear>(dense, quant);
@@ -252,7 +259,7 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
     }
     // U_D: fused into the down_proj activation quantizer on the integer path, else a transform.
     L.down_input_transform = down_fused ? nullptr : hadamard_transform;
-    if (meta.kv.enabled) {
+    if (meta.kv.enabled && mode != ExecutionMode::kSimulateWeights) {
       if (mode == ExecutionMode::kPacked) {
         L.k_cache_transform = make_packed_kv_cache_quant(c.head_dim, meta.r_h, static_cast<float>(meta.kv.k_clip_ratio), device);
         L.v_cache_transform = make_packed_kv_cache_quant(c.head_dim, meta.r_h, static_cast<float>(meta.kv.v_clip_ratio), device);

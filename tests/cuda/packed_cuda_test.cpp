@@ -92,6 +92,36 @@ TEST_F(PackedCudaTest, LinearEqualsPackedCpuLinearBitForBit) {
   }
 }
 
+// M <= 16 runs the decode kernel (decode_gemv.cuh): fused quantizer for short rows, act_quant
+// (with the online Hadamard) + decode GEMV otherwise; both equal PackedCpuLinear bit for bit.
+TEST_F(PackedCudaTest, DecodePathsEqualPackedCpuLinearBitForBit) {
+  Rng hrng(11);
+  auto h = std::make_shared<const OnlineHadamard>(make_online_hadamard(1024, hrng, /*random_signs=*/true));
+  ASSERT_EQ(h->block, 1);
+  struct C { int64_t N, K4, K8; bool perm, hadamard; std::vector<int64_t> lead; };
+  const std::vector<C> cases = {{4096, 3584, 512, true, false, {1}},       // fused, o_proj-like
+                                {300, 3584, 512, false, false, {1, 4}},    // M * K above the fused limit
+                                {520, 1024, 0, false, true, {1}},          // Hadamard: act_quant + decode
+                                {77, 1024, 0, false, true, {2, 8}},        // M = 16
+                                {33, 77, 19, true, false, {16}}};
+  uint32_t seed = 70;
+  for (const C& c : cases) {
+    const int64_t K = c.K4 + c.K8;
+    const format::PackedLinear p = random_packed(c.N, c.K4, c.K8, true, seed++);
+    const std::vector<int32_t> perm = c.perm ? random_perm(K, seed++) : std::vector<int32_t>{};
+    PackedCpuLinear cpu_lin(p, perm, 0.95f, c.hadamard ? h : nullptr);
+    PackedCudaLinear gpu_lin(p, perm, 0.95f, c.hadamard ? h : nullptr);
+    std::vector<int64_t> shape = c.lead;
+    shape.push_back(K);
+    at::manual_seed(seed++);
+    const at::Tensor x = at::randn(shape) * 2.0;
+    const std::string what = "decode N=" + std::to_string(c.N) + " K4=" + std::to_string(c.K4);
+    expect_same_bits(gpu_lin.forward(x.to(cuda())).cpu(), cpu_lin.forward(x), what + " fp32");
+    const at::Tensor xb = x.to(at::kBFloat16);
+    expect_same_bits(gpu_lin.forward(xb.to(cuda())).cpu(), cpu_lin.forward(xb), what + " bf16");
+  }
+}
+
 TEST_F(PackedCudaTest, FusedHadamardMatchesCpu) {
   // Power of two: the GPU butterfly + scale equals apply_online_hadamard(float), so the whole linear
   // equals PackedCpuLinear bit for bit.

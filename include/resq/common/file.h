@@ -63,10 +63,11 @@ std::vector<std::string> remove_stale_temporaries(const std::string& base);
 
 // Writes `path` atomically and durably: `write(fd, tmp_path)` fills temporary_path(path), which is
 // fsynced, renamed over `path`, and the directory fsynced; the temporary file is removed on any
-// failure. `what` names the file in messages. Throws IoError.
+// failure. `what` names the file in messages (reports, HTML, JSON, checkpoint metadata). Throws
+// IoError naming the path and the system's reason.
 void write_file_atomically(const std::string& path, const std::function<void(int fd, const std::string& tmp_path)>& write,
                            const std::string& what);
-void write_file_atomically(const std::string& path, const std::string& bytes, const std::string& what);
+void write_file_atomically(const std::string& path, const std::string& bytes, const std::string& what = "file");
 
 // fsyncs the file or directory at `path` (IoError naming it). Directories on filesystems that do not
 // support fsync on them (EINVAL) are accepted.

@@ -22,11 +22,15 @@ struct CudaBenchOptions {
 };
 
 // Runs every (shape, M); returns {"device", "sm", "clock_mhz", "mem_clock_mhz", "l2_bytes",
-// "cuda_runtime", "build_type", "gemm_path", "warmup", "repeats", "flush_l2", "rows": [{"model",
-// "layer", "M", "N", "K", "K8", "backend", "us", "tflops", "gbps", "speedup_vs_bf16",
-// "speedup_vs_int8"}]}. Backends: "cublaslt-bf16", "cublaslt-int8" (int32 output, no epilogue),
-// "resq-gemm" (pre-quantized activations, bf16 output), "resq-quant+gemm" (bf16 input quantized
-// on the fly, then the GEMM). Timings: CUDA events around each call, median over repeats.
+// "cuda_runtime", "build_type", "gemm_path", "decode_path", "copy_gbps" (device-to-device
+// cudaMemcpy, read + write bytes), "warmup", "repeats", "flush_l2", "rows": [{"model", "layer",
+// "M", "N", "K", "K8", "backend", "path", "us", "tflops", "gbps", "copy_gbps", "pct_of_copy",
+// "speedup_vs_bf16", "speedup_vs_int8"}]}. Backends: "cublaslt-bf16", "cublaslt-int8" (int32
+// output, no epilogue), "resq-gemm" (pre-quantized activations, bf16 output), "resq-quant+gemm"
+// (bf16 input quantized on the fly, then the GEMM) — both with the kernel PackedCudaLinear picks
+// (path "decode" / "decode-fused" for M <= 16, "tile" above) — and at M <= 16 also
+// "resq-gemm-tile" / "resq-quant+gemm-tile" (the tile kernel, for before/after in one run).
+// Timings: CUDA events around each call, median over repeats.
 // Throws UsageError("... no CUDA device ... use --cpu") when there is no device or no CUDA build.
 nlohmann::json run_cuda_gemm_bench(const CudaBenchOptions& options,
                                    void (*on_row)(const nlohmann::json& row) = nullptr);

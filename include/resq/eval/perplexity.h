@@ -39,14 +39,27 @@ struct PerplexityResult {
 PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t>& ids,
                                      const PerplexityOptions& options);
 
-// Mean KL divergence KL(P_reference || P_candidate) of the next-token distributions over every
-// position of the first `max_windows` (< 0: all) windows of `seqlen` tokens of ids.
-struct KlResult {
-  double kl_mean = 0.0;
-  int64_t num_positions = 0;
+// A candidate model against a reference (the fp model) on the same windows: both run on each batch of
+// windows in turn, so only one batch of each model's logits [batch, seqlen, V] is ever in memory.
+// KL(P_reference || P_candidate) and top-1 agreement (argmax equal) are taken at every position of a
+// window (each position's next-token distribution, seqlen per window); the NLLs as in
+// evaluate_perplexity (seqlen - 1 predictions per window).
+struct ComparisonResult {
+  PerplexityResult reference;  // ppl of the reference on these windows
+  PerplexityResult candidate;  // ppl of the candidate on these windows
+  double kl_mean = 0.0;        // mean of window KLs (nats per position)
+  double kl_stderr = 0.0;      // std(window KLs, ddof=1) / sqrt(windows)
+  double top1_agreement = 0.0; // mean of window agreements (fraction of positions)
+  double top1_stderr = 0.0;
+  int64_t num_positions = 0;   // windows * seqlen
+  std::vector<double> window_kl;    // mean KL of each window
+  std::vector<double> window_top1;  // agreement of each window
 };
-KlResult evaluate_kl_divergence(Decoder& reference, Decoder& candidate, const std::vector<int32_t>& ids,
-                                int64_t seqlen, int64_t max_windows);
+ComparisonResult compare_to_reference(Decoder& reference, Decoder& candidate, const std::vector<int32_t>& ids,
+                                      const PerplexityOptions& options);
+
+// {"kl", "kl_stderr", "top1_agreement", "delta_ppl", "reference_ppl", ..., "window_kl": [...]}.
+nlohmann::json comparison_to_json(const ComparisonResult& result);
 
 // {"ppl", "nll", "nll_stderr", ..., "window_nll": [...]}.
 nlohmann::json perplexity_to_json(const PerplexityResult& result);

@@ -65,6 +65,12 @@ struct CheckpointMeta {
   static CheckpointMeta from_json(const nlohmann::json& j, const ModelConfig& model, const std::string& source);
 };
 
+// The "quantization_config" object of a packed checkpoint's config.json (docs/FORMAT.md): quant_method
+// "resq", the format and its version, bits and recipe name, so that HF-style loaders (transformers,
+// vLLM) refuse the directory loudly instead of initialising the unknown packed tensors at random.
+// resq's own config parser ignores the key.
+nlohmann::json hf_quantization_config(const CheckpointMeta& meta);
+
 // Sizes of what a checkpoint stores, for `resq inspect` and the bit-budget report.
 struct CheckpointSizes {
   int64_t quantized_weights = 0;       // number of weights stored packed
@@ -79,6 +85,8 @@ struct CheckpointSizes {
   double bits_per_quantized_weight() const;
   // Size of the same model in bf16 (parameters x 2 bytes) over file_bytes.
   double compression_vs_bf16() const;
+  // Every field above plus the two ratios, keyed by their names (inspect, quantize and report JSON).
+  nlohmann::json to_json() const;
 };
 
 // ------------------------------------------------------------------ writer

@@ -63,6 +63,11 @@ void apply_online_hadamard(const OnlineHadamard& t, double* x, int64_t rows);
 // matrix, e.g. W[:, k0:k0+n]); the elements between rows are left untouched.
 void apply_online_hadamard(const OnlineHadamard& t, float* x, int64_t rows, int64_t row_stride);
 void apply_online_hadamard(const OnlineHadamard& t, double* x, int64_t rows, int64_t row_stride);
+// In place x [rows, n] <- x * T^T (the inverse: T is orthogonal), double arithmetic. With
+// T = diag(s) * K, K = kron(B, S_pow2) / sqrt(pow2): x T^T = (x K^T) .* s and K^T = kron(B^T, S_pow2)
+// / sqrt(pow2), so it runs the same fast transform with B transposed and no signs, then the signs.
+// Undoes a rotation fused into weight rows (W T T^T = W), e.g. to fold an online Hadamard back.
+void apply_online_hadamard_transpose(const OnlineHadamard& t, double* x, int64_t rows);
 
 // Randomized Hadamard rotation R [n, n] (orthogonal):
 //   R = online_hadamard_dense(make_online_hadamard(n, rng, /*random_signs=*/true)),

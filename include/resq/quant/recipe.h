@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -61,9 +62,32 @@ struct Recipe {
   }
 };
 
+// Effective bits per element of weights, activations and KV cache (16 = not quantized), as the
+// quantize report and `--list-recipes` print them.
+struct RecipeBits {
+  double weights = 16.0;
+  double activations = 16.0;
+  double kv = 16.0;
+};
+RecipeBits recipe_bits(const Recipe& recipe);
+
 // Parses and validates; `source` names the file in messages. Throws ConfigError.
 Recipe parse_recipe(const nlohmann::json& json, const std::string& source);
 Recipe load_recipe(const std::string& path);
 nlohmann::json recipe_to_json(const Recipe& recipe);
+
+// The recipes of configs/ compiled into the binary (cmake/EmbedRecipes.cmake), sorted by name.
+struct BuiltinRecipeText {
+  const char* name;  // file name without .json, e.g. "resq"
+  const char* json;  // the file's text
+};
+const std::vector<BuiltinRecipeText>& builtin_recipe_texts();
+// Every built-in recipe parsed (source "<built-in>/NAME.json").
+std::vector<Recipe> builtin_recipes();
+
+// --config: a path to a recipe file when one exists there (it wins), else the name of a built-in
+// recipe ("resq" or "resq.json"). ConfigError naming the argument and listing the built-in names
+// otherwise. *source (if given) receives the file path or "<built-in>/NAME.json".
+Recipe find_recipe(const std::string& name_or_path, std::string* source = nullptr);
 
 }  // namespace resq

@@ -19,9 +19,11 @@
 namespace resq {
 
 // packed: integer kernels (the default for a packed checkpoint); simulate: dequantized weights and
-// fake-quantized activations / KV cache (the arithmetic of the paper and of `resq quantize`).
-enum class ExecutionMode { kPacked, kSimulate };
-// "packed" | "simulate"; throws UsageError naming --mode otherwise.
+// fake-quantized activations / KV cache (the arithmetic of the paper and of `resq quantize`);
+// simulate-weights: dequantized weights only, activations and KV cache in floating point (what a
+// weight-only export runs, `resq eval --mode simulate --weights-only`).
+enum class ExecutionMode { kPacked, kSimulate, kSimulateWeights };
+// "packed" | "simulate" (simulate-weights is chosen by a flag); throws UsageError naming --mode otherwise.
 ExecutionMode parse_execution_mode(const std::string& name);
 const char* execution_mode_name(ExecutionMode mode);
 
