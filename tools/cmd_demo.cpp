@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
 #include "resq/model/decoder.h"
@@ -35,9 +36,13 @@ void run_demo(const DemoOptions& o) {
   apply_runtime_options(o.common);
   namespace fs = std::filesystem;
   const auto t0 = std::chrono::steady_clock::now();
-  const fs::path work = fs::temp_directory_path() / ("resq-demo-" + std::to_string(::getpid()));
-  fs::remove_all(work);
-  fs::create_directories(work);
+  // resq-demo.tmp.<pid>: the demo directories of killed runs are removed here (common/file.h).
+  std::error_code ec;
+  const std::string base = (fs::temp_directory_path(ec) / "resq-demo").string();
+  remove_stale_temporaries(base);
+  const fs::path work = temporary_path(base);
+  fs::remove_all(work, ec);
+  if (!fs::create_directories(work, ec) || ec) throw IoError(work.string() + ": cannot create the demo directory: " + ec.message());
   struct Cleanup {
     fs::path path;
     bool keep;

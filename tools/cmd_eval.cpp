@@ -16,6 +16,7 @@
 #include "resq/common/file.h"
 #include "resq/common/log.h"
 #include "resq/eval/perplexity.h"
+#include "resq/format/checkpoint.h"
 #include "resq/model/decoder.h"
 #include "resq/runtime/packed_model.h"
 #include "resq/text/dataset.h"
@@ -35,6 +36,7 @@ struct EvalOptions {
   int64_t batch = 0;
   bool no_bos = false;
   bool weights_only = false;
+  bool verify = false;  // hash every tensor of a packed checkpoint against its checksums first
   std::string mode;  // "" = packed for a packed checkpoint
 };
 
@@ -110,6 +112,11 @@ void run_eval(const EvalOptions& o) {
     throw UsageError("resq eval: give exactly one of --data FILE or --wikitext2 RAW_FILE");
   }
   if (o.models.empty()) throw UsageError("resq eval: --model is required");
+  for (const std::string& dir : o.models) {
+    if (o.verify && !format::PackedCheckpoint::is_checkpoint_dir(dir)) {
+      throw UsageError("--verify: '" + dir + "' is not a resq packed checkpoint (only those carry checksums)");
+    }
+  }
   if (o.weights_only && o.mode != "simulate") {
     throw UsageError("--weights-only: applies to --mode simulate (dequantized weights, activations and KV cache unquantized)");
   }
@@ -117,7 +124,7 @@ void run_eval(const EvalOptions& o) {
   if (o.weights_only) mode = ExecutionMode::kSimulateWeights;
   const auto t0 = std::chrono::steady_clock::now();
   const std::string text_path = o.data.empty() ? o.wikitext2 : o.data;
-  std::string text = read_file(text_path, "text file");
+  std::string text = read_file(text_path, o.data.empty() ? "--wikitext2 text file" : "--data text file");
   if (!o.wikitext2.empty()) text = wikitext_join(text);
 
   // Every model (and the reference) must see the same token ids: the same windows.
@@ -157,6 +164,14 @@ void run_eval(const EvalOptions& o) {
   for (const std::string& dir : o.models) {
     CommonOptions one = o.common;
     one.model = dir;
+    if (o.verify) {
+      // One more read of the checkpoint before loading it: a flipped byte is refused naming the tensor.
+      const auto tv = std::chrono::steady_clock::now();
+      const int64_t n = format::PackedCheckpoint::open(dir).verify_checksums();
+      if (n == 0) throw FormatError("--verify: " + dir + " is a format 1.0 checkpoint without checksums");
+      log::info(strprintf("%s: verified the checksums of %lld tensors in %.2f s", dir.c_str(), static_cast<long long>(n),
+                          std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count()));
+    }
     // One model in memory at a time (besides the reference): the others are loaded in turn.
     RunModel model = load_run_model(one, mode);
     any_quantized = any_quantized || model.quantized;
@@ -230,6 +245,7 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--weights-only", o->weights_only,
                 "with --mode simulate: dequantized weights only, activations and KV cache unquantized");
   cmd->add_flag("--no-bos", o->no_bos, "do not prepend BOS even if the tokenizer config asks for it");
+  cmd->add_flag("--verify", o->verify, "packed checkpoints: verify every tensor's checksum before evaluating");
   add_runtime_options(cmd, o->common);
   add_json_option(cmd, o->common);
   cmd->footer("Example:\n  resq eval --model llama-resq --model llama-quarot --kl-base models/Llama-3.2-1B --wikitext2 wiki.test.raw --json eval.json");

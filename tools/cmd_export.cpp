@@ -4,6 +4,8 @@
 #include <memory>
 
 #include "common.h"
+#include "resq/common/file.h"
+#include "resq/common/interrupt.h"
 #include "resq/common/log.h"
 #include "resq/export/hf_export.h"
 
@@ -19,6 +21,8 @@ struct ExportCliOptions {
 
 void run_export(const ExportCliOptions& o) {
   log::set_level(o.log_level);
+  check_output_dir_creatable(o.out, "--out");
+  install_interrupt_handlers();  // Ctrl-C: the staging directory is removed at the next tensor
   HfExportOptions e;
   e.checkpoint_dir = o.checkpoint;
   e.out_dir = o.out;

@@ -23,11 +23,18 @@ std::string bits_text(bool enabled, int low, int high, int64_t high_count) {
 void run_inspect(const InspectOptions& o) {
   apply_runtime_options(o.common);
   const format::PackedCheckpoint ck = format::PackedCheckpoint::open(o.dir);
+  const int64_t verified = ck.verify_checksums();  // every tensor's bytes against resq_config.json
   const format::CheckpointMeta& m = ck.meta();
   const ModelConfig& c = m.model;
   const format::CheckpointSizes sz = ck.sizes();
-  std::printf("%s: %s format version %d (kernel layout %d), %zu safetensors file(s)\n", o.dir.c_str(), format::kCheckpointFormatName,
-              m.format_version, m.kernel_layout_version, ck.store().files().size());
+  std::printf("%s: %s format version %d.%d (kernel layout %d), %zu safetensors file(s)\n", o.dir.c_str(),
+              format::kCheckpointFormatName, m.format_version, m.format_minor_version, m.kernel_layout_version,
+              ck.store().files().size());
+  if (verified > 0) {
+    std::printf("integrity: %lld tensors match their %s checksums\n", static_cast<long long>(verified), format::kChecksumAlgorithm);
+  } else {
+    std::printf("integrity: not verifiable (format %d.0 stores no checksums)\n", m.format_version);
+  }
   std::printf("model: %s, %lld layers, hidden %lld, %lld heads / %lld kv heads (head_dim %lld), ffn %lld, vocab %lld, "
               "%.2f M parameters\n",
               c.model_type.c_str(), static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
@@ -70,6 +77,7 @@ void run_inspect(const InspectOptions& o) {
   if (!o.common.json_out.empty()) {
     nlohmann::json j = m.to_json();
     j["dir"] = o.dir;
+    j["verified_tensors"] = verified;
     j["sizes"] = sz.to_json();
     write_json_file(o.common.json_out, j);
   }

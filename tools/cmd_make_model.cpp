@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "common.h"
+#include "resq/common/interrupt.h"
 #include "resq/common/log.h"
 #include "resq/model/synthetic.h"
 
@@ -19,6 +20,7 @@ struct MakeModelOptions {
 
 void run_make_model(MakeModelOptions& o) {
   apply_runtime_options(o.common);
+  install_interrupt_handlers();  // Ctrl-C: the staging directory is removed at the next tensor
   o.synthetic.seed = o.common.seed;
   const ModelConfig config = synthetic_shape_config(o.shape);
   log::info(strprintf("make-model: shape %s (%.1f M parameters) -> %s", o.shape.c_str(), config.parameter_count() / 1e6,

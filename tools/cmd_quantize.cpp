@@ -7,6 +7,8 @@
 
 #include "common.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
+#include "resq/common/interrupt.h"
 #include "resq/common/log.h"
 #include "resq/quant/pipeline.h"
 #include "resq/quant/recipe.h"
@@ -49,11 +51,16 @@ void run_quantize(const QuantizeCliOptions& o) {
                                     {"--out", &o.out}, {"--config", &o.config}}) {
     if (value->empty()) throw UsageError(std::string("resq quantize: ") + flag + " is required (or give --list-recipes)");
   }
+  // Ctrl-C / SIGTERM unwind at the next layer or tensor, removing the temporary checkpoint (exit 130).
+  install_interrupt_handlers();
   if (o.calib.empty() == o.calib_wikitext2.empty()) {
     throw UsageError("resq quantize: give exactly one of --calib FILE or --calib-wikitext2 RAW_FILE");
   }
   if (o.nsamples < 1) throw UsageError("--nsamples must be >= 1, got " + std::to_string(o.nsamples));
   if (o.seqlen < 2) throw UsageError("--seqlen must be >= 2, got " + std::to_string(o.seqlen));
+  // The output is checked before the work (minutes to hours), not when it is written.
+  check_output_dir_creatable(o.out, "--out");
+  if (!o.report_html.empty()) check_output_file_writable(o.report_html, "--report");
   QuantizeOptions q;
   q.model_dir = o.common.model;
   q.out_dir = o.out;

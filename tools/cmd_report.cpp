@@ -22,6 +22,7 @@ struct ReportOptions {
 
 void run_report(const ReportOptions& o) {
   log::set_level(o.log_level);
+  check_output_file_writable(o.out, "--out");
   ReportInputs in = load_report_inputs(o.input);
   for (const std::string& path : o.eval_json) {
     nlohmann::json e = parse_json(read_file(path, "eval report"), path);

@@ -51,7 +51,7 @@ void run_tokenize(const TokenizeOptions& o) {
     }
     return;
   }
-  const std::string text = o.file.empty() ? o.text : read_file(o.file, "text file");
+  const std::string text = o.file.empty() ? o.text : read_file(o.file, "--file text file");
   const auto ids = tokenize_for_eval(*tokenizer, text, o.bos);
   if (o.json) {
     std::printf("%s\n", nlohmann::json({{"ids", ids}}).dump().c_str());

@@ -2,14 +2,11 @@
 #include "common.h"
 
 #include <ATen/Parallel.h>
-#include <unistd.h>
 
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "resq/common/log.h"
 
 namespace resq::tools {
@@ -40,25 +37,12 @@ void apply_runtime_options(const CommonOptions& o) {
   if (o.threads < 0) throw UsageError("--threads must be >= 0, got " + std::to_string(o.threads));
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+  // An unwritable --json is found now, not after the work whose results it was to hold.
+  if (!o.json_out.empty()) check_output_file_writable(o.json_out, "--json");
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& value) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw IoError(path + ": cannot write JSON output (" + tmp + ")");
-    out << value.dump(2) << "\n";
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw IoError(path + ": write failed");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw IoError(path + ": cannot rename " + tmp + " into place: " + ec.message());
-  }
+  write_file_atomically(path, value.dump(2) + "\n", "JSON output (--json)");
 }
 
 }  // namespace resq::tools

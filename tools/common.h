@@ -26,10 +26,11 @@ void add_runtime_options(CLI::App* cmd, CommonOptions& o);  // --device --dtype 
 void add_seed_option(CLI::App* cmd, CommonOptions& o, uint64_t default_seed);
 void add_json_option(CLI::App* cmd, CommonOptions& o);
 
-// Applies --threads and --log-level (call first thing in a subcommand).
+// Applies --threads and --log-level and checks that --json can be written (call first thing in a
+// subcommand: every usage error is found before any work).
 void apply_runtime_options(const CommonOptions& o);
 
-// Writes JSON to `path` atomically (temporary name, then rename). Throws IoError.
+// Writes JSON to `path` atomically and durably (common/file.h write_file_atomically). Throws IoError.
 void write_json_file(const std::string& path, const nlohmann::json& value);
 
 // Registration of each subcommand (one file each under tools/).

@@ -64,7 +64,18 @@ void append_window_nll(const at::Tensor& logits, const at::Tensor& ids_batch, st
   at::Tensor targets = ids_batch.narrow(1, 1, seqlen - 1).to(logp.device()).unsqueeze(-1);
   at::Tensor nll = -logp.gather(-1, targets).squeeze(-1);  // [nb, T-1]
   at::Tensor window_nll = nll.to(at::kDouble).mean(1).cpu();
-  for (int64_t b = 0; b < window_nll.size(0); ++b) out->push_back(window_nll[b].item<double>());
+  for (int64_t b = 0; b < window_nll.size(0); ++b) {
+    const double v = window_nll[b].item<double>();
+    // A NaN or infinite loss makes every figure after it meaningless ("ppl: -nan"): stop here.
+    if (!std::isfinite(v)) {
+      const int64_t w = static_cast<int64_t>(out->size());
+      throw NumericError(strprintf("eval: window %" PRId64 " (tokens %" PRId64 "..%" PRId64 ") has a non-finite loss (%f): "
+                                   "the model produced NaN or infinite logits (non-finite weights, or an overflow in "
+                                   "this dtype); no perplexity can be reported",
+                                   w, w * seqlen, (w + 1) * seqlen - 1, v));
+    }
+    out->push_back(v);
+  }
 }
 
 // Mean and its standard error (std with ddof=1 over sqrt(n); 0 for one value).
@@ -176,6 +187,10 @@ ComparisonResult compare_to_reference(Decoder& reference, Decoder& candidate, co
     append_window_nll(ref_logits, ids_batch, &r.reference.window_nll);
     append_window_nll(cand_logits, ids_batch, &r.candidate.window_nll);
     for (const WindowDivergence& d : window_divergence(ref_logits, cand_logits)) {
+      if (!std::isfinite(d.kl)) {
+        throw NumericError("eval: window " + std::to_string(r.window_kl.size()) +
+                           " gives a non-finite KL divergence (NaN or infinite logits)");
+      }
       r.window_kl.push_back(d.kl);
       r.window_top1.push_back(d.top1);
     }

@@ -5,10 +5,13 @@
 #include <filesystem>
 #include <set>
 
+#include "checkpoint_checksums.h"
 #include "resq/common/error.h"
 #include "resq/common/file.h"
+#include "resq/common/log.h"
 #include "resq/common/json_fields.h"
 #include "resq/format/checkpoint.h"
+#include "resq/io/tensor_checks.h"
 
 namespace resq::format {
 namespace fs = std::filesystem;
@@ -39,6 +42,8 @@ const TensorView& expect_floating(const TensorStore& store, const std::string& n
   }
   return v;
 }
+
+constexpr const char* kFiniteWhy = "every float tensor of a packed checkpoint must be finite";
 
 void check_finite(const TensorView& v, bool positive) {
   const std::vector<float> x = tensor_to_float32_vector(v);
@@ -75,8 +80,11 @@ class TensorValidator {
 
   void globals() {
     const ModelConfig& c = m_.model;
-    sz_.global_bytes += note(expect_floating(st_, kEmbedTokensTensor, {c.vocab_size, c.hidden_size}));
-    sz_.global_bytes += note(expect_floating(st_, kLmHeadTensor, {c.vocab_size, c.hidden_size}));
+    for (const char* name : {kEmbedTokensTensor, kLmHeadTensor}) {
+      const TensorView& v = expect_floating(st_, name, {c.vocab_size, c.hidden_size});
+      require_finite(v, kFiniteWhy);
+      sz_.global_bytes += note(v);
+    }
     sz_.global_bytes += note(expect_floating(st_, kFinalNormTensor, {c.hidden_size}));
     check_finite(st_.get(kFinalNormTensor), false);
     if (!m_.online.down_hadamard) return;
@@ -130,6 +138,7 @@ class TensorValidator {
     if (s.storage == LinearStorage::kDense) {
       const TensorView& w = expect_floating(st_, t.weight, {s.N, s.K});
       if (w.dtype == DType::F64) throw FormatError(w.file + ": tensor '" + w.name + "' must be F32, BF16 or F16");
+      require_finite(w, kFiniteWhy);
       sz_.dense_linear_weights += s.N * s.K;
       sz_.dense_linear_bytes += note(w);
       return;
@@ -194,7 +203,8 @@ class TensorValidator {
 // resq_config.json of `dir`, parsed against its config.json.
 CheckpointMeta read_meta(const std::string& dir) {
   const std::string meta_path = (fs::path(dir) / kCheckpointConfigFile).string();
-  if (!fs::exists(meta_path)) throw IoError(dir + ": not a resq packed checkpoint (no " + kCheckpointConfigFile + ")");
+  std::error_code ec;
+  if (!fs::exists(meta_path, ec)) throw IoError(dir + ": not a resq packed checkpoint (no " + kCheckpointConfigFile + ")");
   const ModelConfig model = load_model_config((fs::path(dir) / "config.json").string());
   const json j = parse_json(read_file(meta_path, "checkpoint metadata"), meta_path, JsonErrorKind::kFormat);
   return CheckpointMeta::from_json(j, model, meta_path);
@@ -213,6 +223,11 @@ PackedCheckpoint PackedCheckpoint::open(const std::string& dir) {
   v.globals();
   for (int64_t l = 0; l < c.num_layers; ++l) v.layer(l);
   v.finish();
+  if (ck.meta_.format_minor_version >= 1) {
+    check_checksum_names(*ck.store_, ck.meta_.checksums, (fs::path(dir) / kCheckpointConfigFile).string());
+  } else {
+    log::warn(dir + ": checkpoint format 1.0 has no checksums: its integrity cannot be verified (re-quantize to get them)");
+  }
   for (const auto& f : ck.store_->files()) {
     ck.sizes_.file_bytes += static_cast<int64_t>(f->file_size());
     f->release_pages();  // validation touched every page; a 1B checkpoint would otherwise stay resident

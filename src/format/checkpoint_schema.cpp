@@ -4,6 +4,7 @@
 
 #include "resq/common/error.h"
 #include "resq/common/json_fields.h"
+#include "checkpoint_checksums.h"
 #include "resq/format/checkpoint.h"
 
 namespace resq::format {
@@ -62,7 +63,7 @@ json CheckpointMeta::to_json() const {
                                {"block", online.hadamard_block},
                                {"construction", online.hadamard_construction}};
   }
-  return {{"format", kCheckpointFormatName},
+  json j = {{"format", kCheckpointFormatName},
           {"format_version", format_version},
           {"kernel_layout_version", kernel_layout_version},
           {"nibble_order", "low_first"},
@@ -80,6 +81,11 @@ json CheckpointMeta::to_json() const {
           {"online", online_json},
           {"recipe", recipe.is_null() ? json::object() : recipe},
           {"provenance", provenance.is_null() ? json::object() : provenance}};
+  if (format_minor_version >= 1) {
+    j["format_minor_version"] = format_minor_version;
+    j["checksums"] = checksums_to_json(checksums);
+  }
+  return j;
 }
 
 CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model, const std::string& src) {
@@ -100,6 +106,13 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
     throw FormatError(src + ": kernel_layout_version " + std::to_string(m.kernel_layout_version) + " is not supported (expected " +
                       std::to_string(kFormatVersion) + ")");
   }
+  // Minor version 0 (no key) has no checksums; 1 lists one for every tensor (checkpoint_verify.cpp).
+  m.format_minor_version = static_cast<int>(f.optional_integer("format_minor_version", IntRange::between(1, 1 << 30)).value_or(0));
+  if (m.format_minor_version > kCheckpointMinorVersion) {
+    throw FormatError(src + ": checkpoint format version 1." + std::to_string(m.format_minor_version) +
+                      " is newer than this resq reads (1." + std::to_string(kCheckpointMinorVersion) + ")");
+  }
+  if (m.format_minor_version >= 1) m.checksums = checksums_from_json(f, "checksums");
   f.one_of("nibble_order", {"low_first"});
   const ModelConfig& c = model;
   m.r = f.integer("r", IntRange::between(0, c.hidden_size));

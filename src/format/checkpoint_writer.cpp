@@ -2,9 +2,10 @@
 // site tensors packed as the layout says, on io's sharded safetensors writer and staging directory.
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 
+#include "resq/common/checksum.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
 #include "resq/format/checkpoint.h"
 
 namespace resq::format {
@@ -16,7 +17,10 @@ CheckpointWriter::CheckpointWriter(std::string out_dir, int64_t max_shard_bytes)
               {{"format", "pt"}, {"resq", kCheckpointFormatName}}) {}
 
 void CheckpointWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes) {
-  shards_.add(name, dtype, shape, data, nbytes);
+  shards_.add(name, dtype, shape, data, nbytes);  // validates name, shape and nbytes first
+  // Hashed from the caller's buffer: the stored bytes are a verbatim copy, so a later difference is
+  // corruption on the way to or on the disk.
+  checksums_[name] = xxh64(data, nbytes);
 }
 
 void CheckpointWriter::add_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data) {
@@ -71,22 +75,18 @@ std::string CheckpointWriter::commit(const CheckpointMeta& meta, const std::stri
   if (staging_.committed()) throw UsageError("checkpoint: commit() called twice");
   shards_.finish();
   const fs::path dir(staging_.path());
-  auto write_text = [&](const std::string& name, const std::string& text) {
-    const fs::path p = dir / name;
-    std::ofstream out(p, std::ios::binary);
-    out << text;
-    out.close();
-    if (!out) throw IoError(p.string() + ": cannot write");
-  };
-  write_text("config.json", config_json_text);
-  write_text(kCheckpointConfigFile, meta.to_json().dump(2) + "\n");
+  CheckpointMeta stored = meta;
+  stored.format_minor_version = kCheckpointMinorVersion;
+  stored.checksums = checksums_;
+  write_file_atomically((dir / "config.json").string(), config_json_text, "model config");
+  write_file_atomically((dir / kCheckpointConfigFile).string(), stored.to_json().dump(2) + "\n", "checkpoint metadata");
   for (const std::string& f : extra_files) {
     std::error_code ec;
     if (!fs::exists(f, ec)) continue;
     fs::copy_file(f, dir / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
     if (ec) throw IoError(f + ": cannot copy into the checkpoint: " + ec.message());
   }
-  staging_.commit();
+  staging_.commit();  // fsyncs every file and the directory, renames without replacing
   return staging_.final_path();
 }
 

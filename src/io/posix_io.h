@@ -18,40 +18,6 @@ inline std::string in_quotes(const std::string& s) { return "'" + s + "'"; }
 // Checked a * b for sizes; false on overflow.
 inline bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
 
-// Closes a file descriptor on scope exit unless closed earlier.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  ~FdGuard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the result (close errors matter for written files).
-  int close_now() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
-// Writes all bytes or throws IoError naming `path` (handles short writes and EINTR).
-inline void write_all(int fd, const void* data, size_t nbytes, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (nbytes > 0) {
-    const ssize_t n = ::write(fd, p, nbytes < (size_t{1} << 30) ? nbytes : (size_t{1} << 30));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw IoError(path + ": write failed: " + errno_text(errno));
-    }
-    if (n == 0) throw IoError(path + ": write failed: no progress");
-    p += n;
-    nbytes -= static_cast<size_t>(n);
-  }
-}
+using resq::FdGuard;  // common/file.h
 
 }  // namespace resq::io_detail

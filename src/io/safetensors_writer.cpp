@@ -3,17 +3,19 @@
 #include "resq/io/safetensors_writer.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "posix_io.h"
 #include "resq/common/error.h"
+#include "resq/common/file.h"
+#include "resq/common/interrupt.h"
 #include "resq/io/safetensors.h"
 
 namespace resq {
@@ -22,7 +24,6 @@ namespace fs = std::filesystem;
 using io_detail::FdGuard;
 using io_detail::in_quotes;
 using io_detail::mul_overflows;
-using io_detail::write_all;
 
 namespace {
 
@@ -113,29 +114,17 @@ std::string encode_header(const std::vector<HeaderEntry>& entries, const std::ma
   return out + text;
 }
 
-// Writes `head` and then whatever write_data(fd, tmp_path) appends to `path + ".tmp.<pid>"`,
-// fsyncs and renames it to `path`; the temporary file is removed on failure.
+// Writes `head` and then whatever write_data(fd, tmp_path) appends to `path` through common's atomic,
+// fsynced write (a temporary name renamed into place, removed on failure or interruption).
 void write_file_atomically(const std::string& path, const std::string& head,
                            const std::function<void(int fd, const std::string& tmp_path)>& write_data) {
-  const std::string tmp_path = path + ".tmp." + std::to_string(::getpid());
-  FdGuard fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw IoError(tmp_path + ": cannot create temporary file for " + path + ": " + errno_text(errno));
-  try {
-    write_all(fd.get(), head.data(), head.size(), tmp_path);
-    write_data(fd.get(), tmp_path);
-    if (::fsync(fd.get()) != 0) throw IoError(tmp_path + ": fsync failed: " + errno_text(errno));
-    if (fd.close_now() != 0) throw IoError(tmp_path + ": close failed: " + errno_text(errno));
-    if (::rename(tmp_path.c_str(), path.c_str()) != 0) {
-      throw IoError(path + ": cannot rename " + tmp_path + " into place: " + errno_text(errno));
-    }
-  } catch (...) {
-    ::unlink(tmp_path.c_str());
-    throw;
-  }
-  // Make the rename itself durable; best effort (some filesystems refuse fsync on directories).
-  const fs::path parent = fs::path(path).parent_path();
-  FdGuard dir_fd(::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
+  resq::write_file_atomically(
+      path,
+      [&](int fd, const std::string& tmp_path) {
+        write_all_fd(fd, head.data(), head.size(), tmp_path);
+        write_data(fd, tmp_path);
+      },
+      "safetensors file");
 }
 
 bool hf_before(DType a_dtype, const std::string& a_name, DType b_dtype, const std::string& b_name) {
@@ -165,7 +154,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   for (const TensorToWrite* t : order) entries.push_back({&t->name, t->dtype, &t->shape, t->nbytes});
   write_file_atomically(path, encode_header(entries, metadata, path), [&](int fd, const std::string& tmp_path) {
     for (const TensorToWrite* t : order) {
-      if (t->nbytes) write_all(fd, t->data, t->nbytes, tmp_path);
+      if (t->nbytes) write_all_fd(fd, t->data, t->nbytes, tmp_path);
     }
   });
 }
@@ -195,6 +184,7 @@ void ShardedSafetensorsWriter::remove_spills() noexcept {
 
 void ShardedSafetensorsWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
                                    size_t nbytes) {
+  throw_if_interrupted();  // a safe point: the destructors remove the spill files and the staging directory
   if (finished_) throw UsageError(dir_ + ": tensor " + in_quotes(name) + " added after finish()");
   check_tensor(dir_, name, dtype, shape, data, nbytes);
   if (names_.count(name)) throw UsageError(dir_ + ": tensor " + in_quotes(name) + ": name given more than once");
@@ -207,7 +197,7 @@ void ShardedSafetensorsWriter::add(const std::string& name, DType dtype, const s
     if (sp.fd < 0) throw IoError(sp.path + ": cannot create a spill file: " + errno_text(errno));
     sp.bytes = 0;
   }
-  if (nbytes) write_all(sp.fd, data, nbytes, sp.path);
+  if (nbytes) write_all_fd(sp.fd, data, nbytes, sp.path);
   pending_.push_back(Pending{name, dtype, shape, cls, sp.bytes, static_cast<int64_t>(nbytes)});
   sp.bytes += static_cast<int64_t>(nbytes);
   pending_bytes_ += static_cast<int64_t>(nbytes);
@@ -245,13 +235,14 @@ void ShardedSafetensorsWriter::flush() {
       }
       std::vector<uint8_t> buf(size_t{8} << 20);
       for (const Pending* p : order) {
+        throw_if_interrupted();
         int64_t copied = 0;
         while (copied < p->nbytes) {
           const size_t want = static_cast<size_t>(std::min<int64_t>(p->nbytes - copied, static_cast<int64_t>(buf.size())));
           const ssize_t n = ::pread(in[p->spill], buf.data(), want, static_cast<off_t>(p->offset + copied));
           if (n < 0 && errno == EINTR) continue;
           if (n <= 0) throw IoError(spill_[p->spill].path + ": short read while assembling " + tmp_path);
-          write_all(out, buf.data(), static_cast<size_t>(n), tmp_path);
+          write_all_fd(out, buf.data(), static_cast<size_t>(n), tmp_path);
           copied += n;
         }
       }
@@ -269,6 +260,17 @@ void ShardedSafetensorsWriter::flush() {
   pending_bytes_ = 0;
 }
 
+namespace {
+
+// rename(2) inside the staging directory, with the paths in the IoError.
+void rename_in_place(const fs::path& from, const fs::path& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    throw IoError(to.string() + ": cannot rename " + from.string() + " to it: " + errno_text(errno));
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> ShardedSafetensorsWriter::finish() {
   if (finished_) throw UsageError(dir_ + ": finish() called twice");
   flush();
@@ -277,7 +279,7 @@ std::vector<std::string> ShardedSafetensorsWriter::finish() {
   std::vector<std::string> files;
   if (shards_.empty()) throw UsageError(dir_ + ": no tensors were added");
   if (shards_.size() == 1) {
-    fs::rename(dir / shards_[0].first, dir / kSafetensorsSingleFile);
+    rename_in_place(dir / shards_[0].first, dir / kSafetensorsSingleFile);
     return {kSafetensorsSingleFile};
   }
   nlohmann::json weight_map = nlohmann::json::object();
@@ -286,16 +288,18 @@ std::vector<std::string> ShardedSafetensorsWriter::finish() {
   for (size_t i = 0; i < n; ++i) {
     char name[64];
     std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
-    fs::rename(dir / shards_[i].first, dir / name);
-    total += static_cast<int64_t>(fs::file_size(dir / name));
+    rename_in_place(dir / shards_[i].first, dir / name);
+    std::error_code ec;
+    const auto size = fs::file_size(dir / name, ec);
+    if (ec) throw IoError((dir / name).string() + ": cannot read its size: " + ec.message());
+    total += static_cast<int64_t>(size);
     for (const auto& t : shards_[i].second) weight_map[t] = name;
     files.push_back(name);
   }
   const fs::path index = dir / kSafetensorsIndexFile;
-  std::ofstream out(index, std::ios::binary);
-  out << nlohmann::json({{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}).dump(2) << "\n";
-  out.close();
-  if (!out) throw IoError(index.string() + ": cannot write");
+  resq::write_file_atomically(
+      index.string(), nlohmann::json({{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}).dump(2) + "\n",
+      "shard index");
   return files;
 }
 
@@ -305,12 +309,14 @@ StagingDirectory::StagingDirectory(std::string final_dir) : final_dir_(std::move
   if (final_dir_.empty()) throw UsageError("--out: empty output directory name");
   std::error_code ec;
   if (fs::exists(final_dir_, ec)) throw UsageError("--out: '" + final_dir_ + "' already exists; choose a new directory");
-  std::string base = final_dir_;
-  while (base.size() > 1 && base.back() == '/') base.pop_back();
-  tmp_dir_ = base + ".tmp." + std::to_string(::getpid());
-  fs::remove_all(tmp_dir_, ec);
-  if (!fs::create_directories(tmp_dir_, ec) || ec) {
-    throw IoError(tmp_dir_ + ": cannot create the temporary output directory: " + ec.message());
+  // What interrupted runs left beside final_dir (their processes are gone) is removed first.
+  remove_stale_temporaries(final_dir_);
+  tmp_dir_ = temporary_path(final_dir_);
+  const fs::path parent = fs::path(tmp_dir_).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (ec) throw IoError(parent.string() + ": cannot create the parent of the output directory: " + ec.message());
+  if (::mkdir(tmp_dir_.c_str(), 0755) != 0) {
+    throw IoError(tmp_dir_ + ": cannot create the temporary output directory: " + errno_text(errno));
   }
 }
 
@@ -323,11 +329,22 @@ StagingDirectory::~StagingDirectory() {
 
 void StagingDirectory::commit() {
   if (committed_) throw UsageError(final_dir_ + ": committed twice");
+  throw_if_interrupted();  // the last point where an interrupted run leaves nothing behind
+  // Durability before the rename: every file's data and the directory's entries, so that after a
+  // power loss final_dir is either absent or complete.
   std::error_code ec;
-  if (fs::exists(final_dir_, ec)) throw UsageError("--out: '" + final_dir_ + "' already exists; choose a new directory");
-  fs::rename(tmp_dir_, final_dir_, ec);
-  if (ec) throw IoError(final_dir_ + ": cannot rename the finished directory into place: " + ec.message());
+  for (fs::recursive_directory_iterator it(tmp_dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file(ec)) fsync_path(it->path().string());
+  }
+  if (ec) throw IoError(tmp_dir_ + ": cannot list the temporary output directory: " + ec.message());
+  fsync_path(tmp_dir_);
+  // No-replace: a directory created at final_dir since the constructor's check is never replaced.
+  if (!rename_no_replace(tmp_dir_, final_dir_)) {
+    throw UsageError("--out: '" + final_dir_ + "' already exists; choose a new directory");
+  }
   committed_ = true;
+  const fs::path parent = fs::path(final_dir_).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string());
 }
 
 }  // namespace resq

@@ -16,9 +16,11 @@
 #include "pipeline_parts.h"
 #include "resq/common/error.h"
 #include "resq/common/file.h"
+#include "resq/common/interrupt.h"
 #include "resq/common/log.h"
 #include "resq/format/checkpoint.h"
 #include "resq/format/layout.h"
+#include "resq/io/tensor_checks.h"
 #include "resq/quant/quantizers.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
@@ -53,6 +55,7 @@ void for_each_layer(Decoder& m, const std::string& stage, int64_t tokens_per_lay
   const int64_t layers = m.config().num_layers;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t l = 0; l < layers; ++l) {
+    throw_if_interrupted();  // Ctrl-C: unwinding removes the checkpoint's temporary directory
     m.load_layer(l);
     prepare_layer(m.layers()[l], m.dtype());
     body(l);
@@ -91,7 +94,8 @@ QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& 
 nlohmann::json quantize_model(const QuantizeOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
   const Recipe& recipe = o.recipe;
-  if (fs::exists(o.out_dir)) throw UsageError("--out: '" + o.out_dir + "' already exists; choose a new directory");
+  std::error_code ec;
+  if (fs::exists(o.out_dir, ec)) throw UsageError("--out: '" + o.out_dir + "' already exists; choose a new directory");
   if (format::PackedCheckpoint::is_checkpoint_dir(o.model_dir)) {
     throw UsageError("--model: '" + o.model_dir + "' is already a resq packed checkpoint");
   }
@@ -115,6 +119,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   lo.load_layers = false;
   lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
   Decoder m = Decoder::load(o.model_dir, lo);
+  // Every source tensor finite, checked once in place before any work: a NaN weight would otherwise
+  // quantize "fine" (RTN) into a checkpoint of garbage.
+  require_finite(TensorStore::open_model_dir(o.model_dir), "refusing to quantize a model with non-finite weights");
   if (log::enabled(log::Level::debug)) log::debug("quantize: globals loaded | " + memory_note());
   // Calibration and GPTQ forward passes with bf16 products and float32 accumulation for models with
   // hidden size >= 1024, where those passes dominate the run (~5x faster than float32, docs/PERF.md);
@@ -138,7 +145,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   // 2. Calibration data (tokenized like eval: BOS once, then random windows).
   t = std::chrono::steady_clock::now();
   auto tokenizer = load_tokenizer(o.model_dir);
-  std::string text = read_file(o.calib_path, "text file");
+  std::string text = read_file(o.calib_path, o.calib_wikitext2 ? "--calib-wikitext2 text file" : "--calib text file");
   const std::string text_hash = fnv1a_hex(text);
   if (o.calib_wikitext2) text = wikitext_join(text);
   const auto ids = tokenize_for_eval(*tokenizer, text, tokenizer->adds_bos());

@@ -205,16 +205,22 @@ GenerateResult generate(const Decoder& decoder, const std::vector<int64_t>& prom
     throw UsageError("--max-new-tokens must be >= 1, got " + std::to_string(options.max_new_tokens));
   }
   const int64_t P = static_cast<int64_t>(prompt.size());
-  const int64_t positions = P + options.max_new_tokens - 1;  // the last new token is never fed back
   const int64_t max_pos = decoder.config().max_position_embeddings;
-  if (positions > max_pos) {
+  // P + N - 1 positions (the last new token is never fed back), compared without overflow.
+  if (P > max_pos || options.max_new_tokens - 1 > max_pos - P) {
     throw UsageError("generate: a prompt of " + std::to_string(P) + " tokens + --max-new-tokens " +
-                     std::to_string(options.max_new_tokens) + " needs " + std::to_string(positions) +
-                     " positions; the model's max_position_embeddings is " + std::to_string(max_pos));
+                     std::to_string(options.max_new_tokens) + " do not fit the model's context: max_position_embeddings is " +
+                     std::to_string(max_pos) + " (at most " + std::to_string(std::max<int64_t>(0, max_pos - P + 1)) +
+                     " new tokens after this prompt)");
   }
+  const int64_t positions = P + options.max_new_tokens - 1;
   TokenSampler sampler(options.sampling);
   DecodeSession session(decoder);
-  session.reserve(positions);
+  // Memory follows what is generated, not what was allowed: the caches and RoPE tables are reserved
+  // for the prompt and a first stretch of tokens, then grow geometrically (a generation that stops
+  // at EOS after 10 tokens of --max-new-tokens 100000 never allocates for 100000).
+  constexpr int64_t kReserveAhead = 256;
+  session.reserve(std::min(positions, P + kReserveAhead));
   GenerateResult r;
   r.prompt_tokens = P;
   const auto long_opts = at::TensorOptions().dtype(at::kLong);

@@ -34,7 +34,6 @@ json_get() {  # json_get FILE EXPR  (python3 expression over `j`)
 }
 
 check "version" 0 "^resq [0-9]+\.[0-9]+\.[0-9]+ \((Release|Debug|RelWithDebInfo|MinSizeRel) build\)" -- "$RESQ" --version
-check "no subcommand" nonzero "subcommand" -- "$RESQ"
 check "eval needs --model" nonzero "model" -- "$RESQ" eval --data "$SHARED/data/tinystories/valid_head.txt"
 check "eval missing model dir" 1 "nowhere: not a directory" -- "$RESQ" eval --model "$WORK/nowhere" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 16
 check "eval both data flags" 2 "exactly one of --data" -- "$RESQ" eval --model "$MODEL" --data a --wikitext2 b
@@ -164,6 +163,91 @@ check "generate negative temperature" 2 "--temperature must be" -- "$RESQ" gener
 check "generate beyond max positions" 2 "max_position_embeddings is 512" -- "$RESQ" generate --model "$MODEL" --prompt "Hi" --max-new-tokens 600
 
 check "demo" 0 "demo finished" -- "$RESQ" demo
+
+# ---- reliability (docs/RELIABILITY.md) ------------------------------------------------------------
+DATA="$SHARED/data/tinystories/valid_head.txt"
+RTN="$(dirname "$0")/../../configs/resq-rtn.json"
+# Exit codes: every usage error is 2, CLI11's own parse and validation errors included; help is 0.
+check "unknown flag exits 2" 2 "--bogus" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --bogus
+check "missing option value exits 2" 2 "seqlen" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen
+check "non-numeric value exits 2" 2 "abc" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen abc
+check "missing required option exits 2" 2 "--config is required" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/x"
+check "unknown subcommand exits 2" 2 "subcommand" -- "$RESQ" frobnicate
+check "no subcommand exits 2" 2 "subcommand" -- "$RESQ"
+check "help exits 0" 0 "Usage" -- "$RESQ" eval --help
+# Text inputs: regular files only, refused at once naming the flag (no hang on /dev/zero or a FIFO).
+check "eval --data /dev/zero" 1 "/dev/zero: cannot read --data text file: not a regular file \(a character device\)" -- \
+  timeout 60 "$RESQ" eval --model "$MODEL" --data /dev/zero --seqlen 16
+check "eval --data a directory" 1 "cannot read --data text file: Is a directory" -- "$RESQ" eval --model "$MODEL" --data "$WORK" --seqlen 16
+mkfifo "$WORK/fifo"
+check "eval --data a FIFO" 1 "fifo: cannot read --data text file: not a regular file \(a FIFO\)" -- \
+  timeout 60 "$RESQ" eval --model "$MODEL" --data "$WORK/fifo" --seqlen 16
+check "tokenize --file /dev/zero" 1 "cannot read --file text file: not a regular file" -- timeout 60 "$RESQ" tokenize --model "$MODEL" --file /dev/zero
+check "quantize --calib a directory" 1 "cannot read --calib text file: Is a directory" -- "$RESQ" quantize --model "$MODEL" \
+  --out "$WORK/qd" --config "$RTN" --calib "$WORK" --nsamples 4 --seqlen 128
+# Output paths are checked before the work starts.
+check "quantize unwritable --json" 2 "--json: cannot write '$WORK/no/such/dir/r.json': No such file or directory" -- \
+  "$RESQ" quantize --model "$MODEL" --out "$WORK/qj" --config "$RTN" --calib "$DATA" --nsamples 4 --seqlen 128 --json "$WORK/no/such/dir/r.json"
+if grep -q "calibration\|layer" "$WORK/err" || [ -e "$WORK/qj" ]; then failed=$((failed + 1)); echo "FAIL: --json was checked after the work"; else passed=$((passed + 1)); fi
+check "eval --json a directory" 2 "--json: cannot write '$WORK': it is a directory" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen 16 --json "$WORK"
+check "quantize --out below a file" 2 "--out: cannot create '/dev/null/ck': /dev/null is not a directory" -- \
+  "$RESQ" quantize --model "$MODEL" --out /dev/null/ck --config "$RTN" --calib "$DATA" --nsamples 4 --seqlen 128
+# Integrity: inspect verifies every checksum; a flipped byte in a packed weight (still a valid
+# 8-bit code) passes the structural checks but not the checksum: inspect and eval --verify refuse it.
+check "inspect verifies checksums" 0 "integrity: [0-9]+ tensors match their xxh64 checksums" -- "$RESQ" inspect "$WORK/qr"
+cp -r "$WORK/qr" "$WORK/qr-flip"
+python3 - "$WORK/qr-flip/model.safetensors" model.layers.2.self_attn.q_proj.qweight8 <<'PY'
+import json, struct, sys
+path, name = sys.argv[1], sys.argv[2]
+b = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+begin = json.loads(b[8:8 + n])[name]["data_offsets"][0]
+b[8 + n + begin + 5] ^= 1
+open(path, "wb").write(b)
+PY
+check "inspect a flipped byte" 1 "tensor 'model.layers.2.self_attn.q_proj.qweight8' is corrupt" -- "$RESQ" inspect "$WORK/qr-flip"
+check "eval --verify a flipped byte" 1 "tensor 'model.layers.2.self_attn.q_proj.qweight8' is corrupt" -- \
+  "$RESQ" eval --model "$WORK/qr-flip" --data "$DATA" --seqlen 64 --max-windows 1 --verify
+check "eval --verify" 0 "ppl: " -- "$RESQ" eval --model "$WORK/qr" --data "$DATA" --seqlen 64 --max-windows 1 --verify
+check "eval --verify on a HF dir" 2 "--verify: .* is not a resq packed checkpoint" -- "$RESQ" eval --model "$MODEL" --data "$DATA" --seqlen 64 --verify
+# NaN weights: quantize refuses them naming the tensor (RTN too); eval stops at a non-finite loss.
+cp -r "$WORK/q" "$WORK/nan"  # the tiny-qwen2 model made above
+python3 - "$WORK/nan/model.safetensors" model.layers.0.mlp.up_proj.weight <<'PY'
+import json, struct, sys
+path, name = sys.argv[1], sys.argv[2]
+b = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+e = json.loads(b[8:8 + n])[name]
+pos = 8 + n + e["data_offsets"][0]
+nan = {"F32": struct.pack("<I", 0x7FC00000), "BF16": struct.pack("<H", 0x7FC0), "F16": struct.pack("<H", 0x7E00)}[e["dtype"]]
+b[pos + 5 * len(nan):pos + 6 * len(nan)] = nan
+open(path, "wb").write(b)
+PY
+check "quantize refuses NaN weights" 1 "tensor 'model.layers.0.mlp.up_proj.weight' element 5 is NaN: refusing to quantize" -- \
+  "$RESQ" quantize --model "$WORK/nan" --out "$WORK/qnan" --config "$RTN" --calib "$DATA" --nsamples 4 --seqlen 64
+[ ! -e "$WORK/qnan" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: quantize of a NaN model left a directory"; }
+check "eval a NaN model" 1 "non-finite loss" -- "$RESQ" eval --model "$WORK/nan" --data "$DATA" --seqlen 64 --max-windows 2
+if grep -q "ppl:" "$WORK/out"; then failed=$((failed + 1)); echo "FAIL: eval printed a ppl for a NaN loss"; else passed=$((passed + 1)); fi
+# Interruption: SIGINT while the checkpoint is being written exits 130 and leaves neither the output
+# nor its temporary directory; a temporary directory of a dead process is removed by the next run.
+set -m  # job control: the background job receives SIGINT like a foreground one
+"$RESQ" quantize --model "$MODEL" --out "$WORK/qint" --config "$(dirname "$0")/../../configs/resq.json" --calib "$DATA" \
+  --nsamples 64 --seqlen 256 --threads 1 >"$WORK/int.out" 2>"$WORK/int.err" &
+qpid=$!
+set +m
+for _ in $(seq 1 1200); do [ -d "$WORK/qint.tmp.$qpid" ] && break; sleep 0.02; done
+kill -INT "$qpid"
+wait "$qpid"; rc=$?
+if [ "$rc" = 130 ] && grep -q "interrupted by SIGINT" "$WORK/int.err" && [ ! -e "$WORK/qint" ] && [ -z "$(ls -d "$WORK"/qint.tmp.* 2>/dev/null)" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); echo "FAIL: SIGINT during quantize (rc=$rc)"; tail -3 "$WORK/int.err"; ls -d "$WORK"/qint* 2>/dev/null
+fi
+mkdir -p "$WORK/qs.tmp.999999999/sub" && echo spill > "$WORK/qs.tmp.999999999/sub/spill-0-1"  # pid above pid_max: dead
+check "stale temporary removed" 0 "wrote" -- "$RESQ" quantize --model "$MODEL" --out "$WORK/qs" --config "$RTN" --calib "$DATA" --nsamples 4 --seqlen 64
+cp "$WORK/err" "$WORK/qs.err"
+check "stale temporary named" 0 "removed .*qs.tmp.999999999, left behind by an interrupted run" -- cat "$WORK/qs.err"
+[ ! -e "$WORK/qs.tmp.999999999" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: stale temporary directory kept"; }
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -3,6 +3,7 @@
 #include "resq/common/file.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -63,6 +64,22 @@ TEST_F(FileTest, UnreadableFileNamesTheReason) {
   std::filesystem::permissions(path, std::filesystem::perms::none);
   if (::access(path.c_str(), R_OK) == 0) GTEST_SKIP() << "running as root: permissions are not enforced";
   EXPECT_EQ(io_error(path), path + ": cannot open file: " + errno_text(EACCES));
+}
+
+TEST_F(FileTest, DevicesAndFifosAreRefusedWithoutBlocking) {
+  // /dev/zero never ends and a FIFO without a writer would block at open: both are refused at once.
+  EXPECT_EQ(io_error("/dev/zero", "--data text file"),
+            "/dev/zero: cannot read --data text file: not a regular file (a character device)");
+  const std::string fifo = dir_.file("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(io_error(fifo, "--data text file"), fifo + ": cannot read --data text file: not a regular file (a FIFO)");
+}
+
+TEST_F(FileTest, FilesOverTheBoundAreRefused) {
+  const std::string path = write("ten.txt", "0123456789");
+  EXPECT_EQ(read_file(path, "text", 10), "0123456789");
+  EXPECT_EQ(test::message_of<IoError>([&] { read_file(path, "--data text file", 9); }),
+            path + ": cannot read --data text file: 10 bytes or more, over the limit of 9 bytes");
 }
 
 TEST(ErrnoText, IsTheSystemsText) {

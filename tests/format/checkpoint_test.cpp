@@ -4,10 +4,12 @@
 // Torch-free, so it also runs under AddressSanitizer (RESQ_SANITIZE=ON, see .ci/run).
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -21,7 +23,9 @@
 
 #include "common/model_shapes.h"
 #include "common/test_util.h"
+#include "resq/common/checksum.h"
 #include "resq/common/error.h"
+#include "resq/common/interrupt.h"
 #include "resq/format/checkpoint.h"
 
 namespace resq::format {
@@ -191,7 +195,12 @@ TEST(Checkpoint, RoundTripIsBitExact) {
     const Written w = write_checkpoint(dir, m, 11);
     EXPECT_FALSE(fs::exists(dir + ".tmp." + std::to_string(::getpid())));
     const PackedCheckpoint ck = PackedCheckpoint::open(dir);
-    EXPECT_EQ(ck.meta().to_json(), m.to_json());
+    // The metadata comes back as given, plus the checksums commit() adds (checked in
+    // MalformedCheckpoint.EveryTensorHasItsChecksumInTheMetadata).
+    json got = ck.meta().to_json(), given = m.to_json();
+    got.erase("checksums");
+    given.erase("checksums");
+    EXPECT_EQ(got, given);
     for (const auto& [key, wl] : w.linears) {
       const LinearData d = ck.linear(key.first, key.second);
       ASSERT_EQ(d.unpacked_original_order(), wl.q) << site_prefix(key.first, key.second);
@@ -610,6 +619,138 @@ TEST_F(MalformedCheckpoint, HugeConfigDimensionsAreRefusedBeforeAnyArithmetic) {
         {"head_dim", 64}});
   // The largest accepted config: every size fits in int64; the metadata no longer matches it.
   expect_error("'sites.q_proj.out_features' must be an integer in [1048576, 1048576], got 16");
+
+// ------------------------------------------------------------------ integrity (format 1.1)
+
+// Flips bit `bit` of byte `offset` inside tensor `name`'s data in `file` (offsets from the header).
+void flip_tensor_byte(const std::string& file, const std::string& name, size_t offset, int bit) {
+  std::string bytes = test::read_file(file);
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes.data(), 8);
+  const json header = json::parse(bytes.substr(8, header_len));
+  const size_t begin = header.at(name).at("data_offsets").at(0).get<size_t>();
+  bytes[8 + header_len + begin + offset] = static_cast<char>(bytes[8 + header_len + begin + offset] ^ (1 << bit));
+  test::write_file(file, bytes);
+}
+
+TEST_F(MalformedCheckpoint, EveryTensorHasItsChecksumInTheMetadata) {
+  const json j = json::parse(meta_text_);
+  EXPECT_EQ(j.at("format_version"), 1);
+  EXPECT_EQ(j.at("format_minor_version"), 1);
+  EXPECT_EQ(j.at("checksums").at("algorithm"), "xxh64");
+  const auto file = SafetensorsFile::open(model_);
+  ASSERT_EQ(j.at("checksums").at("tensors").size(), file->tensors().size());
+  for (const auto& [name, v] : file->tensors()) {
+    // XXH64 itself is checked against the published values in tests/common_tests/checksum_test.cpp.
+    EXPECT_EQ(j.at("checksums").at("tensors").at(name), checksum_hex(xxh64(v.data, v.nbytes))) << name;
+  }
+  EXPECT_EQ(PackedCheckpoint::open(dir_).verify_checksums(), static_cast<int64_t>(file->tensors().size()));
+}
+
+TEST_F(MalformedCheckpoint, AFlippedByteInAPackedWeightOrAScaleIsRefusedNamingTheTensor) {
+  // Both flips leave valid values (any int8 is an 8-bit code; a scale's lowest mantissa bit keeps it
+  // finite and positive): only the checksum can tell.
+  for (const auto& [name, offset, bit] : std::vector<std::tuple<std::string, size_t, int>>{
+           {"model.layers.1.self_attn.v_proj.qweight8", 3, 0}, {"model.layers.0.mlp.gate_proj.scale4", 4, 0}}) {
+    test::write_file(model_, original_);
+    flip_tensor_byte(model_, name, offset, bit);
+    const PackedCheckpoint ck = PackedCheckpoint::open(dir_);
+    const std::string msg = test::message_of<FormatError>([&] { ck.verify_checksums(); });
+    EXPECT_NE(msg.find("tensor '" + name + "' is corrupt"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(model_), std::string::npos) << msg;
+  }
+}
+
+TEST_F(MalformedCheckpoint, Version10CheckpointsWithoutChecksumsStillOpen) {
+  rewrite_meta([](json& j) {
+    j.erase("format_minor_version");
+    j.erase("checksums");
+  });
+  const PackedCheckpoint ck = PackedCheckpoint::open(dir_);
+  EXPECT_EQ(ck.meta().format_minor_version, 0);
+  EXPECT_EQ(ck.verify_checksums(), 0);
+}
+
+TEST_F(MalformedCheckpoint, ChecksumListMustMatchTheTensors) {
+  rewrite_meta([](json& j) { j["checksums"]["tensors"].erase("lm_head.weight"); });
+  expect_error("no checksum for tensor 'lm_head.weight'");
+  rewrite_meta([](json& j) { j["checksums"]["tensors"]["ghost"] = "0123456789abcdef"; });
+  expect_error("checksum for tensor 'ghost', which is not in the checkpoint");
+  rewrite_meta([](json& j) { j["checksums"]["tensors"]["lm_head.weight"] = "xyz"; });
+  expect_error("'checksums.tensors[\"lm_head.weight\"]' must be a string of 16 lowercase hex digits");
+  rewrite_meta([](json& j) { j["checksums"]["algorithm"] = "md5"; });
+  expect_error("checksums.algorithm");
+  rewrite_meta([](json& j) { j.erase("checksums"); });
+  expect_error("checksums");
+  rewrite_meta([](json& j) { j["format_minor_version"] = 2; });
+  expect_error("checkpoint format version 1.2 is newer than this resq reads (1.1)");
+}
+
+TEST_F(MalformedCheckpoint, NonFiniteFloatTensorsAreRefused) {
+  // An all-NaN lm_head, an infinite embedding, a NaN norm: each named with its element.
+  auto poison = [&](const std::string& name, size_t element, uint32_t bits) {
+    test::write_file(model_, original_);
+    rewrite_tensors([&](auto& ts, auto& storage) {
+      for (auto& t : ts) {
+        if (t.name != name) continue;
+        storage.emplace_back(static_cast<const uint8_t*>(t.data), static_cast<const uint8_t*>(t.data) + t.nbytes);
+        for (size_t i = element; i < t.nbytes / 4; i += (name == "lm_head.weight" ? 1 : t.nbytes)) {
+          std::memcpy(storage.back().data() + 4 * i, &bits, 4);
+        }
+        t.data = storage.back().data();
+      }
+    });
+  };
+  poison("lm_head.weight", 0, 0x7FC00000u);
+  expect_error("tensor 'lm_head.weight' element 0 is NaN");
+  poison("model.embed_tokens.weight", 17, 0xFF800000u);
+  expect_error("tensor 'model.embed_tokens.weight' element 17 is -inf");
+  poison("model.layers.1.input_layernorm.weight", 3, 0x7F800000u);
+  expect_error("'model.layers.1.input_layernorm.weight' element 3");
+}
+
+TEST(CheckpointWriter, CommitNeverReplacesADirectoryCreatedMeanwhile) {
+  test::TempDir tmp;
+  const std::string dir = tmp.file("ck");
+  {
+    CheckpointWriter writer(dir);
+    const float x[2] = {1, 2};
+    writer.add_f32("a", {2}, x);
+    fs::create_directory(dir);  // someone else's (empty) directory appears before the rename
+    EXPECT_THROW(writer.commit(tiny_meta(tiny_config()), "{}\n", {}), UsageError);
+  }
+  EXPECT_TRUE(fs::is_empty(dir));
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1);  // no temporary left
+}
+
+TEST(CheckpointWriter, RemovesTheTemporaryDirectoriesOfDeadRuns) {
+  test::TempDir tmp;
+  const std::string dir = tmp.file("ck");
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::waitpid(pid, nullptr, 0);
+  const std::string stale = dir + ".tmp." + std::to_string(pid);
+  fs::create_directories(stale);
+  test::write_file(stale + "/spill-0-1", "left by a killed run");
+  {
+    CheckpointWriter writer(dir);
+    EXPECT_FALSE(fs::exists(stale));
+  }
+}
+
+TEST(CheckpointWriter, AnInterruptUnwindsAndRemovesTheTemporaryDirectory) {
+  test::TempDir tmp;
+  const std::string dir = tmp.file("ck");
+  reset_interrupt_for_testing();
+  {
+    CheckpointWriter writer(dir);
+    const float x[2] = {1, 2};
+    writer.add_f32("a", {2}, x);
+    std::raise(SIGINT);  // the handler only sets the flag
+    EXPECT_THROW(writer.add_f32("b", {2}, x), InterruptedError);
+  }
+  reset_interrupt_for_testing();
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -302,6 +304,43 @@ TEST(GenerateSampler, SeededTopKAndFrequencies) {
     ones += t == 1;
   }
   EXPECT_NEAR(static_cast<double>(ones) / top2.size(), 0.6 / 0.85, 0.015);
+}
+
+TEST(Generate, MemoryFollowsTheGeneratedTokensNotMaxNewTokens) {
+  // stories260K with a context of 2^30 positions and max_new_tokens 2^29: reserving RoPE tables and
+  // KV caches for everything allowed needs tens of GiB (bad_alloc, or the OOM killer); a generation
+  // that stops at EOS after at most 3 tokens must allocate for those only.
+  test::TempDir dir;
+  for (const char* f : {"model.safetensors", "tokenizer.model"}) {
+    std::filesystem::copy_file(std::filesystem::path(stories_dir()) / f, std::filesystem::path(dir.path()) / f);
+  }
+  nlohmann::json config = nlohmann::json::parse(test::read_file(stories_dir() + "/config.json"));
+  config["max_position_embeddings"] = int64_t{1} << 30;
+  test::write_file(dir.file("config.json"), config.dump());
+  Decoder d = Decoder::load(dir.path());
+  c10::NoGradGuard guard;
+  ASSERT_EQ(d.config().max_position_embeddings, int64_t{1} << 30);
+  const at::Tensor ids = story_ids(1, 12);
+  const std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 12);
+  GenerateOptions o;
+  o.max_new_tokens = 3;
+  const GenerateResult a = generate(d, prompt, o);
+  ASSERT_EQ(a.tokens.size(), 3u);
+  o.max_new_tokens = int64_t{1} << 29;
+  o.eos_id = a.tokens[2];
+  const GenerateResult b = generate(d, prompt, o);
+  EXPECT_TRUE(b.stopped_at_eos);
+  EXPECT_LE(b.tokens.size(), 3u);
+  // A count whose position total overflows int64 is refused with the context named, not wrapped.
+  o.max_new_tokens = std::numeric_limits<int64_t>::max();
+  try {
+    generate(d, prompt, o);
+    FAIL() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("max_position_embeddings is 1073741824 (at most 1073741813 new tokens"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // ------------------------------------------------------------------ errors

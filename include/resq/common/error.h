@@ -44,6 +44,24 @@ class UsageError : public Error {
   using Error::Error;
 };
 
+// A computation produced a non-finite value (NaN or infinity) where a finite one is required, e.g.
+// the loss of `resq eval` on a model whose weights overflow.
+class NumericError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The user interrupted the run (SIGINT / SIGTERM, see common/interrupt.h). Thrown at a safe point so
+// that unwinding removes temporary files; tools/main.cpp exits with 128 + signal_number().
+class InterruptedError : public Error {
+ public:
+  InterruptedError(const std::string& what, int signal_number) : Error(what), signal_(signal_number) {}
+  int signal_number() const { return signal_; }
+
+ private:
+  int signal_;
+};
+
 // A feature is recognized but not (yet) supported.
 class UnsupportedError : public Error {
  public:

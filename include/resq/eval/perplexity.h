@@ -34,7 +34,8 @@ struct PerplexityResult {
   std::vector<double> window_nll;
 };
 
-// ids: the whole tokenized text (BOS already prepended). Throws UsageError if there is no full window.
+// ids: the whole tokenized text (BOS already prepended). Throws UsageError if there is no full window,
+// NumericError naming the window when a window's loss is NaN or infinite (never reports "ppl: nan").
 PerplexityResult evaluate_perplexity(Decoder& decoder, const std::vector<int32_t>& ids,
                                      const PerplexityOptions& options);
 

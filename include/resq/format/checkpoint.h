@@ -26,6 +26,10 @@ namespace resq::format {
 
 constexpr const char* kCheckpointFormatName = "resq-packed";
 constexpr int kCheckpointVersion = 1;
+// Minor version: 1 adds the per-tensor checksums (resq_config.json "checksums"); version 1.0
+// checkpoints (no "format_minor_version" key) still open, without an integrity check.
+constexpr int kCheckpointMinorVersion = 1;
+constexpr const char* kChecksumAlgorithm = "xxh64";
 constexpr const char* kCheckpointConfigFile = "resq_config.json";
 // Shards are cut above this size (HF's default "5GB" style limit, smaller so that writing streams).
 constexpr int64_t kDefaultMaxShardBytes = int64_t{2} << 30;
@@ -43,6 +47,7 @@ struct OnlineSpec {
 // Everything resq_config.json says (validated), plus the parsed config.json.
 struct CheckpointMeta {
   int format_version = kCheckpointVersion;
+  int format_minor_version = kCheckpointMinorVersion;
   int kernel_layout_version = kFormatVersion;
   ModelConfig model;               // config.json (untied: lm_head is always stored)
   int64_t r = 0;                   // high subspace of the hidden size
@@ -53,6 +58,8 @@ struct CheckpointMeta {
   DType globals_dtype = DType::F32;  // embed_tokens, lm_head, norms
   nlohmann::json recipe;           // informational copy of the recipe
   nlohmann::json provenance;       // tool, source model, seeds, calibration file hash, ...
+  // XXH64 of every tensor's bytes by name (minor version >= 1; filled by CheckpointWriter::commit).
+  std::map<std::string, uint64_t> checksums;
   nlohmann::json to_json() const;  // the resq_config.json object
   // Parses resq_config.json; `source` names the file. Throws FormatError / ConfigError.
   static CheckpointMeta from_json(const nlohmann::json& j, const ModelConfig& model, const std::string& source);
@@ -112,14 +119,16 @@ class CheckpointWriter {
   void add_dense_linear(int64_t layer, const SiteSpec& spec, DType dtype, const void* weight, const float* bias);
 
   // Writes the last shard (and the index when there is more than one), config.json (the given
-  // text), resq_config.json (meta.to_json()), copies `extra_files` (tokenizer files; missing ones
-  // are skipped) and renames the directory into place. Returns the final directory.
+  // text), resq_config.json (meta.to_json() with the format minor version and the checksum of every
+  // tensor added), copies `extra_files` (tokenizer files; missing ones are skipped), fsyncs and
+  // renames the directory into place. Returns the final directory.
   std::string commit(const CheckpointMeta& meta, const std::string& config_json_text,
                      const std::vector<std::string>& extra_files);
 
  private:
   StagingDirectory staging_;         // destroyed last: removes the directory unless committed
   ShardedSafetensorsWriter shards_;  // destroyed first: removes its spill files
+  std::map<std::string, uint64_t> checksums_;  // XXH64 of every tensor added
 };
 
 // ------------------------------------------------------------------ reader
@@ -145,8 +154,11 @@ class PackedCheckpoint {
  public:
   // Opens and validates DIR: resq_config.json (format name, versions, every field and value),
   // config.json, and every tensor: presence, dtype, shape, no unknown tensor, finite positive
-  // scales, integer values within the stated bit widths, zero pad nibbles, permutations, ±1
-  // Hadamard signs. Throws IoError / FormatError / ShapeError naming the file and tensor.
+  // scales, finite float tensors (embeddings, lm_head, norms, dense weights, biases, rotations),
+  // integer values within the stated bit widths, zero pad nibbles, permutations, ±1 Hadamard signs,
+  // and (minor version >= 1) a checksum listed for exactly the tensors present. The checksums
+  // themselves are compared by verify_checksums(). Throws IoError / FormatError / ShapeError naming
+  // the file and tensor.
   static PackedCheckpoint open(const std::string& dir);
   // True when DIR holds resq_config.json.
   static bool is_checkpoint_dir(const std::string& dir);
@@ -155,6 +167,12 @@ class PackedCheckpoint {
   const CheckpointMeta& meta() const { return meta_; }
   const TensorStore& store() const { return *store_; }
   CheckpointSizes sizes() const { return sizes_; }
+
+  // Hashes every tensor and compares it with resq_config.json's checksum: FormatError naming the
+  // file and the first tensor whose bytes changed (a flipped byte anywhere in a packed weight or a
+  // scale). Returns the number of tensors verified, 0 for a version 1.0 checkpoint (no checksums).
+  // Reads every byte once (XXH64).
+  int64_t verify_checksums() const;
 
   LinearData linear(int64_t layer, SiteKind kind) const;
   // A floating tensor (F32/BF16/F16/F64) converted to float32 / float64 (shape already validated).

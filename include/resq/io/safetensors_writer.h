@@ -104,7 +104,11 @@ class ShardedSafetensorsWriter {
 };
 
 // A directory assembled under `<final_dir>.tmp.<pid>` and renamed to final_dir by commit(), so
-// final_dir is either absent or complete; destroyed uncommitted, the temporary directory is removed.
+// final_dir is either absent or complete; destroyed uncommitted (an error, or Ctrl-C reaching a
+// safe point: common/interrupt.h), the temporary directory is removed. Temporary directories of
+// processes that no longer exist (a run killed outright, a crash) are removed by the constructor.
+// commit() fsyncs every file and the directory, renames without replacing (RENAME_NOREPLACE) and
+// fsyncs the parent, so after a power loss final_dir is absent or complete.
 class StagingDirectory {
  public:
   // UsageError "--out: '<final_dir>' already exists; choose a new directory" when it exists;
@@ -117,8 +121,8 @@ class StagingDirectory {
   const std::string& path() const { return tmp_dir_; }  // where to write
   const std::string& final_path() const { return final_dir_; }
   bool committed() const { return committed_; }
-  // Renames the temporary directory to final_dir (UsageError if final_dir appeared meanwhile,
-  // IoError if the rename fails).
+  // Renames the temporary directory to final_dir (UsageError if final_dir appeared meanwhile, even
+  // in the instant before the rename; IoError if the rename or an fsync fails).
   void commit();
 
  private:
