@@ -619,6 +619,7 @@ TEST_F(MalformedCheckpoint, HugeConfigDimensionsAreRefusedBeforeAnyArithmetic) {
         {"head_dim", 64}});
   // The largest accepted config: every size fits in int64; the metadata no longer matches it.
   expect_error("'sites.q_proj.out_features' must be an integer in [1048576, 1048576], got 16");
+}
 
 // ------------------------------------------------------------------ integrity (format 1.1)
 
