@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 
+#include "learned_rotation.h"
 #include "pipeline_parts.h"
 #include "resq/common/error.h"
 #include "resq/common/file.h"
@@ -170,8 +171,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
 
   // 3. PCA + rotations; U_A into the embeddings and lm_head.
   t = std::chrono::steady_clock::now();
-  const Rotations R = build_rotations(m, recipe, cov.get(), o.seed, layout.r, layout.r_h);
+  Rotations R = build_rotations(m, recipe, cov.get(), o.seed, layout.r, layout.r_h);
   cov.reset();
+  if (recipe.rotation.learn.enabled) report["learned_rotation"] = learn_rotations(m, recipe, layout, calib, o.seed, R);
   fuse_globals(m, R);
   end_stage("rotation", t);
   report["spectra"] = R.spectra;

@@ -37,6 +37,16 @@ void read_clip(const JsonFields& in, const char* key, double* out) {
   set_if_present(in.optional_number(key, NumberRange::open_closed(0, 1)), out);
 }
 
+void parse_learn(const JsonFields& in, LearnRecipe* l) {
+  l->enabled = true;
+  set_if_present(in.optional_integer("steps", IntRange::positive()), &l->steps);
+  set_if_present(in.optional_number("lr", NumberRange::greater_than(0)), &l->lr);
+  set_if_present(in.optional_number("momentum", NumberRange::closed_open(0, 1)), &l->momentum);
+  set_if_present(in.optional_integer("batch", IntRange::positive()), &l->batch);
+  set_if_present(in.optional_integer("seed", IntRange::at_least(0)), &l->seed);
+  in.reject_unknown_keys();
+}
+
 void parse_rotation(const JsonFields& in, RotationRecipe* r) {
   set_if_present(in.optional_one_of("method", {"resq", "quarot", "none"}), &r->method);
   set_if_present(in.optional_number("high_fraction", NumberRange::closed_open(0, 1)), &r->high_fraction);
@@ -44,6 +54,11 @@ void parse_rotation(const JsonFields& in, RotationRecipe* r) {
   set_if_present(in.optional_boolean("online_down_hadamard"), &r->online_down_hadamard);
   set_if_present(in.optional_boolean("qk_rotation"), &r->qk_rotation);
   set_if_present(in.optional_number("pca_damping", NumberRange::closed_open(0, 1)), &r->pca_damping);
+  if (auto s = in.optional_object("learn")) {
+    // Learning rotates inside the PCA subspaces: quarot/none have none.
+    if (r->method != "resq") in.fail("learn", "needs \"method\": \"resq\" (got \"" + r->method + "\")");
+    parse_learn(*s, &r->learn);
+  }
   in.reject_unknown_keys();
 }
 
@@ -159,6 +174,11 @@ nlohmann::json recipe_to_json(const Recipe& r) {
                    {"online_down_hadamard", r.rotation.online_down_hadamard},
                    {"qk_rotation", r.rotation.qk_rotation},
                    {"pca_damping", r.rotation.pca_damping}};
+  // Only when enabled: recipes without it serialize (and write checkpoints) exactly as before.
+  if (r.rotation.learn.enabled) {
+    const LearnRecipe& l = r.rotation.learn;
+    j["rotation"]["learn"] = {{"steps", l.steps}, {"lr", l.lr}, {"momentum", l.momentum}, {"batch", l.batch}, {"seed", l.seed}};
+  }
   j["weights"] = {{"method", r.weights.method},         {"bits_low", r.weights.bits_low},
                   {"bits_high", r.weights.bits_high},   {"down_high", r.weights.down_high},
                   {"percdamp", r.weights.percdamp},     {"blocksize", r.weights.blocksize},

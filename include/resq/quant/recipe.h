@@ -10,6 +10,17 @@
 
 namespace resq {
 
+// Learned rotations inside the ResQ subspaces (rotation.learn; docs/QUANTIZE.md "Learned
+// rotations"): Cayley SGD on the end-to-end fake-quantized cross-entropy of the calibration windows.
+struct LearnRecipe {
+  bool enabled = false;   // true when the recipe has a rotation.learn object
+  int64_t steps = 30;     // optimizer steps (>= 1)
+  double lr = 0.001;      // Cayley SGD learning rate (> 0); the step is also bounded by 1 / ||momentum||
+  double momentum = 0.0;  // [0, 1)
+  int64_t batch = 8;      // calibration windows per step (>= 1; capped at --nsamples)
+  int64_t seed = 0;       // mixed with --seed into the window-sampling stream (>= 0)
+};
+
 struct RotationRecipe {
   // "resq": PCA bases + random rotations inside the low/high subspaces (the paper);
   // "quarot": every basis the identity and every rotation a full randomized Hadamard;
@@ -20,6 +31,7 @@ struct RotationRecipe {
   bool online_down_hadamard = true;  // U_D before down_proj
   bool qk_rotation = true;           // U_C on q/k after RoPE
   double pca_damping = 0.01;         // fraction of mean(diag) added before the eigendecomposition
+  LearnRecipe learn;                 // "resq" only
 };
 
 struct WeightRecipe {
