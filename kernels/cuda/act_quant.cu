@@ -16,6 +16,7 @@
 
 #include "resq/cuda/device.h"
 #include "cuda/mixed_gemm_layout.h"
+#include "cuda/warp_reduce.cuh"
 #include "resq/format/packed.h"
 
 namespace resq::gpu {
@@ -36,13 +37,7 @@ __device__ __forceinline__ float load_as_float(const uint16_t* p) {
 __device__ __forceinline__ void block_min_max(float (&v)[4], float* red) {
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    v[0] = fminf(v[0], __shfl_xor_sync(0xFFFFFFFFu, v[0], off));
-    v[1] = fmaxf(v[1], __shfl_xor_sync(0xFFFFFFFFu, v[1], off));
-    v[2] = fminf(v[2], __shfl_xor_sync(0xFFFFFFFFu, v[2], off));
-    v[3] = fmaxf(v[3], __shfl_xor_sync(0xFFFFFFFFu, v[3], off));
-  }
+  warp_min_max4(v);
   if (lane == 0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) red[i * kWarps + warp] = v[i];

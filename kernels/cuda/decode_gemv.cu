@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "resq/cuda/device.h"
+#include "cuda/warp_reduce.cuh"
 
 namespace resq::gpu {
 namespace {
@@ -193,13 +194,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_gemv_kernel(DecodeArgs 
       for (int64_t j = lane; j < K; j += kWarpSize) {
         decode_minmax_update(v, p.K4, j, decode_input_value(x + m * a.ldx, a.perm, j));
       }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        v[0] = fminf(v[0], __shfl_xor_sync(0xFFFFFFFFu, v[0], off));
-        v[1] = fmaxf(v[1], __shfl_xor_sync(0xFFFFFFFFu, v[1], off));
-        v[2] = fminf(v[2], __shfl_xor_sync(0xFFFFFFFFu, v[2], off));
-        v[3] = fmaxf(v[3], __shfl_xor_sync(0xFFFFFFFFu, v[3], off));
-      }
+      warp_min_max4(v);
       if (lane == 0) {
         format::activation_scale_zero(v[0], v[1], a.clip4, format::kUint4Max, &s_sx4[m], &s_zx4[m]);
         format::activation_scale_zero(v[2], v[3], a.clip8, format::kUint8Max, &s_sx8[m], &s_zx8[m]);

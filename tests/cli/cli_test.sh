@@ -10,28 +10,8 @@ trap 'rm -rf "$WORK"' EXIT
 passed=0
 failed=0
 
-check() {  # check NAME EXPECTED_RC PATTERN -- command...
-  local name="$1" want_rc="$2" pattern="$3"
-  shift 4
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local rc=$?
-  if [ "$want_rc" = "nonzero" ]; then
-    [ "$rc" -ne 0 ] && rc_ok=1 || rc_ok=0
-  else
-    [ "$rc" -eq "$want_rc" ] && rc_ok=1 || rc_ok=0
-  fi
-  if [ "$rc_ok" = 1 ] && grep -qE -- "$pattern" "$WORK/out" "$WORK/err"; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    echo "FAIL: $name (rc=$rc, want $want_rc, pattern '$pattern')"
-    echo "--- stdout"; head -20 "$WORK/out"; echo "--- stderr"; head -20 "$WORK/err"
-  fi
-}
-
-json_get() {  # json_get FILE EXPR  (python3 expression over `j`)
-  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"
-}
+# shellcheck source=tests/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 check "version" 0 "^resq [0-9]+\.[0-9]+\.[0-9]+ \((Release|Debug|RelWithDebInfo|MinSizeRel) build\)" -- "$RESQ" --version
 check "eval needs --model" nonzero "model" -- "$RESQ" eval --data "$SHARED/data/tinystories/valid_head.txt"

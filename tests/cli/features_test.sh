@@ -14,24 +14,8 @@ trap 'rm -rf "$WORK"' EXIT
 passed=0
 failed=0
 
-check() {  # check NAME EXPECTED_RC PATTERN -- command...
-  local name="$1" want_rc="$2" pattern="$3"
-  shift 4
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local rc=$?
-  if [ "$rc" -eq "$want_rc" ] && grep -qE -- "$pattern" "$WORK/out" "$WORK/err"; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    echo "FAIL: $name (rc=$rc, want $want_rc, pattern '$pattern')"
-    echo "--- stdout"; head -20 "$WORK/out"; echo "--- stderr"; head -20 "$WORK/err"
-  fi
-}
-py_check() {  # py_check NAME -- python args... (script on stdin)
-  local name="$1"
-  shift 2
-  if python3 - "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $name"; fi
-}
+# shellcheck source=tests/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Named recipes.
 check "list recipes" 0 "^resq +\| 4.5/4.5/4.5 +\| ResQ \(Saxena" -- "$RESQ" quantize --list-recipes

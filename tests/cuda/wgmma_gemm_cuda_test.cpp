@@ -16,6 +16,7 @@
 #include "cuda/gpu_layout.h"
 #include "cuda/mixed_gemm.cuh"
 #include "cuda/wgmma_gemm.cuh"
+#include "kernels/gemm_problem.h"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
 
@@ -33,26 +34,16 @@ class WgmmaGemmCudaTest : public ::testing::Test {
   }
 };
 
-struct Case {
-  int64_t M, N, K4, K8;
-  bool bias;
-};
+using Case = resq::test::GemmCase;
 
 void run_case(const Case& c, uint32_t seed) {
-  SCOPED_TRACE(::testing::Message() << "M=" << c.M << " N=" << c.N << " K4=" << c.K4 << " K8=" << c.K8);
+  SCOPED_TRACE(resq::test::describe(c));
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int64_t K = c.K4 + c.K8;
-  std::vector<float> x(static_cast<size_t>(c.M * K)), w(static_cast<size_t>(c.N * K)), bias(static_cast<size_t>(c.N));
-  for (auto& v : x) v = normal(rng) * (rng() % 19 == 0 ? 25.0f : 1.0f);
-  for (auto& v : w) v = normal(rng) * 0.05f;
-  for (auto& v : bias) v = normal(rng);
-  const auto lin = resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
-  const auto xq = resq::cpu::quantize_activations(x.data(), c.M, c.K4, c.K8, 1.0f, 0.9f, resq::cpu::CpuKernel::kReference);
-  std::vector<float> want(static_cast<size_t>(c.M * c.N));
-  resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
-  std::vector<uint16_t> want16(want.size());
-  resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
+  const resq::test::GemmReference ref = resq::test::random_gemm_reference(c, rng, 19, 25.0f, 1.0f, 0.9f);
+  const auto& lin = ref.lin;
+  const auto& xq = ref.xq;
+  const std::vector<float>& want = ref.want;
+  const std::vector<uint16_t>& want16 = ref.want16;
 
   const DevicePackedLinear dw(lin.view());
   const WgmmaWeights ww(dw.view());

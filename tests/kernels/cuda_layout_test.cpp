@@ -16,6 +16,7 @@
 #include "cpu/gemm.h"
 #include "cpu/quantize.h"
 #include "cuda/act_transform.h"
+#include "kernels/gemm_problem.h"
 #include "kernels/mixed_gemm_emulation.h"
 #include "cuda/gpu_layout.h"
 #include "cuda/mixed_gemm_layout.h"
@@ -325,18 +326,13 @@ struct EmuCase {
 // bit (fp32 via memcmp; bf16 against cpu::convert_f32_to_bf16 of the reference).
 void run_emulation_case(const EmuCase& c, MmaPath path, uint32_t seed) {
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t K = c.K4 + c.K8;
-  std::vector<float> x(static_cast<size_t>(c.M * K)), w(static_cast<size_t>(c.N * K)), bias(static_cast<size_t>(c.N));
-  for (auto& v : x) v = normal(rng) * (rng() % 17 == 0 ? 20.0f : 1.0f);  // some outliers
-  for (auto& v : w) v = normal(rng) * 0.05f;
-  for (auto& v : bias) v = normal(rng);
-  const resq::format::PackedLinear lin =
-      resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
-  const resq::cpu::QuantizedActivations xq =
-      resq::cpu::quantize_activations(x.data(), c.M, c.K4, c.K8, 1.0f, 0.9f, resq::cpu::CpuKernel::kReference);
-  std::vector<float> want(static_cast<size_t>(c.M * c.N));
-  resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
+  const resq::test::GemmInputs in = resq::test::draw_gemm_inputs(rng, c.M, K, c.N, K, 17, 20.0f);  // some outliers
+  const resq::test::GemmReference ref =
+      resq::test::gemm_reference(in.x.data(), in, c.bias, c.M, c.N, c.K4, c.K8, 1.0f, 0.9f);
+  const resq::format::PackedLinear& lin = ref.lin;
+  const resq::cpu::QuantizedActivations& xq = ref.xq;
+  const std::vector<float>& want = ref.want;
 
   // GPU layout: weights re-strided; activations re-strided with garbage past each row (and, for an
   // odd K4, in the pad nibble) which the kernel must never use.
@@ -358,8 +354,7 @@ void run_emulation_case(const EmuCase& c, MmaPath path, uint32_t seed) {
     emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), gw, got.data(), nullptr, ldy, path);
     emulation::emulate_mixed_gemm<GemmTileSmall>(gx.host_view(), gw, nullptr, got16.data(), ldy, path);
   }
-  std::vector<uint16_t> want16(want.size());
-  resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
+  const std::vector<uint16_t>& want16 = ref.want16;
   int64_t mismatches = 0;
   for (int64_t m = 0; m < c.M; ++m) {
     ASSERT_EQ(std::memcmp(got.data() + m * ldy, want.data() + m * c.N, static_cast<size_t>(c.N) * 4), 0)

@@ -18,6 +18,7 @@
 #include "cuda/decode_gemv_layout.h"
 #include "cuda/gpu_layout.h"
 #include "kernels/decode_gemv_emulation.h"
+#include "kernels/gemm_problem.h"
 
 namespace {
 
@@ -247,17 +248,14 @@ void run_case(const EmuCase& c, MmaPath path, Input input, bool with_perm, uint3
                                     << " sms=" << c.sms << " input=" << static_cast<int>(input)
                                     << " perm=" << with_perm << " path=" << static_cast<int>(path));
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t K = c.K4 + c.K8;
   const int64_t ldx = K + 5;
-  std::vector<float> x(static_cast<size_t>(c.M * ldx)), w(static_cast<size_t>(c.N * K)), bias(static_cast<size_t>(c.N));
-  for (auto& v : x) v = normal(rng) * (rng() % 17 == 0 ? 20.0f : 1.0f);
+  resq::test::GemmInputs drawn = resq::test::draw_gemm_inputs(rng, c.M, ldx, c.N, K, 17, 20.0f);
+  std::vector<float>& x = drawn.x;
   if (input == Input::kBf16) {
     for (auto& v : x) v = bf16_round(v);
   }
   if (c.M > 2) std::fill(x.begin() + ldx, x.begin() + 2 * ldx, 0.0f);  // an all-zero row (scale 1)
-  for (auto& v : w) v = normal(rng) * 0.05f;
-  for (auto& v : bias) v = normal(rng);
   std::vector<int32_t> perm;
   if (with_perm) {
     perm.resize(static_cast<size_t>(K));
@@ -270,22 +268,15 @@ void run_case(const EmuCase& c, MmaPath path, Input input, bool with_perm, uint3
   for (int64_t m = 0; m < c.M; ++m) {
     for (int64_t j = 0; j < K; ++j) z[static_cast<size_t>(m * K + j)] = x[static_cast<size_t>(m * ldx + (with_perm ? perm[static_cast<size_t>(j)] : j))];
   }
-  const resq::format::PackedLinear lin =
-      resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
-  const resq::cpu::QuantizedActivations xq =
-      resq::cpu::quantize_activations(z.data(), c.M, c.K4, c.K8, clip4, clip8, resq::cpu::CpuKernel::kReference);
-  std::vector<float> want(static_cast<size_t>(c.M * c.N));
-  resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
-  std::vector<uint16_t> want16(want.size());
-  resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
+  const resq::test::GemmReference ref =
+      resq::test::gemm_reference(z.data(), drawn, c.bias, c.M, c.N, c.K4, c.K8, clip4, clip8);
+  const std::vector<float>& want = ref.want;
+  const std::vector<uint16_t>& want16 = ref.want16;
+  const resq::cpu::QuantizedActivations& xq = ref.xq;
 
-  const resq::format::PackedLinear g = resq::format::restride(lin.view(), kGpuRowAlign);
+  const resq::format::PackedLinear g = resq::format::restride(ref.lin.view(), kGpuRowAlign);
   const GpuLinearView gw = gpu_linear_view(g.view());
-  // Garbage past each activation row and in an odd K4's pad nibble: never used.
-  GpuActivationsHost gx = restride_activations_for_gpu(xq.view(), 0, gpu_row_stride(c.K8) + 16 * (rng() % 2), 0xEE);
-  if (c.K4 % 2 == 1) {
-    for (int64_t m = 0; m < c.M; ++m) gx.xq4[static_cast<size_t>(m * gx.ldx4 + part4_row_bytes(c.K4) - 1)] |= 0xB0;
-  }
+  GpuActivationsHost gx = resq::test::activations_with_garbage(xq, rng);
   const GpuActivationsView xv = gx.host_view();
   std::vector<uint16_t> xb(x.size());
   for (size_t i = 0; i < x.size(); ++i) {

@@ -14,6 +14,7 @@
 #include "cpu/quantize.h"
 #include "cuda/gpu_layout.h"
 #include "cuda/wgmma_gemm_layout.h"
+#include "kernels/gemm_problem.h"
 #include "resq/format/packed.h"
 
 namespace {
@@ -72,36 +73,17 @@ TEST(WgmmaLayout, WorkspaceRegionsAreAlignedAndDisjoint) {
 
 // ------------------------------------------------------------------ emulation vs CPU reference
 
-struct Case {
-  int64_t M, N, K4, K8;
-  bool bias;
-};
+using Case = resq::test::GemmCase;
 
 void run_case(const Case& c, uint32_t seed) {
-  SCOPED_TRACE(::testing::Message() << "M=" << c.M << " N=" << c.N << " K4=" << c.K4 << " K8=" << c.K8);
+  SCOPED_TRACE(resq::test::describe(c));
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int64_t K = c.K4 + c.K8;
-  std::vector<float> x(static_cast<size_t>(c.M * K)), w(static_cast<size_t>(c.N * K)), bias(static_cast<size_t>(c.N));
-  for (auto& v : x) v = normal(rng) * (rng() % 17 == 0 ? 20.0f : 1.0f);
-  for (auto& v : w) v = normal(rng) * 0.05f;
-  for (auto& v : bias) v = normal(rng);
-  const resq::format::PackedLinear lin =
-      resq::cpu::quantize_linear_rtn(w.data(), c.bias ? bias.data() : nullptr, {c.N, c.K4, c.K8});
-  const resq::cpu::QuantizedActivations xq =
-      resq::cpu::quantize_activations(x.data(), c.M, c.K4, c.K8, 1.0f, 0.9f, resq::cpu::CpuKernel::kReference);
-  std::vector<float> want(static_cast<size_t>(c.M * c.N));
-  resq::cpu::gemm_w4a4_w8a8_reference(xq.view(), lin.view(), want.data());
-  std::vector<uint16_t> want16(want.size());
-  resq::cpu::convert_f32_to_bf16(want.data(), static_cast<int64_t>(want.size()), want16.data());
-
-  const resq::format::PackedLinear g = resq::format::restride(lin.view(), kGpuRowAlign);
+  const resq::test::GemmReference ref = resq::test::random_gemm_reference(c, rng, 17, 20.0f, 1.0f, 0.9f);
+  const std::vector<float>& want = ref.want;
+  const std::vector<uint16_t>& want16 = ref.want16;
+  const resq::format::PackedLinear g = resq::format::restride(ref.lin.view(), kGpuRowAlign);
   const GpuLinearView gw = gpu_linear_view(g.view());
-  // Garbage past each activation row and in an odd K4's pad nibble: the GEMM must not use them.
-  GpuActivationsHost gx = restride_activations_for_gpu(xq.view(), 0, gpu_row_stride(c.K8) + 16 * (rng() % 2), 0xEE);
-  if (c.K4 % 2 == 1) {
-    for (int64_t m = 0; m < c.M; ++m) gx.xq4[static_cast<size_t>(m * gx.ldx4 + part4_row_bytes(c.K4) - 1)] |= 0xB0;
-  }
+  GpuActivationsHost gx = resq::test::activations_with_garbage(ref.xq, rng);
   const GpuActivationsView xv = gx.host_view();
 
   // The device path, step by step: widen (rows past N of the weights are zero: Np rows).
