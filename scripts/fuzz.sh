@@ -39,9 +39,11 @@ nice -n "${NICE}" cmake --build "${BUILD_DIR}" -j "${FUZZ_JOBS:-$(nproc)}" --tar
 
 # Seeds: made fresh each run (cheap), real small files of ../shared added as they are.
 SEEDS="${WORK}/seeds"
+mkdir -p "${WORK}"
 rm -rf "${SEEDS}"
 if [[ -d "${SHARED}" ]]; then
-  "${BUILD_DIR}/fuzz/fuzz_make_seeds" "${SEEDS}" "${SHARED}" 2>/dev/null
+  "${BUILD_DIR}/fuzz/fuzz_make_seeds" "${SEEDS}" "${SHARED}" 2>"${WORK}/make_seeds.log" ||
+    { echo "fuzz: the seed maker failed:" >&2; cat "${WORK}/make_seeds.log" >&2; exit 1; }
   stories="${SHARED}/models/stories260K"
   if [[ -d "${stories}" ]]; then
     cp "${stories}/config.json" "${SEEDS}/fuzz_model_config/shared-stories260K.json"
@@ -51,7 +53,8 @@ if [[ -d "${SHARED}" ]]; then
     } >"${SEEDS}/fuzz_sentencepiece/shared-stories260K.txt"
   fi
 else
-  "${BUILD_DIR}/fuzz/fuzz_make_seeds" "${SEEDS}" 2>/dev/null
+  "${BUILD_DIR}/fuzz/fuzz_make_seeds" "${SEEDS}" 2>"${WORK}/make_seeds.log" ||
+    { echo "fuzz: the seed maker failed:" >&2; cat "${WORK}/make_seeds.log" >&2; exit 1; }
 fi
 for recipe in configs/*.json; do cp "${recipe}" "${SEEDS}/fuzz_recipe/repo-$(basename "${recipe}")"; done
 

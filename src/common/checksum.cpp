@@ -62,8 +62,8 @@ uint64_t xxh64(const void* data, size_t nbytes, uint64_t seed) {
     h = seed + kP5;
   }
   h += static_cast<uint64_t>(nbytes);
-  for (; p + 8 <= end; p += 8) h = rotl(h ^ round(0, read64(p)), 27) * kP1 + kP4;
-  if (p + 4 <= end) {
+  for (; end - p >= 8; p += 8) h = rotl(h ^ round(0, read64(p)), 27) * kP1 + kP4;
+  if (end - p >= 4) {
     h = rotl(h ^ (static_cast<uint64_t>(read32(p)) * kP1), 23) * kP2 + kP3;
     p += 4;
   }
