@@ -21,6 +21,7 @@
 #include "resq/cuda/device.h"
 #include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
+#include "cuda/device_acts.h"
 #include "resq/linalg/random.h"
 #include "resq/linalg/rotation.h"
 
@@ -233,25 +234,7 @@ TEST_F(CudaDeviceTest, ActQuantWithPerHeadRotationEqualsHostReference) {
 
 // ------------------------------------------------------------------ mixed GEMM
 
-struct DeviceActs {
-  GpuActivationsHost host;
-  DeviceBuffer<uint8_t> xq4, xq8;
-  DeviceBuffer<float> sx4, sx8;
-  DeviceBuffer<int32_t> zx4, zx8;
-  explicit DeviceActs(GpuActivationsHost h)
-      : host(std::move(h)), xq4(host.xq4), xq8(host.xq8), sx4(host.sx4), sx8(host.sx8), zx4(host.zx4),
-        zx8(host.zx8) {}
-  GpuActivationsView view() const {
-    GpuActivationsView v = host.host_view();
-    v.xq4 = xq4.get();
-    v.xq8 = xq8.get();
-    v.sx4 = host.sx4.empty() ? nullptr : sx4.get();
-    v.sx8 = host.sx8.empty() ? nullptr : sx8.get();
-    v.zx4 = host.zx4.empty() ? nullptr : zx4.get();
-    v.zx8 = host.zx8.empty() ? nullptr : zx8.get();
-    return v;
-  }
-};
+using resq::test::DeviceActs;
 
 TEST_F(CudaDeviceTest, MixedGemmEqualsCpuReference) {
   struct C { int64_t M, N, K4, K8; bool bias; };

@@ -18,6 +18,7 @@
 #include "cuda/decode_gemv.cuh"
 #include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
+#include "cuda/device_acts.h"
 #include "resq/cuda/check.h"
 #include "resq/cuda/device.h"
 
@@ -98,17 +99,8 @@ void run_case(const Case& c, bool perm_on, uint32_t seed) {
   if (!perm_on) {
     resq::cpu::QuantizedActivations q;
     const auto want = reference(x, &q);
-    GpuActivationsHost gx = restride_activations_for_gpu(q.view(), 0, 0, 0xEE);
-    DeviceBuffer<uint8_t> xq4(gx.xq4), xq8(gx.xq8);
-    DeviceBuffer<float> sx4(gx.sx4), sx8(gx.sx8);
-    DeviceBuffer<int32_t> zx4(gx.zx4), zx8(gx.zx8);
-    GpuActivationsView v = gx.host_view();
-    v.xq4 = gx.xq4.empty() ? nullptr : xq4.get();
-    v.xq8 = gx.xq8.empty() ? nullptr : xq8.get();
-    v.sx4 = gx.sx4.empty() ? nullptr : sx4.get();
-    v.sx8 = gx.sx8.empty() ? nullptr : sx8.get();
-    v.zx4 = gx.zx4.empty() ? nullptr : zx4.get();
-    v.zx8 = gx.zx8.empty() ? nullptr : zx8.get();
+    const resq::test::DeviceActs acts(restride_activations_for_gpu(q.view(), 0, 0, 0xEE));
+    const GpuActivationsView v = acts.view();
     decode_gemv_cuda(v, dw.view(), y.get(), ldy, GemmOutput::kFloat32, nullptr);
     decode_gemv_cuda(v, dw.view(), y16.get(), ldy, GemmOutput::kBFloat16, nullptr);
     RESQ_CUDA_CHECK(cudaDeviceSynchronize());

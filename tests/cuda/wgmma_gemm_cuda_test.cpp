@@ -14,6 +14,7 @@
 #include "cpu/quantize.h"
 #include "cuda/device_linear.h"
 #include "cuda/gpu_layout.h"
+#include "cuda/device_acts.h"
 #include "cuda/mixed_gemm.cuh"
 #include "cuda/wgmma_gemm.cuh"
 #include "kernels/gemm_problem.h"
@@ -48,17 +49,8 @@ void run_case(const Case& c, uint32_t seed) {
   const DevicePackedLinear dw(lin.view());
   const WgmmaWeights ww(dw.view());
   // Activations in GPU layout with garbage past each row (never used).
-  const GpuActivationsHost gx = restride_activations_for_gpu(xq.view(), 0, 0, 0xEE);
-  DeviceBuffer<uint8_t> d4(gx.xq4), d8(gx.xq8);
-  DeviceBuffer<float> dsx4(gx.sx4), dsx8(gx.sx8);
-  DeviceBuffer<int32_t> dzx4(gx.zx4), dzx8(gx.zx8);
-  GpuActivationsView xv = gx.host_view();
-  xv.xq4 = gx.xq4.empty() ? nullptr : d4.get();
-  xv.xq8 = gx.xq8.empty() ? nullptr : d8.get();
-  xv.sx4 = gx.sx4.empty() ? nullptr : dsx4.get();
-  xv.zx4 = gx.zx4.empty() ? nullptr : dzx4.get();
-  xv.sx8 = gx.sx8.empty() ? nullptr : dsx8.get();
-  xv.zx8 = gx.zx8.empty() ? nullptr : dzx8.get();
+  const resq::test::DeviceActs acts(restride_activations_for_gpu(xq.view(), 0, 0, 0xEE));
+  const GpuActivationsView xv = acts.view();
   DeviceBuffer<uint8_t> ws(static_cast<size_t>(wgmma_workspace(c.M, c.N, c.K4, c.K8).bytes) + 1);
   DeviceBuffer<float> y(static_cast<size_t>(c.M * c.N));
   DeviceBuffer<uint16_t> y16(static_cast<size_t>(c.M * c.N));
