@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "common.h"
+#include "resq/common/error.h"
 #include "resq/common/interrupt.h"
 #include "resq/common/log.h"
 #include "resq/model/synthetic.h"
@@ -15,6 +16,7 @@ struct MakeModelOptions {
   CommonOptions common;
   std::string shape = "tiny";
   std::string out;
+  int64_t layers = 0;  // 0 = the shape's own count
   SyntheticModelOptions synthetic;
 };
 
@@ -22,7 +24,13 @@ void run_make_model(MakeModelOptions& o) {
   apply_runtime_options(o.common);
   install_interrupt_handlers();  // Ctrl-C: the staging directory is removed at the next tensor
   o.synthetic.seed = o.common.seed;
-  const ModelConfig config = synthetic_shape_config(o.shape);
+  ModelConfig config = synthetic_shape_config(o.shape);
+  if (o.layers < 0 || o.layers > config.num_layers) {
+    throw UsageError("--layers: expected 1.." + std::to_string(config.num_layers) + " for shape " + o.shape +
+                     " (0 = all), got " + std::to_string(o.layers));
+  }
+  // Fewer layers of a real shape: per-layer costs (quantize time, memory) measured at full width.
+  if (o.layers > 0) config.num_layers = o.layers;
   log::info(strprintf("make-model: shape %s (%.1f M parameters) -> %s", o.shape.c_str(), config.parameter_count() / 1e6,
                       o.out.c_str()));
   const auto channels = write_synthetic_model(config, o.out, o.synthetic);
@@ -41,6 +49,9 @@ void register_make_model(CLI::App& app) {
   for (const auto& n : synthetic_shape_names()) names += (names.empty() ? "" : ", ") + n;
   cmd->add_option("--shape", o->shape, "one of: " + names)->capture_default_str();
   cmd->add_option("--out", o->out, "output directory (must not exist)")->required();
+  cmd->add_option("--layers", o->layers,
+                  "keep the shape's widths but only this many layers (0 = the shape's own; for per-layer scaling runs)")
+      ->capture_default_str();
   cmd->add_option("--weight-dtype", o->synthetic.weight_dtype, "auto, float32 or bfloat16")->capture_default_str();
   cmd->add_option("--outliers", o->synthetic.num_outlier_channels, "planted outlier channels")->capture_default_str();
   cmd->add_option("--tokenizer", o->synthetic.tokenizer_dir,

@@ -71,6 +71,7 @@ void run_quantize(const QuantizeCliOptions& o) {
   q.seqlen = o.seqlen;
   q.seed = o.common.seed;
   q.globals_dtype = o.globals_dtype;
+  q.device = o.common.device;
   log::info(strprintf("quantize: %s with recipe '%s' (%s), %" PRId64 " x %" PRId64 " calibration tokens, seed %" PRIu64,
                       q.model_dir.c_str(), q.recipe.name.c_str(), o.config.c_str(), q.nsamples, q.seqlen, q.seed));
   const nlohmann::json report = quantize_model(q);
@@ -84,6 +85,13 @@ void run_quantize(const QuantizeCliOptions& o) {
               st["rotation_seconds"].get<double>(), st["weight_quantization_seconds"].get<double>(),
               st["write_seconds"].get<double>(), st["total_seconds"].get<double>(),
               report["peak_rss_gib"].get<double>());
+  const auto& compute = report["compute"];
+  std::printf("compute: %s, forward products %s%s\n", compute["device"].get<std::string>().c_str(),
+              compute["products"].get<std::string>().c_str(),
+              compute["peak_device_gib"].is_number()
+                  ? strprintf(", peak device memory %.2f of %.1f GiB", compute["peak_device_gib"].get<double>(),
+                              compute["device_total_gib"].get<double>()).c_str()
+                  : "");
   const auto& ck = report["checkpoint"];
   if (ck["quantized_weights"].get<int64_t>() > 0) {
     std::printf("checkpoint: %.2f MiB on disk, %.2fx smaller than bf16; %lld packed weights: %.4f bits/weight on disk "
@@ -130,6 +138,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--globals-dtype", o->globals_dtype,
                   "dtype of embeddings/lm_head: bfloat16, float16 or float32 (default: the source's 16-bit dtype, else float32)");
   add_seed_option(cmd, o->common, 0);
+  // GPU where there is one: the same pipeline with one layer at a time on the device.
+  add_device_option(cmd, o->common, "auto");
   cmd->add_option("--threads", o->common.threads, "threads (0 = all cores)");
   cmd->add_option("--log-level", o->common.log_level, "log level")->capture_default_str();
   add_json_option(cmd, o->common);

@@ -16,8 +16,14 @@ void add_model_option(CLI::App* cmd, CommonOptions& o, bool required) {
   if (required) opt->required();
 }
 
+void add_device_option(CLI::App* cmd, CommonOptions& o, const std::string& default_device) {
+  o.device = default_device;
+  cmd->add_option("--device", o.device, "cpu, cuda, cuda:N or auto (cuda:0 when this libtorch sees a GPU, else cpu)")
+      ->capture_default_str();
+}
+
 void add_runtime_options(CLI::App* cmd, CommonOptions& o) {
-  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  add_device_option(cmd, o, "cpu");
   cmd->add_option("--dtype", o.dtype, "compute dtype: float32, bfloat16 or float64")->capture_default_str();
   cmd->add_option("--threads", o.threads, "intra-op threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->capture_default_str();

@@ -22,6 +22,8 @@ struct CommonOptions {
 
 // Each adds the named shared options to a subcommand.
 void add_model_option(CLI::App* cmd, CommonOptions& o, bool required = true);
+// --device (parsed by resolve_device, resq/model/device.h), default `default_device`.
+void add_device_option(CLI::App* cmd, CommonOptions& o, const std::string& default_device);
 void add_runtime_options(CLI::App* cmd, CommonOptions& o);  // --device --dtype --threads --log-level
 void add_seed_option(CLI::App* cmd, CommonOptions& o, uint64_t default_seed);
 void add_json_option(CLI::App* cmd, CommonOptions& o);

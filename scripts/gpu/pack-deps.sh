@@ -46,15 +46,19 @@ echo "pack-deps: $(ls ./*.deb | wc -l) packages, $(du -sh . | cut -f1) in ${OUT}
 # working tree like .gpu-debs (the device tool's `carry`); CMake finds them there by default.
 "${ROOT}/scripts/gpu/fetch-cutlass.sh" || echo "pack-deps: CUTLASS headers not fetched: the GPU build leaves the wgmma GEMM out" >&2
 
-# The GPU tests also read two small files of ../shared (stories260K and a TinyStories text, ~2 MB),
-# which does not travel to the GPU machine: copy them into .gpu-shared (git-ignored, never
-# committed) for run.sh, which points RESQ_SHARED_DIR at it.
+# The GPU tests read a few small files of ../shared (stories260K, the TinyStories heads and
+# WikiText-2's validation text for the quantize runs, ~6 MB), which do not travel to the GPU
+# machine: copy them into .gpu-shared (git-ignored, never committed) for run.sh, which points
+# RESQ_SHARED_DIR at it.
 SHARED_SRC="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
 SHARED_OUT="${ROOT}/.gpu-shared"
 if [[ -d "${SHARED_SRC}/models/stories260K" && -f "${SHARED_SRC}/data/tinystories/valid_head.txt" ]]; then
-  mkdir -p "${SHARED_OUT}/models" "${SHARED_OUT}/data/tinystories"
+  mkdir -p "${SHARED_OUT}/models" "${SHARED_OUT}/data/tinystories" "${SHARED_OUT}/data/wikitext-2-raw"
   cp -r "${SHARED_SRC}/models/stories260K" "${SHARED_OUT}/models/"
   cp "${SHARED_SRC}/data/tinystories/valid_head.txt" "${SHARED_OUT}/data/tinystories/"
+  for f in data/tinystories/train_head.txt data/wikitext-2-raw/wiki.valid.raw; do
+    if [[ -f "${SHARED_SRC}/${f}" ]]; then cp "${SHARED_SRC}/${f}" "${SHARED_OUT}/${f}"; fi
+  done
   echo "pack-deps: test data in ${SHARED_OUT} ($(du -sh "${SHARED_OUT}" | cut -f1))"
 else
   echo "pack-deps: ${SHARED_SRC} lacks models/stories260K or data/tinystories/valid_head.txt: not copied" >&2

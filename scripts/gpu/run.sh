@@ -8,6 +8,11 @@
 # logs.tar.gz to RESULTS_DIR (argument 1, else $OUT, else ./gpu-results): 6 files, the device tool
 # returns at most 8. Budget: < 10 minutes.
 #   scripts/gpu/run.sh [RESULTS_DIR]
+# RESQ_GPU_SUITE=quantize runs the quantization suite instead (issue 16: `quantize --device cuda`):
+# the device-pipeline tests, stories260K quantized on cpu and on cuda (ppl of both), then each
+# SHAPE:LAYERS of RESQ_QUANTIZE_SHAPES (default "llama-3.2-1b:16 llama-3-8b:4": the 1B shape whole,
+# four layers of the 8B shape for its per-layer cost) made with make-model and quantized on cuda with
+# RESQ_QUANTIZE_CALIB (default 128 x 2048) WikiText-2 tokens; their --json reports come back.
 # Environment: RESQ_GPU_DEBS (folder of .debs; default .gpu-debs, shared/gpu-debs or ../shared/gpu-debs),
 # RESQ_GPU_PREFIX (unpack prefix, default /tmp/resq-gpu-prefix), RESQ_BENCH_ARGS (extra arguments
 # for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs), RESQ_TORCH_PREFIX
@@ -180,6 +185,50 @@ stage() {  # stage NAME TIMEOUT_S LOGFILE CMD...: runs CMD, logs, records status
   tail -4 "${RESULTS}/${logf}" | tee -a "${LOG}"
 }
 export OMP_WAIT_POLICY=PASSIVE
+SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
+if [[ "${RESQ_GPU_SUITE:-all}" == quantize ]]; then
+  stage "device-pipeline tests (test_core PipelineDevice/OnlineHadamardTorch/ResolveDevice, test_cuda GPTQ)" 240 \
+    test_quantize_device.log bash -c "'${BUILD}/tests/test_core' --gtest_filter='PipelineDevice.*:OnlineHadamardTorch.*:ResolveDevice.*' && '${BUILD}/tests/test_cuda' --gtest_filter='*Gptq*'"
+  NOTES="${RESULTS}/notes.tmp"
+  if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_head.txt" ]]; then
+    for dev in cpu cuda; do
+      rm -rf "${BUILD}/stories-${dev}"
+      stage "quantize stories260K (resq) --device ${dev}" 120 "quantize_stories_${dev}.log" "${BUILD}/resq" quantize \
+        --model "${SHARED}/models/stories260K" --out "${BUILD}/stories-${dev}" --config resq --device "${dev}" \
+        --calib "${SHARED}/data/tinystories/valid_head.txt" --nsamples 128 --seqlen 256 --seed 0 \
+        --json "${RESULTS}/quantize-stories-${dev}.json"
+      stage "eval packed stories260K quantized on ${dev}" 120 "eval_stories_${dev}.log" "${BUILD}/resq" eval \
+        --model "${BUILD}/stories-${dev}" --data "${SHARED}/data/tinystories/valid_head.txt" --seqlen 256 \
+        --max-windows 300 --device cuda
+      grep -HE "^ppl" "${RESULTS}/eval_stories_${dev}.log" | sed "s|${RESULTS}/||" >> "${NOTES}" || true
+    done
+  fi
+  CALIB="${RESQ_QUANTIZE_CALIB:-128x2048}"
+  for spec in ${RESQ_QUANTIZE_SHAPES:-llama-3.2-1b:16 llama-3-8b:4}; do
+    shape="${spec%%:*}"; layers="${spec#*:}"
+    [[ "${layers}" == "${spec}" ]] && layers=0
+    M="/tmp/resq-models/${shape}-L${layers}"
+    if [[ ! -d "${M}" ]]; then
+      mkdir -p /tmp/resq-models
+      stage "make-model ${shape} (${layers} layers)" 240 "make_${shape}.log" "${BUILD}/resq" make-model --shape "${shape}" \
+        --layers "${layers}" --out "${M}" --seed 0
+    fi
+    rm -rf "${M}-resq"
+    stage "quantize ${shape} (${layers} layers, resq GPTQ, ${CALIB}) --device cuda" 540 "quantize_${shape}.log" \
+      "${BUILD}/resq" quantize --model "${M}" --out "${M}-resq" --config resq --device cuda \
+      --calib-wikitext2 "${SHARED}/data/wikitext-2-raw/wiki.valid.raw" --nsamples "${CALIB%%x*}" --seqlen "${CALIB##*x}" \
+      --json "${RESULTS}/quantize-${shape}-L${layers}.json"
+    grep -HE "^stages|^compute" "${RESULTS}/quantize_${shape}.log" | sed "s|${RESULTS}/||" >> "${NOTES}" || true
+  done
+  { echo; echo '## Notes'; echo; sed 's/^/- /' "${NOTES}" 2>/dev/null; } >> "${REPORT}"
+  rm -f "${NOTES}"
+  step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
+  echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
+  (cd "${RESULTS}" && ls ./*.log ./nvidia-smi.txt 2>/dev/null | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T -) \
+    || echo "run.sh: could not pack the logs (they stay as files)"
+  ls -l "${RESULTS}"
+  exit "${STATUS}"
+fi
 stage "test_cuda (GPU kernels and runtime vs CPU references)" 240 test_cuda.log \
   "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json"
 # Failed test names and the skip count go below the table (NOTES), not into it.
@@ -193,13 +242,19 @@ stage "test_kernels (CPU kernels + host emulation of the CUDA kernels)" 240 test
 stage "test_core (runtime, decoding, attention; CUDA libtorch)" 300 test_core.log "${BUILD}/tests/test_core"
 
 # End to end on stories260K: quantize (CPU), eval packed on cpu and cuda, generate on cuda (paged KV).
-SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
 if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_head.txt" ]]; then
   Q="${BUILD}/stories-resq"
   rm -rf "${Q}"  # quantize refuses an existing --out (a rerun in the same build folder)
   stage "quantize stories260K (resq.json)" 90 quantize.log "${BUILD}/resq" quantize --model "${SHARED}/models/stories260K" \
     --out "${Q}" --config "${ROOT}/configs/resq.json" --calib "${SHARED}/data/tinystories/valid_head.txt" \
-    --nsamples 32 --seqlen 256 --seed 0
+    --nsamples 32 --seqlen 256 --seed 0 --device cpu
+  # The same on the GPU (quantize --device cuda; the quantization suite measures it at scale).
+  rm -rf "${Q}-cuda"
+  stage "quantize stories260K (resq.json) --device cuda" 90 quantize_cuda.log "${BUILD}/resq" quantize \
+    --model "${SHARED}/models/stories260K" --out "${Q}-cuda" --config "${ROOT}/configs/resq.json" \
+    --calib "${SHARED}/data/tinystories/valid_head.txt" --nsamples 32 --seqlen 256 --seed 0 --device cuda
+  stage "eval packed stories260K (quantized on cuda) --device cuda" 120 eval_qcuda.log "${BUILD}/resq" eval \
+    --model "${Q}-cuda" --data "${SHARED}/data/tinystories/valid_head.txt" --seqlen 256 --max-windows 300 --device cuda
   for dev in cpu cuda; do
     stage "eval packed stories260K --device ${dev}" 180 "eval_${dev}.log" "${BUILD}/resq" eval --model "${Q}" \
       --data "${SHARED}/data/tinystories/valid_head.txt" --seqlen 256 --max-windows 300 --device "${dev}" \
@@ -207,7 +262,7 @@ if [[ -d "${SHARED}/models/stories260K" && -f "${SHARED}/data/tinystories/valid_
   done
   stage "generate --device cuda (paged 4/8-bit KV cache)" 120 generate_cuda.log "${BUILD}/resq" generate --model "${Q}" \
     --device cuda --prompt "Once upon a time" --max-new-tokens 64
-  grep -HE "^ppl|kv cache|decode:" "${RESULTS}"/eval_*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | sed "s|${RESULTS}/||" >> "${NOTES}" || true
+  grep -HE "^ppl|kv cache|decode:|^compute" "${RESULTS}"/eval_*.log "${RESULTS}"/quantize*.log "${RESULTS}/generate_cuda.log" 2>/dev/null | sed "s|${RESULTS}/||" >> "${NOTES}" || true
 fi
 
 

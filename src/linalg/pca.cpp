@@ -41,7 +41,7 @@ void rotate_columns(MatrixXdR& basis, int64_t first_col, int64_t k, Rng& rng) {
 
 }  // namespace
 
-PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction) {
+PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction, const SymmetricEigensolver& solver) {
   RESQ_CHECK_OR_THROW(cov.rows() >= 1 && cov.rows() == cov.cols(), ShapeError,
                       "pca_from_covariance: covariance must be square [n, n] with n >= 1, got [" +
                           std::to_string(cov.rows()) + ", " + std::to_string(cov.cols()) + "]");
@@ -73,13 +73,17 @@ PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction) {
   a.diagonal().array() += result.damping;
 
   result.eigenvalues.resize(n);
-  const lapack::Int info = lapack::dsyevd('V', 'L', static_cast<lapack::Int>(n), a.data(),
-                                          static_cast<lapack::Int>(n), result.eigenvalues.data());
+  const int info = solver ? solver(a, result.eigenvalues)
+                          : static_cast<int>(lapack::dsyevd('V', 'L', static_cast<lapack::Int>(n), a.data(),
+                                                            static_cast<lapack::Int>(n), result.eigenvalues.data()));
   if (info != 0) {
-    throw Error("pca_from_covariance: LAPACK dsyevd failed on the [" + std::to_string(n) + ", " +
-                std::to_string(n) + "] covariance with info = " + std::to_string(info) +
-                (info < 0 ? " (illegal argument)" : " (eigenvalue iteration did not converge)"));
+    throw Error(std::string("pca_from_covariance: ") + (solver ? "the eigensolver" : "LAPACK dsyevd") +
+                " failed on the [" + std::to_string(n) + ", " + std::to_string(n) + "] covariance with info = " +
+                std::to_string(info) + (info < 0 ? " (illegal argument)" : " (eigenvalue iteration did not converge)"));
   }
+  RESQ_CHECK_OR_THROW(result.eigenvalues.size() == n && a.rows() == n && a.cols() == n, ShapeError,
+                      "pca_from_covariance: the eigensolver returned " + std::to_string(result.eigenvalues.size()) +
+                          " eigenvalues for n = " + std::to_string(n));
 
   // Sign convention: the entry of largest magnitude is positive. Entries within 1e-12 relative of
   // the maximum count as ties (rounding would otherwise decide) and the first one decides.

@@ -1,6 +1,7 @@
 // The decoder forward pass (embedding, RMSNorm, RoPE, GQA attention, SwiGLU MLP, lm_head) and
 // weight loading from a HuggingFace model directory.
 #include "resq/model/decoder.h"
+#include "resq/model/device.h"
 
 #include <ATen/ATen.h>
 #include <dlfcn.h>
@@ -464,13 +465,7 @@ void Decoder::unload_layer(int64_t i) {
 Decoder Decoder::load(const std::string& model_dir, const LoadOptions& options) {
   ModelConfig config = load_model_config(model_dir + "/config.json");
   const at::ScalarType dtype = parse_compute_dtype(options.dtype);
-  at::Device device(at::kCPU);
-  if (options.device == "cuda") {
-    if (!at::hasCUDA()) throw UsageError("--device cuda: this libtorch build has no CUDA device available");
-    device = at::Device(at::kCUDA, 0);
-  } else if (options.device != "cpu") {
-    throw UsageError("--device: expected cpu or cuda, got '" + options.device + "'");
-  }
+  const at::Device device = resolve_device("--device", options.device);
   Decoder decoder(config, dtype, device);
   decoder.model_dir_ = model_dir;
   decoder.store_ = std::make_shared<TensorStore>(TensorStore::open_model_dir(model_dir));

@@ -22,6 +22,7 @@
 #include "resq/format/checkpoint.h"
 #include "resq/format/layout.h"
 #include "resq/io/tensor_checks.h"
+#include "resq/model/device.h"
 #include "resq/quant/quantizers.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
@@ -37,7 +38,8 @@ namespace {
 // overwrites its own input in place: one [N, L, d] buffer instead of two (512 MiB at 32 x 2048 x
 // 2048 float32).
 void run_layer_chunks(Decoder& m, int64_t l, at::Tensor& hidden, const RopeTables& rope, int64_t chunk, ForwardObserver* obs,
-                      bool propagate) {
+                      bool propagate, const ComputePlan& plan) {
+  const Tf32Scope tf32(plan.products == Products::kTf32);  // the forward products and the Gram sums
   const int64_t N = hidden.size(0);
   for (int64_t s = 0; s < N; s += chunk) {
     at::Tensor part = hidden.narrow(0, s, std::min(chunk, N - s));
@@ -51,12 +53,16 @@ void run_layer_chunks(Decoder& m, int64_t l, at::Tensor& hidden, const RopeTable
 
 // The one layer loop: for each layer, load it, fold its norms (prepare_layer), run body(l), unload
 // it, trim the heap and log progress (tok/s when tokens_per_layer > 0).
+// Where the pipeline is, for error messages (an out-of-memory error names the stage and layer).
+thread_local std::string g_where = "start";
+
 template <typename Fn>
 void for_each_layer(Decoder& m, const std::string& stage, int64_t tokens_per_layer, Fn&& body) {
   const int64_t layers = m.config().num_layers;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t l = 0; l < layers; ++l) {
     throw_if_interrupted();  // Ctrl-C: unwinding removes the checkpoint's temporary directory
+    g_where = strprintf("%s, layer %" PRId64 "/%" PRId64, stage.c_str(), l + 1, layers);
     m.load_layer(l);
     prepare_layer(m.layers()[l], m.dtype());
     body(l);
@@ -74,14 +80,22 @@ void for_each_layer(Decoder& m, const std::string& stage, int64_t tokens_per_lay
 // ||Ŵ - W|| / ||W||. The returned dequant tensor is dropped (the linear holds it).
 // hessian_last_use: the Hessian buffer may serve as GPTQ's factorization workspace (see
 // gptq_quantize_weight) because no later linear reads it.
+// generic: GPTQ by the device-generic torch path even on CPU tensors (ComputePlan::generic).
 QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& mask, const WeightRecipe& w,
-                                const at::Tensor& hessian, bool hessian_last_use, at::ScalarType dt, double* rel_err) {
+                                const at::Tensor& hessian, bool hessian_last_use, at::ScalarType dt, bool generic,
+                                double* rel_err) {
   DenseLinear& d = dense(lin, "quantize");
   at::Tensor original = d.weight().to(at::kFloat);
-  QuantizedWeight q = w.method == "gptq"
-                          ? gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp,
-                                                 w.blocksize, w.clip_ratio, w.mse_clip, hessian_last_use)
-                          : rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
+  QuantizedWeight q;
+  if (w.method == "gptq" && generic) {
+    q = gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp, w.blocksize,
+                                           w.clip_ratio, w.mse_clip, hessian_last_use);  // MERGE: torch path
+  } else if (w.method == "gptq") {
+    q = gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp, w.blocksize, w.clip_ratio,
+                             w.mse_clip, hessian_last_use);
+  } else {
+    q = rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
+  }
   *rel_err = (q.dequant - original).norm().item<double>() / std::max(original.norm().item<double>(), 1e-30);
   lin = std::make_shared<DenseLinear>(q.dequant.to(dt), d.bias());
   q.dequant = at::Tensor();
@@ -92,7 +106,9 @@ QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& 
 
 // ---------------------------------------------------------------------------- public
 
-nlohmann::json quantize_model(const QuantizeOptions& o) {
+namespace {
+
+nlohmann::json quantize_model_impl(const QuantizeOptions& o, const at::Device& device) {
   const auto t_start = std::chrono::steady_clock::now();
   const Recipe& recipe = o.recipe;
   std::error_code ec;
@@ -104,9 +120,11 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   nlohmann::json stages = nlohmann::json::object();
   // Each stage's seconds and the process's peak RSS when it ends (monotonic: the first stage whose
   // peak reaches the final one is where the peak happened).
-  auto end_stage = [&stages](const std::string& name, std::chrono::steady_clock::time_point since) {
+  auto end_stage = [&stages, &device](const std::string& name, std::chrono::steady_clock::time_point since) {
     stages[name + "_seconds"] = seconds_since(since);
     stages[name + "_peak_rss_gib"] = peak_rss_gib();
+    const DeviceMemory dm = device_memory(device);
+    if (dm.known) stages[name + "_peak_device_gib"] = dm.peak_used_gib;
     log::info(strprintf("quantize: %s done in %.1f s | %s", name.c_str(), seconds_since(since), memory_note().c_str()));
   };
   c10::NoGradGuard no_grad;
@@ -115,7 +133,9 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   // 1. Load the global tensors (layers are loaded one at a time below: memory stays bounded by
   //    embeddings + lm_head + one layer + the calibration hidden states) and prepare them.
   auto t = std::chrono::steady_clock::now();
+  g_where = "load";
   LoadOptions lo;
+  lo.device = device.str();
   lo.dtype = "float32";
   lo.load_layers = false;
   lo.keep_global_dtype = true;  // embed/lm_head stay bf16 for a bf16 checkpoint (no float32 copies)
@@ -124,19 +144,11 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   // quantize "fine" (RTN) into a checkpoint of garbage.
   require_finite(TensorStore::open_model_dir(o.model_dir), "refusing to quantize a model with non-finite weights");
   if (log::enabled(log::Level::debug)) log::debug("quantize: globals loaded | " + memory_note());
-  // Calibration and GPTQ forward passes with bf16 products and float32 accumulation for models with
-  // hidden size >= 1024, where those passes dominate the run (~5x faster than float32, docs/PERF.md);
-  // the weights themselves (fusion, GPTQ, what is written) stay float32/float64 either way. Smaller
-  // models take seconds and keep the float32 reference products. RESQ_QUANTIZE_PRODUCTS=bf16|fp32
-  // overrides the choice (for A/B measurements).
-  bool bf16_products = m.dtype() == at::kFloat && m.device().is_cpu() && m.config().hidden_size >= 1024;
-  if (const char* env = std::getenv("RESQ_QUANTIZE_PRODUCTS")) {
-    const std::string v(env);
-    if (v != "bf16" && v != "fp32") throw UsageError("RESQ_QUANTIZE_PRODUCTS: expected bf16 or fp32, got '" + v + "'");
-    bf16_products = v == "bf16";
-  }
-  if (bf16_products) m.set_matmul_dtype(at::kBFloat16);
-  log::info(std::string("quantize: forward products in ") + (bf16_products ? "bf16 (float32 accumulation)" : "float32"));
+  const ComputePlan plan = make_compute_plan(device, m.config().hidden_size);
+  if (plan.products == Products::kBf16) m.set_matmul_dtype(at::kBFloat16);
+  log::info(strprintf("quantize: device %s, forward products %s%s%s", device_description(device).c_str(),
+                      products_name(plan.products), plan.products == Products::kFp32 ? "" : " (float32 accumulation)",
+                      plan.generic ? ", device-generic paths (torch GEMMs, eigh, GPTQ)" : ""));
   const ModelConfig& c = m.config();
   // Which columns are 8-bit at every site, and the subspace sizes r, r_h the rotations keep apart.
   const format::ModelLayout layout = format::model_layout(c, recipe_layout_params(recipe));
@@ -156,22 +168,26 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   for (int64_t s = 0; s < o.nsamples; ++s)
     for (int64_t j = 0; j < o.seqlen; ++j) cp[s * o.seqlen + j] = ids[offsets[s] + j];
   const RopeTables rope = m.rope_tables(o.seqlen);
-  // Windows per run_layer call: bounds the per-call activations ([chunk, T, ffn] and friends).
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * o.seqlen * std::max(c.intermediate_size, c.hidden_size)));
+  // Windows per run_layer call: bounds the per-call activations ([chunk, T, ffn] and friends): 64 MiB
+  // per activation on the CPU (cache-sized work, no page faults), 512 MiB on a GPU (GEMMs of 8k+ rows
+  // at the 8B shape, ~2 GiB of live activations: docs/PERF.md).
+  const int64_t chunk_bytes = device.is_cpu() ? (int64_t{64} << 20) : (int64_t{512} << 20);
+  const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (4 * o.seqlen * std::max(c.intermediate_size, c.hidden_size)));
 
   std::unique_ptr<CovarianceObserver> cov;
   if (recipe.rotation.method == "resq") {
-    cov = std::make_unique<CovarianceObserver>(c, bf16_products);
+    cov = std::make_unique<CovarianceObserver>(c, plan);
     at::Tensor h = m.embed(calib);
     for_each_layer(m, "calibrate", o.nsamples * o.seqlen,
-                   [&](int64_t l) { run_layer_chunks(m, l, h, rope, chunk, cov.get(), /*propagate=*/true); });
+                   [&](int64_t l) { run_layer_chunks(m, l, h, rope, chunk, cov.get(), /*propagate=*/true, plan); });
     cov->finish();
   }
   end_stage("calibration", t);
 
   // 3. PCA + rotations; U_A into the embeddings and lm_head.
   t = std::chrono::steady_clock::now();
-  Rotations R = build_rotations(m, recipe, cov.get(), o.seed, layout.r, layout.r_h);
+  g_where = "rotations (PCA, fusion into the embeddings and lm_head)";
+  Rotations R = build_rotations(m, recipe, cov.get(), o.seed, layout.r, layout.r_h, plan);
   cov.reset();
   if (recipe.rotation.learn.enabled) report["learned_rotation"] = learn_rotations(m, recipe, layout, calib, o.seed, R);
   fuse_globals(m, R);
@@ -196,7 +212,7 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
       // q_proj's Hessian also serves k_proj and v_proj, gate_proj's also up_proj.
       const bool last_use = kind == LinearKind::kV || kind == LinearKind::kO || kind == LinearKind::kUp ||
                             kind == LinearKind::kDown;
-      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, &err);
+      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, plan.generic, &err);
       e[linear_kind_name(kind)] = err;
       if (log::enabled(log::Level::debug)) {
         log::debug(strprintf("weights: layer %" PRId64 " %s quantized | %s", l, linear_kind_name(kind),
@@ -223,16 +239,16 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     write_globals(writer, m, meta);
     m.embed_weight = at::Tensor();
     m.lm_head.reset();
-    HessianObserver hessian_obs(bf16_products);  // reused by every layer (buffers kept)
+    HessianObserver hessian_obs(plan);  // reused by every layer (buffers kept)
     for_each_layer(m, "weights (" + w.method + ")", 0, [&](int64_t l) {
-      fuse_layer(m, l, R);
+      fuse_layer(m, l, R, plan.generic);
       layer_quantized.clear();
       if (w.method == "gptq") {
         hessian_obs.reset();
-        run_layer_chunks(m, l, h, rope, chunk, &hessian_obs, /*propagate=*/false);
+        run_layer_chunks(m, l, h, rope, chunk, &hessian_obs, /*propagate=*/false, plan);
         quantize_layer(l, hessian_obs.finish());
         // The quantized layer's outputs are the next layer's GPTQ inputs.
-        run_layer_chunks(m, l, h, rope, chunk, nullptr, /*propagate=*/true);
+        run_layer_chunks(m, l, h, rope, chunk, nullptr, /*propagate=*/true, plan);
       } else if (w.method == "rtn") {
         quantize_layer(l, {});
       }
@@ -242,12 +258,13 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
     // The hidden states (512 MiB at 32 x 2048) and the Hessian buffers (~600 MiB) are not needed
     // while the global tensors are written.
     h = at::Tensor();
-    hessian_obs = HessianObserver(bf16_products);
+    hessian_obs = HessianObserver(plan);
     end_stage("weight_quantization", t);
     report["weight_relative_error"] = layer_errors;
 
     // 5. Global tensors, config, provenance; then the directory is renamed into place.
     t = std::chrono::steady_clock::now();
+    g_where = "write";
     provenance = {{"tool", std::string("resq ") + RESQ_VERSION},
                   {"source_model", o.model_dir},
                   {"recipe_file", o.recipe_path},
@@ -267,6 +284,12 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   stages["total_seconds"] = seconds_since(t_start);
   report["stages"] = stages;
   report["peak_rss_gib"] = peak_rss_gib();
+  const DeviceMemory dm = device_memory(device);
+  report["compute"] = {{"device", device_description(device)},
+                       {"products", products_name(plan.products)},
+                       {"generic_paths", plan.generic},
+                       {"peak_device_gib", dm.known ? nlohmann::json(dm.peak_used_gib) : nlohmann::json()},
+                       {"device_total_gib", dm.known ? nlohmann::json(dm.total_gib) : nlohmann::json()}};
   report["recipe"] = recipe_to_json(recipe);
   report["provenance"] = provenance;
   report["resq_config"] = meta.to_json();  // per-site bits and splits: the report is self-contained
@@ -274,6 +297,32 @@ nlohmann::json quantize_model(const QuantizeOptions& o) {
   const RecipeBits bits = recipe_bits(recipe);
   report["bits"] = {{"weights", bits.weights}, {"activations", bits.activations}, {"kv", bits.kv}};
   return report;
+}
+
+}  // namespace
+
+nlohmann::json quantize_model(const QuantizeOptions& o) {
+  const at::Device device = resolve_device("--device", o.device);
+  set_memory_note_device(device);
+  g_where = "start";
+  try {
+    return quantize_model_impl(o, device);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (!device.is_cuda() || !is_out_of_memory(e)) throw;
+    // torch's message is long (allocator advice); its first line says what was asked.
+    std::string first = e.what();
+    first = first.substr(0, first.find('\n'));
+    const DeviceMemory dm = device_memory(device);
+    throw ResourceError(strprintf(
+        "quantize --device %s: out of device memory in %s: %s. Device memory: %.1f of %.1f GiB used (peak %.1f); "
+        "the run needs the calibration hidden states (--nsamples %" PRId64 " x --seqlen %" PRId64
+        " x hidden x 4 bytes), one layer in float32 and its float64 Hessians: use fewer --nsamples, a GPU "
+        "with more memory, or --device cpu. Nothing was written to %s.",
+        device_description(device).c_str(), g_where.c_str(), first.c_str(), dm.used_gib, dm.total_gib,
+        dm.peak_used_gib, o.nsamples, o.seqlen, o.out_dir.c_str()));
+  }
 }
 
 }  // namespace resq

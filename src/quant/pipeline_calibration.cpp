@@ -4,22 +4,38 @@
 #include <ATen/Parallel.h>
 
 #include "pipeline_parts.h"
+#include "resq/common/error.h"
 
 namespace resq::pipeline {
 
 // ---------------------------------------------------------------------------- GramAccumulator
 
-GramAccumulator::GramAccumulator(int64_t F, bool bf16) : bf16_(bf16), acc_(at::zeros({F, F}, at::kDouble)) {}
+GramAccumulator::GramAccumulator(int64_t F, Products products, const at::Device& device)
+    : products_(products), acc_(at::zeros({F, F}, at::TensorOptions().dtype(at::kDouble).device(device))) {
+  if (products_ == Products::kBf16 && !device.is_cpu()) {
+    throw UsageError("GramAccumulator: bf16 products are the CPU path (oneDNN); " + device.str() + " uses fp32 or tf32");
+  }
+}
 
 void GramAccumulator::add(const at::Tensor& x2) {
-  if (!bf16_) {
-    at::Tensor xd = x2.to(at::kDouble).cpu();
+  const int64_t F = acc_.size(0);
+  if (products_ == Products::kFp32) {
+    at::Tensor xd = x2.to(acc_.device(), at::kDouble);
     acc_.addmm_(xd.t(), xd);
     return;
   }
-  const int64_t F = acc_.size(0);
-  if (!partial_.defined()) partial_ = at::empty({F, F}, at::TensorOptions().dtype(at::kFloat));
-  gram_bf16(x2.to(at::kBFloat16).contiguous(), partial_, pending_ == 0 ? 0.0f : 1.0f);
+  if (!partial_.defined()) partial_ = at::empty({F, F}, acc_.options().dtype(at::kFloat));
+  if (products_ == Products::kBf16) {
+    gram_bf16(x2.to(at::kBFloat16).contiguous(), partial_, pending_ == 0 ? 0.0f : 1.0f);
+  } else {
+    // TF32: the caller's Tf32Scope (run_layer_chunks) lets cuBLAS use the tensor cores here.
+    const at::Tensor x32 = x2.to(acc_.device(), at::kFloat);
+    if (pending_ == 0) {
+      at::mm_out(partial_, x32.t(), x32);
+    } else {
+      partial_.addmm_(x32.t(), x32);
+    }
+  }
   pending_ += x2.size(0);
   if (pending_ >= kFlushRows) flush();
 }
@@ -42,7 +58,9 @@ void GramAccumulator::release_partial() {
 // acc += partial elementwise. Not acc_.add_(partial_): type promotion would materialize a float64
 // copy of the float32 partial sums (512 MiB for an 8192-wide down_proj) at every flush.
 void GramAccumulator::flush() {
-  if (pending_ > 0) {
+  if (pending_ > 0 && !acc_.device().is_cpu()) {
+    acc_.add_(partial_);  // a float64 temporary on the device; the CPU path below avoids it
+  } else if (pending_ > 0) {
     double* acc = acc_.data_ptr<double>();
     const float* part = partial_.data_ptr<float>();
     at::parallel_for(0, acc_.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
@@ -54,10 +72,12 @@ void GramAccumulator::flush() {
 
 // ---------------------------------------------------------------------------- CovarianceObserver
 
-CovarianceObserver::CovarianceObserver(const ModelConfig& c, bool bf16) : c_(c), gram_a_(c.hidden_size, bf16) {
+CovarianceObserver::CovarianceObserver(const ModelConfig& c, const ComputePlan& plan)
+    : c_(c), device_(plan.device), gram_a_(c.hidden_size, plan.products, plan.device) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device_);
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, at::kDouble));
-    cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, at::kDouble));
+    cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, opts));
+    cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, opts));
   }
 }
 
@@ -69,13 +89,13 @@ void CovarianceObserver::on_linear_input(const LinearSite& site, const at::Tenso
 
 // K and V covariances are hd x hd (tiny GEMMs): float64.
 void CovarianceObserver::on_keys(int64_t layer, const at::Tensor& k) {
-  at::Tensor k2 = k.reshape({-1, c_.head_dim}).to(at::kDouble).cpu();  // summed over heads
+  at::Tensor k2 = k.reshape({-1, c_.head_dim}).to(device_, at::kDouble);  // summed over heads
   cov_k[layer].add_(at::mm(k2.t(), k2));
 }
 
 void CovarianceObserver::on_values(int64_t layer, const at::Tensor& v) {
   // v [B, Hkv, T, hd] -> per head [Hkv, B*T, hd]
-  at::Tensor v3 = v.transpose(0, 1).reshape({c_.num_kv_heads, -1, c_.head_dim}).to(at::kDouble).cpu();
+  at::Tensor v3 = v.transpose(0, 1).reshape({c_.num_kv_heads, -1, c_.head_dim}).to(device_, at::kDouble);
   cov_v[layer].add_(at::bmm(v3.transpose(1, 2), v3));
 }
 
@@ -92,7 +112,7 @@ void HessianObserver::on_linear_input(const LinearSite& site, const at::Tensor& 
   if (key == LinearKind::kUp) return;                          // same input as gate
   at::Tensor x2 = x.reshape({-1, x.size(-1)});
   auto it = grams_.find(key);
-  if (it == grams_.end()) it = grams_.emplace(key, GramAccumulator(x2.size(1), bf16_)).first;
+  if (it == grams_.end()) it = grams_.emplace(key, GramAccumulator(x2.size(1), plan_.products, plan_.device)).first;
   it->second.add(x2);
 }
 

@@ -1,5 +1,6 @@
-// Process memory for the pipeline (pipeline_parts.h): RSS and heap notes for the progress lines,
-// glibc malloc tuning and the per-layer heap trim.
+// Where the pipeline computes and its memory (pipeline_parts.h): the compute plan (device, generic
+// torch paths, product precision), RSS / heap / device notes for the progress lines, glibc malloc
+// tuning and the per-layer heap trim.
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -7,10 +8,73 @@
 #include <fstream>
 #include <limits>
 
+#include <ATen/Context.h>
+
 #include "pipeline_parts.h"
+#include "resq/common/error.h"
 #include "resq/common/log.h"
+#include "resq/model/device.h"
 
 namespace resq::pipeline {
+
+// ---------------------------------------------------------------------------- compute plan
+
+const char* products_name(Products p) {
+  switch (p) {
+    case Products::kBf16: return "bf16";
+    case Products::kTf32: return "tf32";
+    default: return "fp32";
+  }
+}
+
+ComputePlan make_compute_plan(const at::Device& device, int64_t hidden) {
+  ComputePlan plan;
+  plan.device = device;
+  plan.generic = !device.is_cpu();
+  if (const char* env = std::getenv("RESQ_QUANTIZE_GENERIC")) {
+    const std::string v(env);
+    if (v != "0" && v != "1") throw UsageError("RESQ_QUANTIZE_GENERIC: expected 0 or 1, got '" + v + "'");
+    plan.generic = plan.generic || v == "1";
+  }
+  // Calibration and GPTQ forward passes in reduced-precision products with float32 accumulation for
+  // models with hidden size >= 1024, where those passes dominate the run (CPU bf16: ~5x faster than
+  // float32, docs/PERF.md; CUDA TF32: tensor cores instead of the FP32 units); the weights themselves
+  // (fusion, GPTQ, what is written) stay float32/float64 either way. Smaller models take seconds and
+  // keep the float32 reference products.
+  const bool reduced = hidden >= 1024;
+  plan.products = !reduced ? Products::kFp32 : device.is_cpu() ? Products::kBf16 : Products::kTf32;
+  if (const char* env = std::getenv("RESQ_QUANTIZE_PRODUCTS")) {
+    const std::string v(env);
+    if (v == "fp32") {
+      plan.products = Products::kFp32;
+    } else if (v == "bf16" && device.is_cpu()) {
+      plan.products = Products::kBf16;
+    } else if (v == "tf32" && device.is_cuda()) {
+      plan.products = Products::kTf32;
+    } else {
+      throw UsageError("RESQ_QUANTIZE_PRODUCTS: expected fp32, or bf16 on the CPU, or tf32 on CUDA; got '" + v +
+                       "' for --device " + device.str());
+    }
+  }
+  if (plan.products == Products::kBf16 && plan.generic) plan.products = Products::kFp32;  // bf16 is oneDNN's, not generic
+  return plan;
+}
+
+Tf32Scope::Tf32Scope(bool enable) : previous_(at::globalContext().allowTF32CuBLAS()), enabled_(enable) {
+  if (enabled_) at::globalContext().setAllowTF32CuBLAS(true);
+}
+
+Tf32Scope::~Tf32Scope() {
+  if (enabled_) at::globalContext().setAllowTF32CuBLAS(previous_);
+}
+
+// ---------------------------------------------------------------------------- memory
+
+namespace {
+at::Device g_note_device(at::kCPU);
+}  // namespace
+
+void set_memory_note_device(const at::Device& device) { g_note_device = device; }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -40,6 +104,8 @@ double current_rss_gib() {
 // as a heap that grows while its in-use part does not).
 std::string memory_note(bool detail) {
   std::string note = strprintf("RSS %.2f GiB (peak %.2f)", current_rss_gib(), peak_rss_gib());
+  const std::string dev = device_memory_note(g_note_device);
+  if (!dev.empty()) note += ", " + dev;
   if (detail) {
     const struct mallinfo2 mi = ::mallinfo2();
     note += strprintf(", heap %.2f GiB of which %.2f in use, mmap %.2f", mi.arena / 1073741824.0,

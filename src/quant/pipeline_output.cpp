@@ -43,7 +43,7 @@ void add_tensor(format::CheckpointWriter& writer, const std::string& name, const
 std::string weight_checksum(const at::Tensor& q, const at::Tensor& s_low, const at::Tensor& s_high) {
   uint64_t h = 1469598103934665603ull;
   auto feed = [&](const at::Tensor& t) {
-    at::Tensor c = t.contiguous();
+    at::Tensor c = t.cpu().contiguous();
     const auto* b = static_cast<const uint8_t*>(c.data_ptr());
     for (int64_t i = 0; i < c.numel() * static_cast<int64_t>(c.element_size()); ++i) h = (h ^ b[i]) * 1099511628211ull;
   };
@@ -96,12 +96,12 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
     const format::SiteSpec& spec = meta.sites.at(kind);
     const std::string prefix = format::site_prefix(l, kind);
     const DenseLinear& d = dense(*linears[i], prefix);
-    at::Tensor bias = d.bias().defined() ? d.bias().to(at::kFloat).contiguous() : at::Tensor();
+    at::Tensor bias = d.bias().defined() ? d.bias().to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
     const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
     if (spec.storage == format::LinearStorage::kPacked) {
       const QuantizedWeight& q = quantized.at(static_cast<LinearKind>(i));
-      at::Tensor qi = q.q.contiguous();
-      at::Tensor sl = q.scale_low.to(at::kFloat).contiguous(), sh = q.scale_high.to(at::kFloat).contiguous();
+      at::Tensor qi = q.q.cpu().contiguous();
+      at::Tensor sl = q.scale_low.to(at::kCPU, at::kFloat).contiguous(), sh = q.scale_high.to(at::kCPU, at::kFloat).contiguous();
       writer.add_packed_linear(l, spec, pack_quantized_weight(q, spec.packed_column_order(), bias, "checkpoint: " + prefix));
       checksums[prefix] = weight_checksum(qi, sl, sh);
     } else {

@@ -23,11 +23,48 @@
 
 namespace resq::pipeline {
 
+// ---------------------------------------------------------------------------- where it computes (pipeline_memory.cpp)
+
+// How the forward passes multiply: float32 (reference), bf16 products with float32 accumulation
+// (CPU, oneDNN), TF32 tensor-core products with float32 accumulation (CUDA).
+enum class Products { kFp32, kBf16, kTf32 };
+const char* products_name(Products p);
+
+// Where and how the pipeline computes. generic: the device-generic torch-op paths (Gram matrices by
+// float64 GEMMs on the device, PCA by torch's eigh, GPTQ by detail::gptq_quantize_weight_torch, the
+// online Hadamard by apply_online_hadamard_torch) instead of the CPU's raw loops and LAPACK calls;
+// always on CUDA, and on the CPU with RESQ_QUANTIZE_GENERIC=1 (tests and A/B checks of those paths).
+struct ComputePlan {
+  at::Device device = at::Device(at::kCPU);
+  bool generic = false;
+  Products products = Products::kFp32;
+};
+// The plan of --device `device` for a model with hidden size `hidden`: products bf16 on the CPU and
+// TF32 on CUDA for hidden >= 1024 (where the forward passes dominate), else float32;
+// RESQ_QUANTIZE_PRODUCTS=fp32|bf16|tf32 overrides (UsageError for a value the device cannot do).
+ComputePlan make_compute_plan(const at::Device& device, int64_t hidden);
+
+// While alive, float32 matmuls on CUDA may use TF32 tensor cores when `enable` (restored after).
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool enable);
+  ~Tf32Scope();
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool previous_;
+  bool enabled_;
+};
+
 // ---------------------------------------------------------------------------- memory (pipeline_memory.cpp)
 
 double seconds_since(std::chrono::steady_clock::time_point t);
 double peak_rss_gib();
-// "RSS x GiB (peak y)"; detail adds glibc's heap size, its part in use and mmap()ed blocks.
+// The device whose memory memory_note() reports besides the host's (CUDA only; cpu = none).
+void set_memory_note_device(const at::Device& device);
+// "RSS x GiB (peak y)" (+ "GPU u / t GiB (peak p)" on CUDA); detail adds glibc's heap size, its part
+// in use and mmap()ed blocks.
 std::string memory_note(bool detail = false);
 // Keeps every buffer up to 32 MiB on the heap and disables automatic trimming (process-wide).
 void tune_malloc_for_pipeline();
@@ -43,10 +80,14 @@ void release_free_heap();
 // float32 partial sums over <= 16k rows lose nothing that matters next to float64 accumulation).
 // bf16 = false: one float64 GEMM per call (the reference path). Buffers are kept across reset() so
 // that a new layer does not page-fault 768 MiB of fresh memory for an 8192-wide down_proj.
+// On a device (generic plans): products kFp32 = one float64 GEMM per call on the device (the
+// reference semantics); kTf32 = TF32 products summed by cuBLAS in a float32 buffer over up to
+// kFlushRows rows, then added into the float64 accumulator (the CUDA analogue of the bf16 path, with
+// 10 instead of 7 mantissa bits). The accumulator lives on `device`.
 class GramAccumulator {
  public:
   static constexpr int64_t kFlushRows = 16384;
-  GramAccumulator(int64_t F, bool bf16);
+  GramAccumulator(int64_t F, Products products, const at::Device& device);
   void add(const at::Tensor& x2);
   // The float64 sum of everything added since the last reset().
   const at::Tensor& result();
@@ -55,9 +96,9 @@ class GramAccumulator {
 
  private:
   void flush();
-  bool bf16_;
-  at::Tensor acc_;      // [F, F] float64
-  at::Tensor partial_;  // [F, F] float32 (bf16 only)
+  Products products_;
+  at::Tensor acc_;      // [F, F] float64 on the device
+  at::Tensor partial_;  // [F, F] float32 (bf16 / tf32 only)
   int64_t pending_ = 0;
 };
 
@@ -65,13 +106,14 @@ class GramAccumulator {
 // [d, d]), U_B (v_proj outputs per layer and KV head), U_C (keys after RoPE per layer, summed over heads).
 class CovarianceObserver : public ForwardObserver {
  public:
-  CovarianceObserver(const ModelConfig& c, bool bf16);
+  CovarianceObserver(const ModelConfig& c, const ComputePlan& plan);
   void on_linear_input(const LinearSite& site, const at::Tensor& x) override;
   void on_keys(int64_t layer, const at::Tensor& k) override;
   void on_values(int64_t layer, const at::Tensor& v) override;
   // Call once after the calibration pass.
   void finish();
   const ModelConfig& c_;
+  at::Device device_;
   GramAccumulator gram_a_;
   at::Tensor cov_a;               // [d, d] float64, set by finish()
   std::vector<at::Tensor> cov_v;  // per layer [Hkv, hd, hd]
@@ -82,7 +124,7 @@ class CovarianceObserver : public ForwardObserver {
 // layer (reset() between layers keeps its buffers).
 class HessianObserver : public ForwardObserver {
  public:
-  explicit HessianObserver(bool bf16 = false) : bf16_(bf16) {}
+  explicit HessianObserver(const ComputePlan& plan = {}) : plan_(plan) {}
   void on_linear_input(const LinearSite& site, const at::Tensor& x) override;
   // The layer's Hessians [K, K] float64 (views of the accumulators: valid until reset()). Frees the
   // float32 partial sums first (256 MiB for an 8192-wide down_proj) so GPTQ has that memory.
@@ -90,7 +132,7 @@ class HessianObserver : public ForwardObserver {
   void reset();
 
  private:
-  bool bf16_;
+  ComputePlan plan_;
   std::map<LinearKind, GramAccumulator> grams_;
 };
 
@@ -113,13 +155,15 @@ struct Rotations {
   nlohmann::json spectra = nlohmann::json::object();
 };
 // The recipe's rotations: PCA bases (resq, from `cov`) with subspaces r of d and r_h of hd, or
-// randomized Hadamards (quarot), or none; random streams derived from `seed` per site.
+// randomized Hadamards (quarot), or none; random streams derived from `seed` per site. PCA by LAPACK
+// on the host, or by torch's eigh on plan.device when plan.generic. The matrices end on plan.device.
 Rotations build_rotations(const Decoder& m, const Recipe& recipe, const CovarianceObserver* cov, uint64_t seed, int64_t r,
-                          int64_t r_h);
+                          int64_t r_h, const ComputePlan& plan = {});
 // Fuses U_A into embed_tokens and the lm_head input.
 void fuse_globals(Decoder& m, const Rotations& R);
-// Fuses U_A, U_B and U_D into one layer's weights (exact, float64) and installs the U_C/U_D online transforms.
-void fuse_layer(Decoder& m, int64_t l, const Rotations& R);
+// Fuses U_A, U_B and U_D into one layer's weights (exact, float64) and installs the U_C/U_D online
+// transforms; U_D by apply_online_hadamard_torch when `generic` (on the weights' device).
+void fuse_layer(Decoder& m, int64_t l, const Rotations& R, bool generic = false);
 
 // ---------------------------------------------------------------------------- checkpoint output (pipeline_output.cpp)
 

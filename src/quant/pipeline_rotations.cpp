@@ -26,6 +26,25 @@ MatrixXdR to_eigen(const at::Tensor& t) {
   return m;
 }
 
+// The eigensolver of pca_from_covariance as torch's eigh (float64) on `device`: a [n, n] symmetric
+// (so its column-major buffer is also the row-major matrix) -> eigenvectors in a's columns, ascending
+// eigenvalues in w. torch's V [n, n] holds eigenvector j in column j; a column-major a(i, j) is
+// a.data()[j n + i], i.e. Vᵀ in row-major order.
+SymmetricEigensolver torch_eigensolver(const at::Device& device) {
+  return [device](Eigen::MatrixXd& a, Eigen::VectorXd& w) -> int {
+    const int64_t n = a.rows();
+    const at::Tensor A = at::from_blob(a.data(), {n, n}, at::TensorOptions().dtype(at::kDouble)).to(device);
+    auto [values, vectors] = at::linalg_eigh(A, "L");
+    const at::Tensor vt = vectors.t().contiguous().cpu();
+    const at::Tensor vals = values.contiguous().cpu();
+    if (!at::isfinite(vt).all().item<bool>() || !at::isfinite(vals).all().item<bool>()) return 1;
+    std::memcpy(a.data(), vt.data_ptr<double>(), sizeof(double) * static_cast<size_t>(n * n));
+    w.resize(n);
+    std::memcpy(w.data(), vals.data_ptr<double>(), sizeof(double) * static_cast<size_t>(n));
+    return 0;
+  };
+}
+
 // Replaces a linear's weight (and bias) keeping the compute dtype; weight/bias given in float64.
 void set_dense(std::shared_ptr<Linear>& linear, const at::Tensor& w64, const at::Tensor& b64, at::ScalarType dtype) {
   linear = std::make_shared<DenseLinear>(w64.to(dtype), b64.defined() ? b64.to(dtype) : at::Tensor());
@@ -84,7 +103,7 @@ void prepare_layer(DecoderLayer& L, at::ScalarType dt) {
 
 
 Rotations build_rotations(const Decoder& m, const Recipe& recipe, const CovarianceObserver* cov, uint64_t seed,
-                          int64_t r, int64_t r_h) {
+                          int64_t r, int64_t r_h, const ComputePlan& plan) {
   const ModelConfig& c = m.config();
   const auto& rot = recipe.rotation;
   Rotations out;
@@ -93,7 +112,8 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
   // spectrum (PCA only): the subspace's undamped eigenvalues, largest first, with the captured fraction.
   auto basis = [&](const at::Tensor& cov, int64_t rr, Rng rng, double* captured, nlohmann::json* spectrum) {
     if (!pca) return to_tensor(randomized_hadamard(cov.size(0), rng));
-    const PcaResult p = pca_from_covariance(to_eigen(cov), rot.pca_damping);
+    const PcaResult p = pca_from_covariance(to_eigen(cov), rot.pca_damping,
+                                            plan.generic ? torch_eigensolver(plan.device) : SymmetricEigensolver());
     if (captured) *captured = captured_variance_fraction(p, rr);
     std::vector<double> eig;
     for (int64_t i = p.eigenvalues.size() - 1; i >= 0; --i) eig.push_back(std::max(0.0, p.eigenvalues[i] - p.damping));
@@ -128,6 +148,13 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
   if (rot.online_down_hadamard) {
     Rng rng = Rng::derive(seed, "U_D");
     out.u_d = make_online_hadamard(c.intermediate_size, rng, /*random_signs=*/true);
+  }
+  // The fusions run where the weights are.
+  if (!plan.device.is_cpu()) {
+    out.u_a = out.u_a.to(plan.device);
+    for (auto& heads : out.u_b)
+      for (auto& u : heads) u = u.to(plan.device);
+    for (auto& u : out.u_c) u = u.to(plan.device);
   }
   if (pca) {
     out.spectra = {{"U_A_captured_variance_top_r", captured_a},
@@ -170,7 +197,7 @@ void fuse_globals(Decoder& m, const Rotations& R) {
 
 // Fuses U_A, U_B and U_D into one layer's weights (exact, float64) and installs the U_C/U_D online
 // transforms.
-void fuse_layer(Decoder& m, int64_t l, const Rotations& R) {
+void fuse_layer(Decoder& m, int64_t l, const Rotations& R, bool generic) {
   if (!R.u_a.defined()) return;
   const ModelConfig& c = m.config();
   const at::ScalarType dt = m.dtype();
@@ -202,8 +229,12 @@ void fuse_layer(Decoder& m, int64_t l, const Rotations& R) {
     if (bd.defined()) bd = at::mv(ua.t(), bd);
     if (R.u_d) {
       // W_down' = W_down · T: rows of W_down are row vectors in the FFN space.
-      wd = wd.contiguous();
-      apply_online_hadamard(*R.u_d, wd.data_ptr<double>(), wd.size(0));
+      if (generic || !wd.device().is_cpu()) {
+        wd = apply_online_hadamard_torch(*R.u_d, wd);
+      } else {
+        wd = wd.contiguous();
+        apply_online_hadamard(*R.u_d, wd.data_ptr<double>(), wd.size(0));
+      }
       L.down_input_transform = std::make_shared<OnlineHadamardTransform>(*R.u_d);
     }
     set_dense(L.down, wd, bd, dt);

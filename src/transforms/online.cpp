@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "resq/common/error.h"
 
 namespace resq {
@@ -15,13 +17,62 @@ at::Tensor MatrixTransform::apply(const at::Tensor& x) const {
   return at::matmul(x, m_.to(x.device(), x.scalar_type()));
 }
 
+namespace {
+
+void check_last_dim(const OnlineHadamard& t, const at::Tensor& x) {
+  if (!x.defined() || x.dim() < 1 || x.size(-1) != t.n) {
+    throw ShapeError("online Hadamard of size " + std::to_string(t.n) + " applied to last dim " +
+                     (x.defined() && x.dim() >= 1 ? std::to_string(x.size(-1)) : std::string("(none)")));
+  }
+}
+
+}  // namespace
+
+at::Tensor apply_online_hadamard_torch(const OnlineHadamard& t, const at::Tensor& x) {
+  check_last_dim(t, x);
+  if (t.pow2 < 1 || t.block < 1 || t.pow2 * t.block != t.n || (t.pow2 & (t.pow2 - 1)) != 0 ||
+      static_cast<int64_t>(t.signs.size()) != t.n || static_cast<int64_t>(t.block_matrix.size()) != t.block * t.block) {
+    throw ShapeError("apply_online_hadamard_torch: inconsistent OnlineHadamard (n " + std::to_string(t.n) + ", pow2 " +
+                     std::to_string(t.pow2) + ", block " + std::to_string(t.block) + ")");
+  }
+  const at::ScalarType work = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t n = t.n, p = t.pow2, m = t.block;
+  const auto opts = x.options().dtype(work);
+  at::Tensor y = x.to(work).reshape({-1, n});  // [rows, n]
+  const int64_t rows = y.size(0);
+  bool all_plus = true;
+  for (float s : t.signs) all_plus = all_plus && s == 1.0f;
+  if (!all_plus) {
+    at::Tensor signs = at::from_blob(const_cast<float*>(t.signs.data()), {n}, at::TensorOptions().dtype(at::kFloat));
+    y = y * signs.to(opts);
+  }
+  // Butterflies on every chunk of p: index i*2h + s*h + j pairs (s = 0, s = 1) as fwht_butterfly does.
+  at::Tensor z = y.reshape({rows * m, p});
+  for (int64_t h = 1; h < p; h *= 2) {
+    const at::Tensor v = z.view({rows * m, p / (2 * h), 2, h});
+    const at::Tensor a = v.select(2, 0), b = v.select(2, 1);
+    z = at::stack({a + b, a - b}, 2).view({rows * m, p});
+  }
+  const double inv_sqrt_p = 1.0 / std::sqrt(static_cast<double>(p));
+  if (m == 1) {
+    const double scale = t.block_matrix[0] * inv_sqrt_p;  // a float tensor takes it as float, like the CPU loop
+    if (scale != 1.0) z = z * scale;
+  } else {
+    // Y = Bᵀ Z / sqrt(p) per row, Z [rows, m, p]: mix[d, b] = B[b, d] / sqrt(p).
+    at::Tensor mix = at::empty({m, m}, at::TensorOptions().dtype(at::kDouble));
+    double* mp = mix.data_ptr<double>();
+    for (int64_t b = 0; b < m; ++b)
+      for (int64_t d = 0; d < m; ++d) mp[d * m + b] = t.block_matrix[b * m + d] * inv_sqrt_p;
+    z = at::matmul(mix.to(opts), z.view({rows, m, p}));
+  }
+  return z.reshape(x.sizes()).to(x.scalar_type());
+}
+
 OnlineHadamardTransform::OnlineHadamardTransform(OnlineHadamard t) : t_(std::move(t)) {}
 
 at::Tensor OnlineHadamardTransform::apply(const at::Tensor& x) const {
-  if (x.size(-1) != t_.n) {
-    throw ShapeError("online Hadamard of size " + std::to_string(t_.n) + " applied to last dim " +
-                     std::to_string(x.size(-1)));
-  }
+  check_last_dim(t_, x);
+  if (!x.device().is_cpu()) return apply_online_hadamard_torch(t_, x);
   if (x.scalar_type() == at::kDouble) {
     at::Tensor y = x.contiguous().cpu().clone();
     apply_online_hadamard(t_, y.data_ptr<double>(), y.numel() / t_.n);

@@ -67,6 +67,15 @@ check "quantize resq-rtn" 0 "wrote .*recipe resq-rtn: W4.50 A4.50 KV4.50" -- "$R
   --config "$(dirname "$0")/../../configs/resq-rtn.json" --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128
 cp "$WORK/out" "$WORK/qr.log"
 check "quantize prints the bit budget" 0 "bits/weight on disk .* budget" -- cat "$WORK/qr.log"
+check "quantize prints where it computed" 0 "^compute: cpu, forward products fp32" -- cat "$WORK/qr.log"
+check "quantize --device bad" 2 "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'" -- "$RESQ" quantize --model "$MODEL" \
+  --out "$WORK/qdev" --config resq-rtn --calib "$SHARED/data/tinystories/train_head.txt" --nsamples 4 --seqlen 128 --device tpu
+if "$RESQ" --version | grep -q "CUDA: not available"; then
+  check "quantize --device cuda without CUDA" 1 "--device cuda: this libtorch has no CUDA .* or use --device cpu" -- \
+    "$RESQ" quantize --model "$MODEL" --out "$WORK/qdev" --config resq-rtn --calib "$SHARED/data/tinystories/train_head.txt" \
+    --nsamples 4 --seqlen 128 --device cuda
+fi
+[ ! -e "$WORK/qdev" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a refused --device left $WORK/qdev"; }
 check "eval packed (default)" 0 "resq packed checkpoint, integer kernels" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2
 check "eval --mode simulate" 0 "resq packed checkpoint, simulated arithmetic" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --max-windows 2 --mode simulate
 check "eval --mode bad" 2 "expected packed or simulate" -- "$RESQ" eval --model "$WORK/qr" --data "$SHARED/data/tinystories/valid_head.txt" --seqlen 128 --mode int

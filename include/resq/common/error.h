@@ -62,6 +62,13 @@ class InterruptedError : public Error {
   int signal_;
 };
 
+// A resource ran out (e.g. device memory during `quantize --device cuda`); the message says what
+// was asked, what is available and what to change.
+class ResourceError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A feature is recognized but not (yet) supported.
 class UnsupportedError : public Error {
  public:

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <functional>
 
 #include "resq/linalg/random.h"
 #include "resq/linalg/types.h"
@@ -30,7 +31,13 @@ struct PcaResult {
 // damp_fraction negative or not finite) and resq::Error when LAPACK reports info != 0.
 // Reproducible bit for bit for one BLAS build and thread count (OpenBLAS may round differently
 // with a different OPENBLAS_NUM_THREADS / OMP_NUM_THREADS).
-PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction = 0.01);
+// solver: replaces dsyevd (e.g. torch's eigh on a GPU, src/quant/pipeline_rotations.cpp); it gets
+// the damped symmetric matrix a [n, n] and must leave the eigenvectors in a's columns (a is
+// column-major) and the ascending eigenvalues in w [n], returning 0 on success (else the LAPACK-style
+// info). Validation, damping and the sign convention are the same for every solver.
+using SymmetricEigensolver = std::function<int(Eigen::MatrixXd& a, Eigen::VectorXd& w)>;
+PcaResult pca_from_covariance(const MatrixXdR& cov, double damp_fraction = 0.01,
+                              const SymmetricEigensolver& solver = {});
 
 // Fraction of the (undamped) total variance in the top-r eigen-directions, r in [0, n]
 // (ConfigError otherwise); tiny negative undamped eigenvalues count as 0. ConfigError when the

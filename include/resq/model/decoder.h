@@ -54,7 +54,7 @@ struct DecoderLayer {
 
 struct LoadOptions {
   std::string dtype = "float32";  // compute dtype: float32 | bfloat16 | float64
-  std::string device = "cpu";     // cpu | cuda
+  std::string device = "cpu";     // cpu | cuda | cuda:N | auto (resolve_device, model/device.h)
   bool load_layers = true;        // false: layers are loaded on demand with load_layer()
   // true: embed_tokens and lm_head keep the checkpoint's dtype (e.g. bf16) instead of `dtype`, so a
   // 128k-vocabulary model does not hold float32 copies of them (2 GiB at 1B scale); embed() casts

@@ -29,6 +29,10 @@ struct QuantizeOptions {
   // dtype of embeddings / lm_head in the checkpoint: "" = the source model's 16-bit dtype, or
   // float32 for a float32/float64 source; else bfloat16 | float16 | float32.
   std::string globals_dtype;
+  // Where the pipeline computes (resolve_device, resq/model/device.h): cpu, cuda, cuda:N or auto.
+  // On CUDA one layer's weights, the calibration hidden states and the layer's statistics live on the
+  // device (weights stream from the mmapped safetensors, the checkpoint streams to disk).
+  std::string device = "cpu";
 };
 
 // The recipe's values the checkpoint layout depends on (format::model_layout turns them and a model

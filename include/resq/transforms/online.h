@@ -26,8 +26,16 @@ class MatrixTransform : public TensorTransform {
   at::Tensor m_;  // [n, n]
 };
 
+// y = x · T with T = online_hadamard_dense(t) over the last dimension, as torch ops on x's device
+// (the path for non-CPU tensors; the CPU takes the raw loops of resq/linalg/rotation.h):
+// x [..., n] float32/float64 (other float dtypes computed in float32) -> same shape and dtype.
+// Signs, then the same butterflies in the same order as fwht_butterfly (bit-identical for a power
+// of two), then the dense block mix (one batched GEMM: equal to the CPU's up to summation order).
+at::Tensor apply_online_hadamard_torch(const OnlineHadamard& t, const at::Tensor& x);
+
 // y = x · T with T an online Hadamard (fast WHT + small dense block, resq/linalg/rotation.h) over the
-// last dimension: x [..., n] -> [..., n], computed in float32 (float64 for float64 inputs) on the CPU.
+// last dimension: x [..., n] -> [..., n], computed in float32 (float64 for float64 inputs); CPU tensors
+// by the raw loops, others by apply_online_hadamard_torch on their device.
 class OnlineHadamardTransform : public TensorTransform {
  public:
   explicit OnlineHadamardTransform(OnlineHadamard t);

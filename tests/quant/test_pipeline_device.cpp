@@ -1,0 +1,168 @@
+// `quantize --device`: the device-generic paths the CUDA pipeline takes (torch Gram GEMMs, eigh, the
+// torch GPTQ, the torch online Hadamard), forced on the CPU with RESQ_QUANTIZE_GENERIC=1, against the
+// CPU paths on stories260K; the same on CUDA where a device exists; and the device errors.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/test_util.h"
+#include "resq/common/error.h"
+#include "resq/eval/perplexity.h"
+#include "resq/model/decoder.h"
+#include "resq/model/device.h"
+#include "resq/quant/pipeline.h"
+#include "resq/quant/recipe.h"
+#include "resq/runtime/packed_model.h"
+#include "resq/text/dataset.h"
+#include "resq/text/tokenizer.h"
+
+namespace resq {
+namespace {
+
+// Sets an environment variable for the scope (the pipeline reads RESQ_QUANTIZE_* when it starts).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      ::setenv(name_, old_.c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+QuantizeOptions stories_options(const std::string& out, const std::string& recipe) {
+  QuantizeOptions o;
+  o.model_dir = test::shared_path("models/stories260K");
+  o.out_dir = out;
+  o.recipe = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/" + recipe + ".json");
+  o.calib_path = test::shared_path("data/tinystories/train_head.txt");
+  o.nsamples = 32;
+  o.seqlen = 256;
+  o.seed = 3;
+  o.device = "cpu";
+  return o;
+}
+
+// Packed ppl on 40 TinyStories validation windows of 256 tokens.
+double packed_ppl(const std::string& dir) {
+  auto tok = load_tokenizer(dir);
+  const std::string text = test::read_file(test::shared_path("data/tinystories/valid_head.txt"));
+  const auto ids = tokenize_for_eval(*tok, text, tok->adds_bos());
+  PerplexityOptions po;
+  po.seqlen = 256;
+  po.max_windows = 40;
+  po.progress = false;
+  Decoder packed = load_model_for_eval(dir, LoadOptions{});
+  return evaluate_perplexity(packed, ids, po).ppl;
+}
+
+// The two reports' per-layer, per-linear GPTQ relative errors agree within `tol` (relative), and the
+// PCA captured variances within 1e-9: the same statistics, decompositions and rounding decisions up
+// to floating-point summation order.
+void expect_same_quantization(const nlohmann::json& a, const nlohmann::json& b, double tol) {
+  ASSERT_EQ(a["weight_relative_error"].size(), b["weight_relative_error"].size());
+  double worst = 0.0;
+  for (size_t l = 0; l < a["weight_relative_error"].size(); ++l) {
+    for (const char* k : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+      const double x = a["weight_relative_error"][l][k].get<double>();
+      const double y = b["weight_relative_error"][l][k].get<double>();
+      ASSERT_GT(x, 0.0) << l << " " << k;
+      worst = std::max(worst, std::abs(x - y) / x);
+    }
+  }
+  std::printf("largest relative difference of a per-linear weight error: %.3g\n", worst);
+  EXPECT_LT(worst, tol) << "largest relative difference of a per-linear weight error";
+  for (const char* s : {"U_A_captured_variance_top_r", "U_B_captured_variance_top_r_mean", "U_C_captured_variance_top_r_mean"}) {
+    EXPECT_NEAR(a["spectra"][s].get<double>(), b["spectra"][s].get<double>(), 1e-9) << s;
+  }
+}
+
+TEST(PipelineDevice, GenericPathsMatchTheCpuPathsOnStories260K) {
+  test::TempDir dir;
+  const nlohmann::json cpu = quantize_model(stories_options(dir.file("cpu"), "resq"));
+  nlohmann::json generic;
+  {
+    ScopedEnv env("RESQ_QUANTIZE_GENERIC", "1");
+    generic = quantize_model(stories_options(dir.file("generic"), "resq"));
+  }
+  EXPECT_FALSE(cpu["compute"]["generic_paths"].get<bool>());
+  EXPECT_TRUE(generic["compute"]["generic_paths"].get<bool>());
+  EXPECT_EQ(cpu["compute"]["device"].get<std::string>(), "cpu");
+  EXPECT_EQ(generic["compute"]["products"].get<std::string>(), "fp32");
+  EXPECT_TRUE(generic["compute"]["peak_device_gib"].is_null());
+  expect_same_quantization(cpu, generic, 0.02);
+  const double p_cpu = packed_ppl(dir.file("cpu"));
+  const double p_generic = packed_ppl(dir.file("generic"));
+  std::printf("packed ppl: cpu paths %.4f, generic paths %.4f\n", p_cpu, p_generic);
+  EXPECT_LT(std::abs(p_generic - p_cpu) / p_cpu, 0.005) << "cpu " << p_cpu << " generic " << p_generic;
+}
+
+TEST(PipelineDevice, CudaMatchesTheCpuPathOnStories260K) {
+  if (!cuda_usable()) GTEST_SKIP() << "no CUDA device visible to this libtorch";
+  test::TempDir dir;
+  const nlohmann::json cpu = quantize_model(stories_options(dir.file("cpu"), "resq"));
+  QuantizeOptions o = stories_options(dir.file("cuda"), "resq");
+  o.device = "cuda";
+  const nlohmann::json cuda = quantize_model(o);
+  EXPECT_TRUE(cuda["compute"]["generic_paths"].get<bool>());
+  EXPECT_TRUE(cuda["compute"]["peak_device_gib"].is_number());
+  EXPECT_GT(cuda["stages"]["weight_quantization_peak_device_gib"].get<double>(), 0.0);
+  expect_same_quantization(cpu, cuda, 0.02);
+  const double p_cpu = packed_ppl(dir.file("cpu"));
+  const double p_cuda = packed_ppl(dir.file("cuda"));
+  std::printf("packed ppl: cpu %.4f, cuda %.4f\n", p_cpu, p_cuda);
+  EXPECT_LT(std::abs(p_cuda - p_cpu) / p_cpu, 0.005) << "cpu " << p_cpu << " cuda " << p_cuda;
+}
+
+TEST(PipelineDevice, RtnAndQuarotRunOnTheGenericPaths) {
+  test::TempDir dir;
+  ScopedEnv env("RESQ_QUANTIZE_GENERIC", "1");
+  for (const char* recipe : {"resq-rtn", "quarot"}) {
+    const nlohmann::json r = quantize_model(stories_options(dir.file(recipe), recipe));
+    EXPECT_TRUE(r["compute"]["generic_paths"].get<bool>()) << recipe;
+    EXPECT_TRUE(is_quantized_model_dir(dir.file(recipe))) << recipe;
+    const double p = packed_ppl(dir.file(recipe));
+    EXPECT_TRUE(std::isfinite(p) && p > 1.0 && p < 100.0) << recipe << " " << p;
+  }
+}
+
+TEST(PipelineDevice, DeviceErrorsNameTheFlagAndWriteNothing) {
+  test::TempDir dir;
+  QuantizeOptions o = stories_options(dir.file("out"), "resq-rtn");
+  o.device = "tpu";
+  EXPECT_THROW(quantize_model(o), UsageError);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+  if (!cuda_usable()) {
+    o.device = "cuda";
+    try {
+      quantize_model(o);
+      FAIL() << "quantize --device cuda ran without a device";
+    } catch (const UnsupportedError& e) {
+      EXPECT_NE(std::string(e.what()).find("--device cuda"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+  }
+  ScopedEnv env("RESQ_QUANTIZE_PRODUCTS", "tf32");  // TF32 is CUDA's
+  o.device = "cpu";
+  EXPECT_THROW(quantize_model(o), UsageError);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+}
+
+}  // namespace
+}  // namespace resq
