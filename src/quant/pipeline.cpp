@@ -240,7 +240,7 @@ nlohmann::json quantize_model_impl(const QuantizeOptions& o, const at::Device& d
     m.embed_weight = at::Tensor();
     m.lm_head.reset();
     HessianObserver hessian_obs(plan);  // reused by every layer (buffers kept)
-    for_each_layer(m, "weights (" + w.method + ")", 0, [&](int64_t l) {
+    for_each_layer(m, "weights (" + w.method + ")", w.method == "gptq" ? o.nsamples * o.seqlen : 0, [&](int64_t l) {
       fuse_layer(m, l, R, plan.generic);
       layer_quantized.clear();
       if (w.method == "gptq") {
