@@ -47,7 +47,7 @@ echo "pack-deps: $(ls ./*.deb | wc -l) packages, $(du -sh . | cut -f1) in ${OUT}
 "${ROOT}/scripts/gpu/fetch-cutlass.sh" || echo "pack-deps: CUTLASS headers not fetched: the GPU build leaves the wgmma GEMM out" >&2
 
 # The GPU tests read a few small files of ../shared (stories260K, the TinyStories heads and
-# WikiText-2's validation text for the quantize runs, ~6 MB), which do not travel to the GPU
+# WikiText-2's validation and test texts for the quantize runs, ~7 MB), which do not travel to the GPU
 # machine: copy them into .gpu-shared (git-ignored, never committed) for run.sh, which points
 # RESQ_SHARED_DIR at it.
 SHARED_SRC="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
@@ -56,7 +56,7 @@ if [[ -d "${SHARED_SRC}/models/stories260K" && -f "${SHARED_SRC}/data/tinystorie
   mkdir -p "${SHARED_OUT}/models" "${SHARED_OUT}/data/tinystories" "${SHARED_OUT}/data/wikitext-2-raw"
   cp -r "${SHARED_SRC}/models/stories260K" "${SHARED_OUT}/models/"
   cp "${SHARED_SRC}/data/tinystories/valid_head.txt" "${SHARED_OUT}/data/tinystories/"
-  for f in data/tinystories/train_head.txt data/wikitext-2-raw/wiki.valid.raw; do
+  for f in data/tinystories/train_head.txt data/wikitext-2-raw/wiki.valid.raw data/wikitext-2-raw/wiki.test.raw; do
     if [[ -f "${SHARED_SRC}/${f}" ]]; then cp "${SHARED_SRC}/${f}" "${SHARED_OUT}/${f}"; fi
   done
   echo "pack-deps: test data in ${SHARED_OUT} ($(du -sh "${SHARED_OUT}" | cut -f1))"

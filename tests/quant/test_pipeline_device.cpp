@@ -59,10 +59,13 @@ QuantizeOptions stories_options(const std::string& out, const std::string& recip
   return o;
 }
 
-// Packed ppl on 40 TinyStories validation windows of 256 tokens.
-double packed_ppl(const std::string& dir) {
+// Packed ppl on 40 windows of 256 tokens of TinyStories' validation text (in-domain) or, with
+// wikitext, of WikiText-2's test text (the yardstick).
+double packed_ppl(const std::string& dir, bool wikitext = false) {
   auto tok = load_tokenizer(dir);
-  const std::string text = test::read_file(test::shared_path("data/tinystories/valid_head.txt"));
+  const std::string text =
+      wikitext ? wikitext_join(test::read_file(test::shared_path("data/wikitext-2-raw/wiki.test.raw"))).substr(0, 200000)
+               : test::read_file(test::shared_path("data/tinystories/valid_head.txt"));
   const auto ids = tokenize_for_eval(*tok, text, tok->adds_bos());
   PerplexityOptions po;
   po.seqlen = 256;
@@ -111,6 +114,10 @@ TEST(PipelineDevice, GenericPathsMatchTheCpuPathsOnStories260K) {
   const double p_generic = packed_ppl(dir.file("generic"));
   std::printf("packed ppl: cpu paths %.4f, generic paths %.4f\n", p_cpu, p_generic);
   EXPECT_LT(std::abs(p_generic - p_cpu) / p_cpu, 0.005) << "cpu " << p_cpu << " generic " << p_generic;
+  const double w_cpu = packed_ppl(dir.file("cpu"), /*wikitext=*/true);
+  const double w_generic = packed_ppl(dir.file("generic"), /*wikitext=*/true);
+  std::printf("packed WikiText-2 ppl: cpu paths %.4f, generic paths %.4f\n", w_cpu, w_generic);
+  EXPECT_LT(std::abs(w_generic - w_cpu) / w_cpu, 0.005) << "WikiText-2: cpu " << w_cpu << " generic " << w_generic;
 }
 
 TEST(PipelineDevice, CudaMatchesTheCpuPathOnStories260K) {
@@ -128,6 +135,10 @@ TEST(PipelineDevice, CudaMatchesTheCpuPathOnStories260K) {
   const double p_cuda = packed_ppl(dir.file("cuda"));
   std::printf("packed ppl: cpu %.4f, cuda %.4f\n", p_cpu, p_cuda);
   EXPECT_LT(std::abs(p_cuda - p_cpu) / p_cpu, 0.005) << "cpu " << p_cpu << " cuda " << p_cuda;
+  const double w_cpu = packed_ppl(dir.file("cpu"), /*wikitext=*/true);
+  const double w_cuda = packed_ppl(dir.file("cuda"), /*wikitext=*/true);
+  std::printf("packed WikiText-2 ppl: cpu %.4f, cuda %.4f\n", w_cpu, w_cuda);
+  EXPECT_LT(std::abs(w_cuda - w_cpu) / w_cpu, 0.005) << "WikiText-2: cpu " << w_cpu << " cuda " << w_cuda;
 }
 
 TEST(PipelineDevice, RtnAndQuarotRunOnTheGenericPaths) {
