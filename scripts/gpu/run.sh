@@ -18,7 +18,9 @@
 # for `resq bench`, e.g. "--models llama-3-8b --repeats 10"), JOBS (build jobs), RESQ_TORCH_PREFIX
 # (a libtorch CMake prefix instead of the installed PyTorch's, e.g. to rehearse this script on a
 # machine without PyTorch: /usr/lib/x86_64-linux-gnu/cmake/Torch), RESQ_GPU_LAPACK (system, debian
-# or auto: whose LAPACK/BLAS to link; auto = the system's when it has one).
+# or auto: whose LAPACK/BLAS to link; auto = the system's when it has one), RESQ_GPU_BUILD_DIR (default
+# build-gpu) and RESQ_GPU_REUSE_BUILD=1 (skip configure + build: rehearse the stages on a build made
+# elsewhere).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 RESULTS="${1:-${OUT:-${ROOT}/gpu-results}}"
@@ -126,7 +128,7 @@ if [[ "${ARCH}" == "90" ]]; then ARCH="90a"; fi
 GEN=()
 if command -v ninja >/dev/null; then GEN=(-G Ninja); fi
 
-BUILD="${ROOT}/build-gpu"
+BUILD="${RESQ_GPU_BUILD_DIR:-${ROOT}/build-gpu}"
 # CUTLASS headers for the sm_90a wgmma GEMM travel as .cutlass (pack-deps.sh; carry it): CMake finds
 # them there. Without them the build leaves that path out and says so in configure.log.
 if [[ -f "${ROOT}/.cutlass/usr/include/cutlass/version.h" ]]; then
@@ -134,6 +136,10 @@ if [[ -f "${ROOT}/.cutlass/usr/include/cutlass/version.h" ]]; then
 else
   step "CUTLASS: .cutlass missing (carry it): the sm_90a wgmma GEMM is not built"
 fi
+if [[ "${RESQ_GPU_REUSE_BUILD:-0}" == 1 ]]; then
+  # A rehearsal of the stages on a build made elsewhere (RESQ_GPU_BUILD_DIR), e.g. without a GPU.
+  step "reusing the build in ${BUILD} (RESQ_GPU_REUSE_BUILD=1)"
+else
 step "configure (${BUILD}, CUDA arch ${ARCH})"
 cmake -S "${ROOT}" -B "${BUILD}" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DRESQ_WITH_CUDA=ON \
   -DCMAKE_CUDA_COMPILER="${NVCC}" -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" \
@@ -143,6 +149,7 @@ step "build"
 cmake --build "${BUILD}" -j "${JOBS:-$(nproc)}" --target resq test_cuda test_kernels test_core \
   > "${RESULTS}/build.log" 2>&1 || { tail -60 "${RESULTS}/build.log"; fail "build failed"; }
 step "built after $(( $(date +%s) - START )) s"
+fi
 # Which LAPACK/BLAS/torch the binary loads (one LAPACK: see the dependency section above).
 ldd "${BUILD}/resq" | grep -E 'lapack|blas|gfortran|torch_cuda|c10_cuda' | tee -a "${LOG}" || true
 
@@ -184,6 +191,16 @@ stage() {  # stage NAME TIMEOUT_S LOGFILE CMD...: runs CMD, logs, records status
   echo "| ${name} | $([[ ${rc} -eq 0 ]] && echo ok || echo "FAILED (rc ${rc}$([[ ${rc} -eq 124 ]] && echo ', timed out'))") | $(( $(date +%s) - t0 )) |" >> "${REPORT}"
   tail -4 "${RESULTS}/${logf}" | tee -a "${LOG}"
 }
+# The end of either suite: totals, then the logs packed. The device tool brings back at most 8
+# files: report.md, run.log and the JSON results stay as they are; the detailed logs go into one archive.
+finish() {
+  step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
+  echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
+  (cd "${RESULTS}" && ls ./*.log ./nvidia-smi.txt 2>/dev/null | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T -) \
+    || echo "run.sh: could not pack the logs (they stay as files)"
+  ls -l "${RESULTS}"
+  exit "${STATUS}"
+}
 export OMP_WAIT_POLICY=PASSIVE
 SHARED="${RESQ_SHARED_DIR:-${ROOT}/../shared}"
 if [[ "${RESQ_GPU_SUITE:-all}" == quantize ]]; then
@@ -207,14 +224,15 @@ if [[ "${RESQ_GPU_SUITE:-all}" == quantize ]]; then
   for spec in ${RESQ_QUANTIZE_SHAPES:-llama-3.2-1b:16 llama-3-8b:4}; do
     shape="${spec%%:*}"; layers="${spec#*:}"
     [[ "${layers}" == "${spec}" ]] && layers=0
+    what="${layers} layers"; [[ "${layers}" == 0 ]] && what="all layers"
     M="/tmp/resq-models/${shape}-L${layers}"
     if [[ ! -d "${M}" ]]; then
       mkdir -p /tmp/resq-models
-      stage "make-model ${shape} (${layers} layers)" 240 "make_${shape}.log" "${BUILD}/resq" make-model --shape "${shape}" \
+      stage "make-model ${shape} (${what})" 240 "make_${shape}.log" "${BUILD}/resq" make-model --shape "${shape}" \
         --layers "${layers}" --out "${M}" --seed 0
     fi
     rm -rf "${M}-resq"
-    stage "quantize ${shape} (${layers} layers, resq GPTQ, ${CALIB}) --device cuda" 540 "quantize_${shape}.log" \
+    stage "quantize ${shape} (${what}, resq GPTQ, ${CALIB}) --device cuda" 540 "quantize_${shape}.log" \
       "${BUILD}/resq" quantize --model "${M}" --out "${M}-resq" --config resq --device cuda \
       --calib-wikitext2 "${SHARED}/data/wikitext-2-raw/wiki.valid.raw" --nsamples "${CALIB%%x*}" --seqlen "${CALIB##*x}" \
       --json "${RESULTS}/quantize-${shape}-L${layers}.json"
@@ -222,12 +240,7 @@ if [[ "${RESQ_GPU_SUITE:-all}" == quantize ]]; then
   done
   { echo; echo '## Notes'; echo; sed 's/^/- /' "${NOTES}" 2>/dev/null; } >> "${REPORT}"
   rm -f "${NOTES}"
-  step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
-  echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
-  (cd "${RESULTS}" && ls ./*.log ./nvidia-smi.txt 2>/dev/null | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T -) \
-    || echo "run.sh: could not pack the logs (they stay as files)"
-  ls -l "${RESULTS}"
-  exit "${STATUS}"
+  finish
 fi
 stage "test_cuda (GPU kernels and runtime vs CPU references)" 240 test_cuda.log \
   "${BUILD}/tests/test_cuda" --gtest_output="json:${RESULTS}/test_cuda.json"
@@ -271,12 +284,4 @@ stage "resq bench (GEMM vs cuBLASLt, layer prefill vs plain libtorch, end to end
   "${BUILD}/resq" bench --json "${RESULTS}/bench.json" ${RESQ_BENCH_ARGS:-}
 { echo; echo '## Notes'; echo; sed 's/^/- /' "${NOTES}" 2>/dev/null; echo; echo '## resq bench'; echo; echo '```'; grep -vE "^\[" "${RESULTS}/bench.log" | tail -60; echo '```'; } >> "${REPORT}"
 rm -f "${NOTES}"
-
-step "done after $(( $(date +%s) - START )) s, status ${STATUS}; results in ${RESULTS}"
-echo "total $(( $(date +%s) - START )) s, status ${STATUS}" >> "${REPORT}"
-# The device tool brings back at most 8 files: report.md, run.log and the JSON results stay as they
-# are; the detailed logs go into one archive.
-(cd "${RESULTS}" && ls ./*.log ./nvidia-smi.txt 2>/dev/null | grep -v '^./run.log$' | tar czf logs.tar.gz --remove-files -T -) \
-  || echo "run.sh: could not pack the logs (they stay as files)"
-ls -l "${RESULTS}"
-exit "${STATUS}"
+finish
