@@ -128,6 +128,16 @@ std::vector<bool> gptq_check_arguments(const at::Tensor& w, const at::Tensor& he
   return high_mask_to_vector(high_mask, K, fn);
 }
 
+QuantizedWeight gptq_result_start(const at::Tensor& w, const at::Tensor& high_mask, int bits_low, int bits_high,
+                                  double clip_ratio, bool mse_clip) {
+  QuantizedWeight out;
+  out.bits_low = bits_low;
+  out.bits_high = bits_high;
+  std::tie(out.scale_low, out.scale_high) = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+  out.high_mask = high_mask.to(at::kCPU).clone();
+  return out;
+}
+
 at::Tensor gptq_factor_with_retries(int64_t K, double percdamp,
                                     const std::function<at::Tensor(double frac, int attempt)>& try_factor,
                                     double* damp_fraction) {
@@ -172,8 +182,7 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   const std::vector<bool> mask = detail::gptq_check_arguments(w, hessian, high_mask, percdamp, blocksize);
   const int64_t N = w.size(0);
   const int64_t K = w.size(1);
-  // Scales once, from the original weights (GPTQ's find_params before the loop, groupsize -1).
-  auto [s_low, s_high] = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+  QuantizedWeight out = detail::gptq_result_start(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
 
   // The host path: LAPACK, raw loops + one sgemm per block (w is on the CPU unless a caller moved it
   // here; results go back to w's device).
@@ -199,12 +208,6 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
     }
   }
 
-  QuantizedWeight out;
-  out.bits_low = bits_low;
-  out.bits_high = bits_high;
-  out.scale_low = s_low;
-  out.scale_high = s_high;
-  out.high_mask = high_mask.to(at::kCPU).clone();
   if (N == 0 || K == 0) {
     out.dequant = W.to(device);
     out.q = at::zeros({N, K}, W.options().dtype(at::kChar)).to(device);
@@ -222,14 +225,10 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
       &out.damp_fraction);
   work = at::Tensor();
 
-  const auto rounding = [](int bits) {
-    return std::make_pair(-static_cast<float>(1 << (bits - 1)),
-                          static_cast<float>((1 << (bits - 1)) - 1));
-  };
-  const auto [lo_min, lo_max] = rounding(bits_low < 16 ? bits_low : 8);
-  const auto [hi_min, hi_max] = rounding(bits_high < 16 ? bits_high : 8);
-  const at::Tensor sl = s_low.to(at::kCPU, at::kFloat).contiguous();
-  const at::Tensor sh = s_high.to(at::kCPU, at::kFloat).contiguous();
+  const auto [lo_min, lo_max] = detail::gptq_grid(bits_low);
+  const auto [hi_min, hi_max] = detail::gptq_grid(bits_high);
+  const at::Tensor sl = out.scale_low.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor sh = out.scale_high.to(at::kCPU, at::kFloat).contiguous();
   const float* slp = sl.data_ptr<float>();
   const float* shp = sh.data_ptr<float>();
 

@@ -20,8 +20,9 @@ namespace {
 // algebra as the host path: J H' J + damp I = L Lᵀ, and J L⁻¹ J is upper triangular with a positive
 // diagonal and (J L⁻¹ J)ᵀ (J L⁻¹ J) = H'⁻¹, so it IS U (uniqueness): one Cholesky and one
 // triangular solve, K³ flops less than cholesky → cholesky_inverse → cholesky(upper).
-// `work` [K, K] float64 on the device is overwritten (the damped matrix). Two host syncs per call
-// (info, finiteness): outside the column loop.
+// `work` [K, K] float64 on the device is overwritten (the damped matrix, then the identity). Peak:
+// hr, work, L and L⁻¹ (4 [K, K] float64). Two host syncs per call (info, finiteness): outside the
+// column loop.
 at::Tensor inverse_cholesky_upper(const at::Tensor& hr, const at::Tensor& diag_r, const at::Tensor& damp,
                                   at::Tensor& work) {
   work.copy_(hr);
@@ -29,11 +30,13 @@ at::Tensor inverse_cholesky_upper(const at::Tensor& hr, const at::Tensor& diag_r
   at::Tensor L, info;
   std::tie(L, info) = at::linalg_cholesky_ex(work, /*upper=*/false, /*check_errors=*/false);
   if (info.item<int64_t>() != 0) return at::Tensor();
-  const int64_t K = hr.size(0);
-  // L⁻¹ = solve(L, I); its strictly upper part is exactly 0 (forward substitution on I), triu_ keeps
-  // it so whatever the backend.
-  at::Tensor U = at::linalg_solve_triangular(L, at::eye(K, L.options()), /*upper=*/false).flip({0, 1}).triu_();
+  // L⁻¹ = solve(L, I); its strictly upper part is exactly 0 (forward substitution on I), triu_ makes
+  // sure whatever the backend.
+  work.zero_().diagonal().fill_(1.0);
+  at::Tensor M = at::linalg_solve_triangular(L, work, /*upper=*/false);
   L = at::Tensor();
+  at::Tensor U = M.flip({0, 1}).triu_();  // J L⁻¹ J
+  M = at::Tensor();
   if (!at::isfinite(U).all().item<bool>()) return at::Tensor();
   return U.to(at::kFloat);
 }
@@ -49,9 +52,7 @@ QuantizedWeight gptq_quantize_weight_torch(const at::Tensor& w, const at::Tensor
   const std::vector<bool> mask = gptq_check_arguments(w, hessian, high_mask, percdamp, blocksize);
   const int64_t N = w.size(0);
   const int64_t K = w.size(1);
-  // Scales once, from the original weights (GPTQ's find_params before the loop, groupsize -1);
-  // float32 [N] on w's device.
-  auto [s_low, s_high] = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+  QuantizedWeight out = gptq_result_start(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
 
   const at::Device device = w.device();
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(device);
@@ -67,12 +68,6 @@ QuantizedWeight gptq_quantize_weight_torch(const at::Tensor& w, const at::Tensor
   diag = at::where(dead, at::ones_like(diag), diag);
   Wt.masked_fill_(dead.unsqueeze(1), 0.0);
 
-  QuantizedWeight out;
-  out.bits_low = bits_low;
-  out.bits_high = bits_high;
-  out.scale_low = s_low;
-  out.scale_high = s_high;
-  out.high_mask = high_mask.to(at::kCPU).clone();
   if (N == 0 || K == 0) {
     out.dequant = at::empty({N, K}, f32).copy_(Wt.t());
     out.q = at::zeros({N, K}, f32.dtype(at::kChar));
@@ -95,15 +90,10 @@ QuantizedWeight gptq_quantize_weight_torch(const at::Tensor& w, const at::Tensor
         &out.damp_fraction);
   }
 
-  // Rounding grids of both parts (a part with bits >= 16 is not rounded; its grid is unused).
-  const auto grid = [](int bits) {
-    const int b = is_quantized_bits(bits) ? bits : 8;
-    return std::make_pair(-static_cast<double>(1 << (b - 1)), static_cast<double>((1 << (b - 1)) - 1));
-  };
-  const auto [lo_min, lo_max] = grid(bits_low);
-  const auto [hi_min, hi_max] = grid(bits_high);
-  const at::Tensor sl = s_low.to(f32);   // [N]
-  const at::Tensor sh = s_high.to(f32);  // [N]
+  const auto [lo_min, lo_max] = gptq_grid(bits_low);
+  const auto [hi_min, hi_max] = gptq_grid(bits_high);
+  const at::Tensor sl = out.scale_low.to(f32);   // [N]
+  const at::Tensor sh = out.scale_high.to(f32);  // [N]
 
   at::Tensor Qt = at::zeros({K, N}, f32);  // codes (float) per column = row, 0 on unquantized parts
   const int64_t bs = std::min(blocksize, K);

@@ -68,7 +68,8 @@ std::pair<at::Tensor, at::Tensor> weight_scales_torch(const at::Tensor& w,
 // loop as per-column vector ops on the transposed weights): the path for non-CPU tensors, and for
 // CPU tensors when RESQ_GPTQ_TORCH=1. Same contract, checks, damping retries and messages; results
 // match the host path up to fp32 summation order / FMA contraction (a rare code flips by one step
-// near a rounding tie). hessian_is_workspace is accepted and ignored (the Hessian is left intact).
+// near a rounding tie). hessian_is_workspace: a contiguous float64 Hessian on w's device serves as
+// the damped matrix's buffer (garbage afterwards); otherwise the Hessian is left intact.
 QuantizedWeight gptq_quantize_weight_torch(const at::Tensor& w, const at::Tensor& hessian,
                                            const at::Tensor& high_mask, int bits_low, int bits_high,
                                            double percdamp, int64_t blocksize, double clip_ratio,
@@ -96,8 +97,8 @@ QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_
 // formula of rtn_quantize_weight, so dequant == scale * q exactly.
 // hessian_is_workspace: when hessian is a contiguous float64 CPU tensor, its buffer becomes the
 // factorization's workspace and holds garbage afterwards (the caller's last use of it): saves a
-// [K, K] float64 copy, 512 MiB for an 8192-wide down_proj. Results are identical either way. The
-// torch path ignores it.
+// [K, K] float64 copy, 512 MiB for an 8192-wide down_proj. Results are identical either way (the
+// torch path: see there).
 // Throws ShapeError on bad shapes, ConfigError on bad bits / clip / percdamp / blocksize.
 QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
                                      const at::Tensor& high_mask, int bits_low, int bits_high,
