@@ -173,7 +173,7 @@ inline GptqAgreement compare_gptq_paths(const GptqCase& c, const at::Device& dev
   GptqAgreement a;
   a.equal_codes = q.eq(host.q.to(at::kInt)).to(at::kDouble).mean().item<double>();
   const double lh = gptq_proxy_loss(c.w, host.dequant, c.H), ld = gptq_proxy_loss(c.w, d, c.H);
-  a.loss_rel_diff = std::abs(ld - lh) / lh;
+  a.loss_rel_diff = std::abs(ld - lh) / std::abs(lh);  // (an indefinite H can make L negative)
   a.bit_identical = at::equal(d.view(at::kInt), host.dequant.view(at::kInt));
   return a;
 }
