@@ -1,12 +1,14 @@
 // GPTQ weight quantization (Frantar et al., ICLR 2023), groupsize -1, no act-order, with a per-column
-// bit width (ResQ mixed 4/8-bit along K) in a single pass. See quantizers.h for the contract.
+// bit width (ResQ mixed 4/8-bit along K) in a single pass: the host path (LAPACK + raw loops), the
+// shared checks and damping schedule (gptq_parts.h), and the dispatch to the device path
+// (gptq_torch.cpp). See quantizers.h for the contract.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "resq/common/error.h"
 #include "resq/linalg/lapack.h"
 #include "resq/quant/quantizers.h"
+#include "gptq_parts.h"
 
 namespace resq {
 namespace {
@@ -95,15 +98,14 @@ at::Tensor reversed_hessian(const at::Tensor& H, bool overwrite) {
 
 }  // namespace
 
-QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
-                                     const at::Tensor& high_mask, int bits_low, int bits_high,
-                                     double percdamp, int64_t blocksize, double clip_ratio,
-                                     bool mse_clip, bool hessian_is_workspace) {
+namespace detail {
+
+std::vector<bool> gptq_check_arguments(const at::Tensor& w, const at::Tensor& hessian, const at::Tensor& high_mask,
+                                       double percdamp, int64_t blocksize) {
   const char* fn = "gptq_quantize_weight";
   if (!w.defined() || w.dim() != 2 || !at::isFloatingType(w.scalar_type())) {
     throw ShapeError(std::string(fn) + ": weight must be a floating-point 2-D [N, K] tensor");
   }
-  const int64_t N = w.size(0);
   const int64_t K = w.size(1);
   if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != K || hessian.size(1) != K ||
       !at::isFloatingType(hessian.scalar_type())) {
@@ -123,11 +125,67 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
     throw ConfigError(std::string(fn) + ": blocksize = " + std::to_string(blocksize) +
                       " must be >= 1");
   }
-  const std::vector<bool> mask = high_mask_to_vector(high_mask, K, fn);
-  // Scales once, from the original weights (GPTQ's find_params before the loop, groupsize -1).
-  auto [s_low, s_high] = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+  return high_mask_to_vector(high_mask, K, fn);
+}
 
-  // The column loop runs on the CPU (raw loops + one sgemm per block); results go back to w's device.
+QuantizedWeight gptq_result_start(const at::Tensor& w, const at::Tensor& high_mask, int bits_low, int bits_high,
+                                  double clip_ratio, bool mse_clip) {
+  QuantizedWeight out;
+  out.bits_low = bits_low;
+  out.bits_high = bits_high;
+  std::tie(out.scale_low, out.scale_high) = weight_scales(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+  out.high_mask = high_mask.to(at::kCPU).clone();
+  return out;
+}
+
+at::Tensor gptq_factor_with_retries(int64_t K, double percdamp,
+                                    const std::function<at::Tensor(double frac, int attempt)>& try_factor,
+                                    double* damp_fraction) {
+  double frac = percdamp;
+  for (int attempt = 0; attempt <= 6; ++attempt) {
+    at::Tensor U = try_factor(frac, attempt);
+    if (U.defined()) {
+      *damp_fraction = frac;
+      return U;
+    }
+    frac = frac > 0.0 ? frac * 10.0 : 0.01;
+  }
+  throw Error("gptq_quantize_weight: Cholesky factorization of the damped Hessian [" + std::to_string(K) + ", " +
+              std::to_string(K) + "] failed even with dampening " + std::to_string(frac) +
+              " * mean(diag H); the Hessian is not positive semi-definite or not finite");
+}
+
+}  // namespace detail
+
+namespace {
+
+// RESQ_GPTQ_TORCH=1 runs CPU tensors through the torch path too (tests, A/B checks); 0 or unset: the
+// host path. Anything else is a UsageError naming the variable.
+bool torch_path_forced() {
+  const char* env = std::getenv("RESQ_GPTQ_TORCH");
+  if (env == nullptr || std::string(env).empty() || std::string(env) == "0") return false;
+  if (std::string(env) == "1") return true;
+  throw UsageError(std::string("RESQ_GPTQ_TORCH: expected 0 or 1, got '") + env + "'");
+}
+
+}  // namespace
+
+QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
+                                     const at::Tensor& high_mask, int bits_low, int bits_high,
+                                     double percdamp, int64_t blocksize, double clip_ratio,
+                                     bool mse_clip, bool hessian_is_workspace) {
+  // Tensors off the CPU stay on their device: the torch path (gptq_torch.cpp).
+  if ((w.defined() && !w.device().is_cpu()) || torch_path_forced()) {
+    return detail::gptq_quantize_weight_torch(w, hessian, high_mask, bits_low, bits_high, percdamp, blocksize,
+                                              clip_ratio, mse_clip, hessian_is_workspace);
+  }
+  const std::vector<bool> mask = detail::gptq_check_arguments(w, hessian, high_mask, percdamp, blocksize);
+  const int64_t N = w.size(0);
+  const int64_t K = w.size(1);
+  QuantizedWeight out = detail::gptq_result_start(w, high_mask, bits_low, bits_high, clip_ratio, mse_clip);
+
+  // The host path: LAPACK, raw loops + one sgemm per block (w is on the CPU unless a caller moved it
+  // here; results go back to w's device).
   const at::Device device = w.device();
   at::Tensor W = w.to(at::kCPU, at::kFloat).clone().contiguous();  // [N, K] float32, updated in place
 
@@ -150,12 +208,6 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
     }
   }
 
-  QuantizedWeight out;
-  out.bits_low = bits_low;
-  out.bits_high = bits_high;
-  out.scale_low = s_low;
-  out.scale_high = s_high;
-  out.high_mask = high_mask.to(at::kCPU).clone();
   if (N == 0 || K == 0) {
     out.dequant = W.to(device);
     out.q = at::zeros({N, K}, W.options().dtype(at::kChar)).to(device);
@@ -163,31 +215,20 @@ QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hess
   }
 
   const double mean_diag = diag_sum / static_cast<double>(K);
-  double frac = percdamp;
-  at::Tensor Hinv;  // [K, K] float32, upper triangular
   at::Tensor work = reversed_hessian(hessian, hessian_is_workspace);  // [K, K] float64 J H J
-  for (int attempt = 0; attempt <= 6; ++attempt) {
-    Hinv = inverse_cholesky_upper(work.data_ptr<double>(), K, diag_h, dead, frac * mean_diag, attempt > 0);
-    if (Hinv.defined()) break;
-    frac = frac > 0.0 ? frac * 10.0 : 0.01;
-  }
-  if (!Hinv.defined()) {
-    throw Error(std::string(fn) + ": Cholesky factorization of the damped Hessian [" +
-                std::to_string(K) + ", " + std::to_string(K) + "] failed even with dampening " +
-                std::to_string(frac) + " * mean(diag H); the Hessian is not positive semi-definite "
-                "or not finite");
-  }
-  out.damp_fraction = frac;
+  // [K, K] float32, upper triangular
+  const at::Tensor Hinv = detail::gptq_factor_with_retries(
+      K, percdamp,
+      [&](double frac, int attempt) {
+        return inverse_cholesky_upper(work.data_ptr<double>(), K, diag_h, dead, frac * mean_diag, attempt > 0);
+      },
+      &out.damp_fraction);
   work = at::Tensor();
 
-  const auto rounding = [](int bits) {
-    return std::make_pair(-static_cast<float>(1 << (bits - 1)),
-                          static_cast<float>((1 << (bits - 1)) - 1));
-  };
-  const auto [lo_min, lo_max] = rounding(bits_low < 16 ? bits_low : 8);
-  const auto [hi_min, hi_max] = rounding(bits_high < 16 ? bits_high : 8);
-  const at::Tensor sl = s_low.to(at::kCPU, at::kFloat).contiguous();
-  const at::Tensor sh = s_high.to(at::kCPU, at::kFloat).contiguous();
+  const auto [lo_min, lo_max] = detail::gptq_grid(bits_low);
+  const auto [hi_min, hi_max] = detail::gptq_grid(bits_high);
+  const at::Tensor sl = out.scale_low.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor sh = out.scale_high.to(at::kCPU, at::kFloat).contiguous();
   const float* slp = sl.data_ptr<float>();
   const float* shp = sh.data_ptr<float>();
 

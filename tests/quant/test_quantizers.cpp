@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "common/gptq_cases.h"
 #include "cpu/quantize.h"
 #include "resq/common/error.h"
 #include "resq/format/packed.h"
@@ -19,16 +20,7 @@
 namespace resq {
 namespace {
 
-// [rows, cols] float32 tensor of N(0, 1) values from a fixed-seed engine.
-at::Tensor randn_tensor(std::vector<int64_t> shape, uint32_t seed, double stddev = 1.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, static_cast<float>(stddev));
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = dist(rng);
-  return at::from_blob(v.data(), shape, at::TensorOptions().dtype(at::kFloat)).clone();
-}
+using test::randn_tensor;
 
 // Random [K] bool mask with about `fraction` true entries (fixed seed), as tensor and vector.
 std::vector<bool> random_mask(int64_t K, double fraction, uint32_t seed) {
@@ -430,19 +422,8 @@ TEST(KvFakeQuant, PerTokenHeadGroupsAgainstLoop) {
 
 // ------------------------------------------------------------------ GPTQ
 
-// Calibration inputs X [n, K] with correlated columns (a random mixing of fewer latent factors plus
-// noise) and a few outlier channels; H = X^T X in float64.
-struct Calib {
-  at::Tensor X;  // [n, K] float64
-  at::Tensor H;  // [K, K] float64
-};
-Calib make_calibration(int64_t n, int64_t K, uint32_t seed) {
-  at::Tensor z = randn_tensor({n, K / 4}, seed).to(at::kDouble);
-  at::Tensor mix = randn_tensor({K / 4, K}, seed + 1).to(at::kDouble);
-  at::Tensor X = z.matmul(mix) + 0.3 * randn_tensor({n, K}, seed + 2).to(at::kDouble);
-  for (int64_t k : {int64_t{3}, K / 2, K - 2}) X.select(1, k).mul_(8.0);
-  return {X, X.t().matmul(X)};
-}
+using test::Calib;
+using test::make_calibration;
 
 double output_error(const Calib& c, const at::Tensor& w, const at::Tensor& what) {
   return (c.X.matmul(w.to(at::kDouble).t()) - c.X.matmul(what.to(at::kDouble).t()))

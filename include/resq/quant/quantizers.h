@@ -63,6 +63,17 @@ std::pair<at::Tensor, at::Tensor> weight_scales_torch(const at::Tensor& w,
                                                       const at::Tensor& high_mask, int bits_low,
                                                       int bits_high, double clip_ratio,
                                                       bool mse_clip);
+
+// gptq_quantize_weight as torch ops on w's device (Cholesky via at::linalg_cholesky_ex, the column
+// loop as per-column vector ops on the transposed weights): the path for non-CPU tensors, and for
+// CPU tensors when RESQ_GPTQ_TORCH=1. Same contract, checks, damping retries and messages; results
+// match the host path up to fp32 summation order / FMA contraction (a rare code flips by one step
+// near a rounding tie). hessian_is_workspace: a contiguous float64 Hessian on w's device serves as
+// the damped matrix's buffer (garbage afterwards); otherwise the Hessian is left intact.
+QuantizedWeight gptq_quantize_weight_torch(const at::Tensor& w, const at::Tensor& hessian,
+                                           const at::Tensor& high_mask, int bits_low, int bits_high,
+                                           double percdamp, int64_t blocksize, double clip_ratio,
+                                           bool mse_clip, bool hessian_is_workspace = false);
 }  // namespace detail
 
 // Round-to-nearest: q = clamp(round_half_even(w / scale), -2^(b-1), 2^(b-1) - 1) with the scales of
@@ -80,11 +91,14 @@ QuantizedWeight rtn_quantize_weight(const at::Tensor& w, const at::Tensor& high_
 //     damping is multiplied by 10 and retried (up to 6 times), then resq::Error is thrown;
 //   - lazy batch updates in blocks of `blocksize` columns.
 // Precision: H, its inverse and Cholesky factor in float64; the column loop (weights, errors and
-// updates) in float32 like the reference implementation, on w's device. Rounding itself is the fp32
+// updates) in float32 like the reference implementation, on w's device: CPU tensors take the host
+// path (LAPACK + raw loops), others detail::gptq_quantize_weight_torch (RESQ_GPTQ_TORCH=1 forces it
+// for CPU tensors too; 0 or unset: the default; anything else throws UsageError). Rounding itself is the fp32
 // formula of rtn_quantize_weight, so dequant == scale * q exactly.
 // hessian_is_workspace: when hessian is a contiguous float64 CPU tensor, its buffer becomes the
 // factorization's workspace and holds garbage afterwards (the caller's last use of it): saves a
-// [K, K] float64 copy, 512 MiB for an 8192-wide down_proj. Results are identical either way.
+// [K, K] float64 copy, 512 MiB for an 8192-wide down_proj. Results are identical either way (the
+// torch path: see there).
 // Throws ShapeError on bad shapes, ConfigError on bad bits / clip / percdamp / blocksize.
 QuantizedWeight gptq_quantize_weight(const at::Tensor& w, const at::Tensor& hessian,
                                      const at::Tensor& high_mask, int bits_low, int bits_high,
