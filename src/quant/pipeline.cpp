@@ -87,12 +87,12 @@ QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& 
   DenseLinear& d = dense(lin, "quantize");
   at::Tensor original = d.weight().to(at::kFloat);
   QuantizedWeight q;
-  if (w.method == "gptq" && generic) {
-    q = gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp, w.blocksize,
-                                           w.clip_ratio, w.mse_clip, hessian_last_use);  // MERGE: torch path
-  } else if (w.method == "gptq") {
-    q = gptq_quantize_weight(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp, w.blocksize, w.clip_ratio,
-                             w.mse_clip, hessian_last_use);
+  if (w.method == "gptq") {
+    // Device tensors reach the torch path through gptq_quantize_weight's dispatch anyway; a generic
+    // plan on the CPU asks for it by name.
+    const auto gptq = generic ? detail::gptq_quantize_weight_torch : gptq_quantize_weight;
+    q = gptq(original, hessian, mask, w.bits_low, w.bits_high, w.percdamp, w.blocksize, w.clip_ratio, w.mse_clip,
+             hessian_last_use);
   } else {
     q = rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
   }
