@@ -173,6 +173,25 @@ nlohmann::json quantize_model_impl(const QuantizeOptions& o, const at::Device& d
   // at the 8B shape, ~2 GiB of live activations: docs/PERF.md).
   const int64_t chunk_bytes = device.is_cpu() ? (int64_t{64} << 20) : (int64_t{512} << 20);
   const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (4 * o.seqlen * std::max(c.intermediate_size, c.hidden_size)));
+  nlohmann::json device_estimate;
+  if (device.is_cuda()) {
+    // Said before the work, so a run that cannot fit is known in seconds rather than at the OOM.
+    const DeviceMemoryEstimate e = estimate_device_memory(c, o.nsamples, o.seqlen, chunk, plan, m.embed_weight.element_size());
+    const DeviceMemory dm = device_memory(device);
+    device_estimate = {{"total_gib", e.total_gib()}, {"hidden_states_gib", e.hidden_gib}, {"layer_gib", e.layer_gib},
+                       {"statistics_gib", e.statistics_gib}, {"gptq_gib", e.gptq_gib},
+                       {"activations_gib", e.activations_gib}, {"globals_gib", e.globals_gib}};
+    const std::string msg = strprintf(
+        "quantize: device memory estimate %.1f GiB (hidden states %.1f, layer %.1f, statistics %.1f, GPTQ %.1f, "
+        "activations %.1f, embeddings + lm_head %.1f)%s",
+        e.total_gib(), e.hidden_gib, e.layer_gib, e.statistics_gib, e.gptq_gib, e.activations_gib, e.globals_gib,
+        dm.known ? strprintf("; %.1f of %.1f GiB in use now", dm.used_gib, dm.total_gib).c_str() : "");
+    if (dm.known && e.total_gib() > dm.total_gib - dm.used_gib) {
+      log::warn(msg + ": it may not fit (fewer --nsamples, or --device cpu)");
+    } else {
+      log::info(msg);
+    }
+  }
 
   std::unique_ptr<CovarianceObserver> cov;
   if (recipe.rotation.method == "resq") {
@@ -289,7 +308,8 @@ nlohmann::json quantize_model_impl(const QuantizeOptions& o, const at::Device& d
                        {"products", products_name(plan.products)},
                        {"generic_paths", plan.generic},
                        {"peak_device_gib", dm.known ? nlohmann::json(dm.peak_used_gib) : nlohmann::json()},
-                       {"device_total_gib", dm.known ? nlohmann::json(dm.total_gib) : nlohmann::json()}};
+                       {"device_total_gib", dm.known ? nlohmann::json(dm.total_gib) : nlohmann::json()},
+                       {"device_estimate", device_estimate}};
   report["recipe"] = recipe_to_json(recipe);
   report["provenance"] = provenance;
   report["resq_config"] = meta.to_json();  // per-site bits and splits: the report is self-contained

@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -58,6 +59,26 @@ ComputePlan make_compute_plan(const at::Device& device, int64_t hidden) {
   }
   if (plan.products == Products::kBf16 && plan.generic) plan.products = Products::kFp32;  // bf16 is oneDNN's, not generic
   return plan;
+}
+
+DeviceMemoryEstimate estimate_device_memory(const ModelConfig& c, int64_t nsamples, int64_t seqlen, int64_t chunk,
+                                            const ComputePlan& plan, int64_t global_bytes_per_element) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const double d = static_cast<double>(c.hidden_size), ffn = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.q_size()), kv = static_cast<double>(c.kv_size());
+  const double layer_params = d * q + 2 * d * kv + q * d + 3 * d * ffn;
+  const double widest = std::max({d * ffn, d * q});
+  const double k_max = std::max({d, q, ffn});
+  DeviceMemoryEstimate e;
+  e.hidden_gib = static_cast<double>(nsamples) * seqlen * d * 4 / kGiB;
+  e.layer_gib = (layer_params * 4 + 2 * widest * 8) / kGiB;  // float32 layer + float64 fusion temporaries
+  const double per_element = plan.products == Products::kTf32 ? 12.0 : 8.0;  // float64 sum (+ float32 partial)
+  e.statistics_gib = (2 * d * d + q * q + ffn * ffn) * per_element / kGiB;  // q and gate (d), o (q), down (ffn)
+  e.calibration_gram_gib = d * d * per_element / kGiB;
+  e.gptq_gib = (4 * k_max * k_max * 8 + k_max * k_max * 4 + 3 * widest * 4) / kGiB;  // factorization, U, W/Q/D
+  e.activations_gib = static_cast<double>(chunk) * seqlen * std::max(d, ffn) * 4 * 5 / kGiB;  // ~5 live [chunk, T, ffn]
+  e.globals_gib = 2.0 * static_cast<double>(c.vocab_size) * d * static_cast<double>(global_bytes_per_element) / kGiB;
+  return e;
 }
 
 Tf32Scope::Tf32Scope(bool enable) : previous_(at::globalContext().allowTF32CuBLAS()), enabled_(enable) {

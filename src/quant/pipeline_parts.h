@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -43,6 +44,23 @@ struct ComputePlan {
 // TF32 on CUDA for hidden >= 1024 (where the forward passes dominate), else float32;
 // RESQ_QUANTIZE_PRODUCTS=fp32|bf16|tf32 overrides (UsageError for a value the device cannot do).
 ComputePlan make_compute_plan(const at::Device& device, int64_t hidden);
+
+// The pipeline's device memory, estimated from the shapes: what a run of `nsamples` x `seqlen`
+// tokens with `chunk` windows per forward call keeps on a device. Always: the hidden states and one
+// layer in float32 with its float64 fusion temporaries. Calibration adds the embeddings + lm_head,
+// one chunk's activations and the U_A Gram; the weight stage the float64 Hessians (+ float32 partial
+// sums with TF32) and either a chunk's activations or GPTQ of the widest linear (its factorization
+// holds 4 [K, K] float64, plus U and the W/Q/D copies). The peak is the larger stage.
+struct DeviceMemoryEstimate {
+  double hidden_gib = 0, layer_gib = 0, statistics_gib = 0, gptq_gib = 0, activations_gib = 0, globals_gib = 0,
+         calibration_gram_gib = 0;
+  double total_gib() const {
+    return hidden_gib + layer_gib +
+           std::max(globals_gib + activations_gib + calibration_gram_gib, statistics_gib + std::max(activations_gib, gptq_gib));
+  }
+};
+DeviceMemoryEstimate estimate_device_memory(const ModelConfig& c, int64_t nsamples, int64_t seqlen, int64_t chunk,
+                                            const ComputePlan& plan, int64_t global_bytes_per_element);
 
 // While alive, float32 matmuls on CUDA may use TF32 tensor cores when `enable` (restored after).
 class Tf32Scope {

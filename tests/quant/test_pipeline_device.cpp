@@ -21,6 +21,8 @@
 #include "resq/runtime/packed_model.h"
 #include "resq/text/dataset.h"
 #include "resq/text/tokenizer.h"
+#include "resq/model/synthetic.h"
+#include "../src/quant/pipeline_parts.h"  // the pipeline's private compute plan and memory estimate
 
 namespace resq {
 namespace {
@@ -173,6 +175,31 @@ TEST(PipelineDevice, DeviceErrorsNameTheFlagAndWriteNothing) {
   o.device = "cpu";
   EXPECT_THROW(quantize_model(o), UsageError);
   EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+}
+
+// The device-memory estimate at the Llama-3-8B shape, 128 x 2048 tokens, TF32, 4 windows per call,
+// bf16 embeddings, term by term from the shapes (d 4096, q 4096, kv 1024, ffn 14336, vocab 128256).
+TEST(PipelineDevice, DeviceMemoryEstimateAtTheLlama3_8BShape) {
+  const ModelConfig c = synthetic_shape_config("llama-3-8b");
+  ASSERT_EQ(c.hidden_size, 4096);
+  ASSERT_EQ(c.intermediate_size, 14336);
+  pipeline::ComputePlan plan;
+  plan.device = at::Device(at::kCUDA, 0);  // only read, never used
+  plan.products = pipeline::Products::kTf32;
+  const pipeline::DeviceMemoryEstimate e = pipeline::estimate_device_memory(c, 128, 2048, 4, plan, 2);
+  const double G = 1024.0 * 1024.0 * 1024.0, d = 4096, f = 14336;
+  EXPECT_DOUBLE_EQ(e.hidden_gib, 4.0);  // 128 * 2048 * 4096 float32
+  EXPECT_DOUBLE_EQ(e.layer_gib, ((d * d * 2 + 2 * d * 1024 + 3 * d * f) * 4 + 2 * d * f * 8) / G);
+  EXPECT_DOUBLE_EQ(e.statistics_gib, (3 * d * d + f * f) * 12 / G);
+  EXPECT_DOUBLE_EQ(e.gptq_gib, (f * f * (4 * 8 + 4) + 3 * d * f * 4) / G);
+  EXPECT_DOUBLE_EQ(e.activations_gib, 4.0 * 2048 * f * 4 * 5 / G);
+  EXPECT_DOUBLE_EQ(e.globals_gib, 2.0 * 128256 * d * 2 / G);
+  // The weight stage (Hessians + GPTQ of down_proj) sets the peak: ~16 GiB.
+  EXPECT_DOUBLE_EQ(e.total_gib(), e.hidden_gib + e.layer_gib + e.statistics_gib + e.gptq_gib);
+  std::printf("8B shape, 128 x 2048: estimated device peak %.2f GiB (GPTQ %.2f, statistics %.2f)\n", e.total_gib(),
+              e.gptq_gib, e.statistics_gib);
+  EXPECT_GT(e.total_gib(), 14.0);
+  EXPECT_LT(e.total_gib(), 18.0);
 }
 
 }  // namespace
