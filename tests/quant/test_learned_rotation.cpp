@@ -115,6 +115,8 @@ TEST(LearnRecipe, KeysParsedStrictly) {
   const Recipe shipped = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/resq-learned.json");
   EXPECT_TRUE(shipped.rotation.learn.enabled);
   EXPECT_EQ(shipped.rotation.method, "resq");
+  EXPECT_EQ(shipped.rotation.learn.objective, "kl");
+  EXPECT_GT(shipped.rotation.learn.holdout, 0.0);
 }
 
 QuantizeOptions learned_options(const std::string& out, int64_t steps, uint64_t seed) {
