@@ -159,7 +159,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   const auto& act = recipe.activations;
   const auto& kv = recipe.kv;
   auto weight_q = [&](const at::Tensor& wt, LinearKind kind) {
-    if (w.method == "none") return wt;
+    if (w.method == "none" || lr.weights_in_loop == "none") return wt;
     const at::Tensor mask = site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
     const at::Tensor exact = rtn_quantize_weight(wt.detach(), mask, w.bits_low, w.bits_high, w.clip_ratio, false).dequant;
     return ste_weight_quant(wt, exact, mask, w.bits_low, w.bits_high, w.clip_ratio);
@@ -370,8 +370,10 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       {"objective", lr.objective}, {"loss", curve}, {"fixed_windows", fixed_name}, {"fixed_windows_count", fixed.size()},
       {"fixed_windows_loss_before", loss_before}, {"fixed_windows_loss_after", loss_after},
       {"seconds", seconds}, {"orthogonality_error", max_err},
-      {"loss_definition", kl ? "mean over tokens of KL(fp model || W/A/KV fake-quantized model, RTN weights) of the next-token distributions"
-                             : "mean next-token cross-entropy of the W/A/KV fake-quantized model (RTN weights)"}};
+      {"weights_in_loop", lr.weights_in_loop},
+      {"loss_definition", std::string(kl ? "mean over tokens of KL(fp model || fake-quantized model) of the next-token distributions"
+                                         : "mean next-token cross-entropy of the fake-quantized model") +
+                              (lr.weights_in_loop == "rtn" ? ", W/A/KV quantized (RTN weights)" : ", A/KV quantized (fp weights)")}};
   if (n_hold) {
     report["holdout_windows"] = n_hold;
     report["holdout_loss"] = holdout_curve;  // [step, loss] pairs, step 0 = before learning

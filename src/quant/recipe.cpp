@@ -47,6 +47,7 @@ void parse_learn(const JsonFields& in, LearnRecipe* l) {
   set_if_present(in.optional_one_of("objective", {"ce", "kl"}), &l->objective);
   set_if_present(in.optional_number("holdout", NumberRange::closed_open(0, 1)), &l->holdout);
   set_if_present(in.optional_integer("eval_every", IntRange::positive()), &l->eval_every);
+  set_if_present(in.optional_one_of("weights_in_loop", {"rtn", "none"}), &l->weights_in_loop);
   in.reject_unknown_keys();
 }
 
@@ -181,7 +182,8 @@ nlohmann::json recipe_to_json(const Recipe& r) {
   if (r.rotation.learn.enabled) {
     const LearnRecipe& l = r.rotation.learn;
     j["rotation"]["learn"] = {{"steps", l.steps}, {"lr", l.lr}, {"momentum", l.momentum}, {"batch", l.batch}, {"seed", l.seed},
-                               {"objective", l.objective}, {"holdout", l.holdout}, {"eval_every", l.eval_every}};
+                               {"objective", l.objective}, {"holdout", l.holdout}, {"eval_every", l.eval_every},
+                               {"weights_in_loop", l.weights_in_loop}};
   }
   j["weights"] = {{"method", r.weights.method},         {"bits_low", r.weights.bits_low},
                   {"bits_high", r.weights.bits_high},   {"down_high", r.weights.down_high},

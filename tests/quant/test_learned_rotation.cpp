@@ -87,6 +87,7 @@ TEST(LearnRecipe, KeysParsedStrictly) {
   expect_config_error(R"({"rotation": {"learn": {"holdout": 1}}})", {"'rotation.learn.holdout'"});
   expect_config_error(R"({"rotation": {"learn": {"holdout": -0.1}}})", {"'rotation.learn.holdout'"});
   expect_config_error(R"({"rotation": {"learn": {"eval_every": 0}}})", {"'rotation.learn.eval_every'"});
+  expect_config_error(R"({"rotation": {"learn": {"weights_in_loop": "gptq"}}})", {"'rotation.learn.weights_in_loop'", "rtn"});
   expect_config_error(R"({"rotation": {"learn": 5}})", {"'rotation.learn'", "object"});
   expect_config_error(R"({"rotation": {"method": "quarot", "learn": {}}})", {"'rotation.learn'", "resq"});
 
@@ -96,10 +97,12 @@ TEST(LearnRecipe, KeysParsedStrictly) {
   const Recipe old = parse_recipe(nlohmann::json::parse(R"({"rotation": {"learn": {"steps": 3}}})"), "old.json");
   EXPECT_EQ(old.rotation.learn.objective, "ce");
   EXPECT_EQ(old.rotation.learn.holdout, 0.0);
+  EXPECT_EQ(old.rotation.learn.weights_in_loop, "rtn");
   EXPECT_FALSE(recipe_to_json(none)["rotation"].contains("learn"));  // old recipes serialize as before
   const Recipe r = parse_recipe(
       nlohmann::json::parse(R"({"rotation": {"learn": {"steps": 3, "lr": 0.5, "momentum": 0.5, "batch": 2, "seed": 4,
-                                                  "objective": "kl", "holdout": 0.5, "eval_every": 2}}})"), "b.json");
+                                                  "objective": "kl", "holdout": 0.5, "eval_every": 2,
+                                                  "weights_in_loop": "none"}}})"), "b.json");
   EXPECT_TRUE(r.rotation.learn.enabled);
   EXPECT_EQ(r.rotation.learn.steps, 3);
   EXPECT_DOUBLE_EQ(r.rotation.learn.lr, 0.5);
@@ -109,6 +112,7 @@ TEST(LearnRecipe, KeysParsedStrictly) {
   EXPECT_EQ(r.rotation.learn.objective, "kl");
   EXPECT_DOUBLE_EQ(r.rotation.learn.holdout, 0.5);
   EXPECT_EQ(r.rotation.learn.eval_every, 2);
+  EXPECT_EQ(r.rotation.learn.weights_in_loop, "none");
   const Recipe back = parse_recipe(recipe_to_json(r), "round trip");
   EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
 

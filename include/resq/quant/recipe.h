@@ -27,6 +27,9 @@ struct LearnRecipe {
   // measurement are kept (early stopping; never worse than the start on held-out text). [0, 1); 0 = off.
   double holdout = 0.0;
   int64_t eval_every = 10;  // steps between held-out measurements (>= 1)
+  // Weights inside the learning loop: "rtn" (RTN-quantized with the recipe's bits and clip) or "none"
+  // (floating point: only activations and KV cache fake-quantized, as SpinQuant learns before GPTQ).
+  std::string weights_in_loop = "rtn";
 };
 
 struct RotationRecipe {
