@@ -1,5 +1,5 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn, docs/QUANTIZE.md "Learned
-// rotations"): Cayley SGD on the end-to-end cross-entropy of the fake-quantized model.
+// rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model, held-out early stopping.
 #include "learned_rotation.h"
 #include "resq/quant/ste_quant.h"
 
