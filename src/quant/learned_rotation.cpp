@@ -1,6 +1,7 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn, docs/QUANTIZE.md "Learned
-// rotations"): Cayley SGD on the end-to-end cross-entropy of the fake-quantized model.
+// rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model, held-out early stopping.
 #include "learned_rotation.h"
+#include "resq/quant/ste_quant.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -24,28 +25,32 @@ namespace resq::pipeline {
 
 namespace {
 
-// x with the forward value of q(x) and the gradient of the identity (straight-through estimator).
-at::Tensor straight_through(const at::Tensor& x, const at::Tensor& quantized) { return x + (quantized - x).detach(); }
-
-// A TensorTransform (KV-cache quantizer) applied with a straight-through gradient.
-class StraightThroughTransform : public TensorTransform {
+// A fake quantizer of activations (per token, two parts along the last dim) with the exact forward
+// value of fake_quant_per_token and the scale-aware straight-through gradient of ste_activation_quant.
+class ScaleAwareFakeQuant : public TensorTransform {
  public:
-  explicit StraightThroughTransform(std::shared_ptr<TensorTransform> t) : t_(std::move(t)) {}
-  at::Tensor apply(const at::Tensor& x) const override { return straight_through(x, t_->apply(x.detach())); }
+  ScaleAwareFakeQuant(at::Tensor high_mask, int bits_low, int bits_high, double clip_ratio)
+      : mask_(std::move(high_mask)), bits_low_(bits_low), bits_high_(bits_high), clip_(clip_ratio) {}
+  at::Tensor apply(const at::Tensor& x) const override {
+    const at::Tensor exact = fake_quant_per_token(x.detach(), mask_, bits_low_, bits_high_, clip_);
+    return ste_activation_quant(x, exact, mask_, bits_low_, bits_high_, clip_);
+  }
 
  private:
-  std::shared_ptr<TensorTransform> t_;
+  at::Tensor mask_;  // [K] bool
+  int bits_low_, bits_high_;
+  double clip_;
 };
 
 // The linear of a fake-quantized model during learning: weight [out, in] (a function of the
-// rotations: it carries their autograd graph), RTN-quantized with a straight-through gradient, and its
-// input fake-quantized per token the same way. x [..., in] -> [..., out].
+// rotations: it carries their autograd graph; already fake-quantized by the caller), its input
+// fake-quantized per token by input_quant (none: fp). x [..., in] -> [..., out].
 class StraightThroughLinear : public Linear {
  public:
   StraightThroughLinear(at::Tensor weight, at::Tensor bias, std::shared_ptr<TensorTransform> input_quant)
       : weight_(std::move(weight)), bias_(std::move(bias)), input_quant_(std::move(input_quant)) {}
   at::Tensor forward(const at::Tensor& x) const override {
-    const at::Tensor xq = input_quant_ ? straight_through(x, input_quant_->apply(x.detach())) : x;
+    const at::Tensor xq = input_quant_ ? input_quant_->apply(x) : x;
     return bias_.defined() ? at::linear(xq, weight_, bias_) : at::linear(xq, weight_);
   }
   int64_t in_features() const override { return weight_.size(1); }
@@ -154,22 +159,24 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   const auto& act = recipe.activations;
   const auto& kv = recipe.kv;
   auto weight_q = [&](const at::Tensor& wt, LinearKind kind) {
-    if (w.method == "none") return wt;
+    if (w.method == "none" || lr.weights_in_loop == "none") return wt;
     const at::Tensor mask = site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
-    return straight_through(wt, rtn_quantize_weight(wt.detach(), mask, w.bits_low, w.bits_high, w.clip_ratio, false).dequant);
+    const at::Tensor exact = rtn_quantize_weight(wt.detach(), mask, w.bits_low, w.bits_high, w.clip_ratio, false).dequant;
+    return ste_weight_quant(wt, exact, mask, w.bits_low, w.bits_high, w.clip_ratio);
   };
   auto input_q = [&](LinearKind kind) -> std::shared_ptr<TensorTransform> {
     if (!act.enabled) return nullptr;
     const at::Tensor mask = site_activation_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
-    return std::make_shared<ActivationFakeQuant>(mask, act.bits_low, act.bits_high, act.clip_ratio);
+    return std::make_shared<ScaleAwareFakeQuant>(mask, act.bits_low, act.bits_high, act.clip_ratio);
   };
-  auto install = [&](std::shared_ptr<Linear>& lin, LinearKind kind, const at::Tensor& wt, const at::Tensor& b) {
-    lin = std::make_shared<StraightThroughLinear>(weight_q(wt, kind), b, input_q(kind));
-  };
-
-  // The fake-quantized model's mean next-token cross-entropy on ids [B, T] with the current rotations.
+  // Logits [B, T, V] of ids [B, T] with the current rotations: the W/A/KV fake-quantized model, or
+  // (quantized = false) the floating-point model, whose function the rotations do not change.
   const RopeTables rope = m.rope_tables(T);
-  auto loss_of = [&](const at::Tensor& ids) {
+  auto logits_of = [&](const at::Tensor& ids, bool quantized) {
+    auto install = [&](std::shared_ptr<Linear>& lin, LinearKind kind, const at::Tensor& wt, const at::Tensor& b) {
+      lin = std::make_shared<StraightThroughLinear>(quantized ? weight_q(wt, kind) : wt, b,
+                                                    quantized ? input_q(kind) : nullptr);
+    };
     const at::Tensor a = ua.matrix().to(at::kFloat);  // [d, d]
     at::Tensor h = at::mm(at::embedding(embed, ids).reshape({-1, c.hidden_size}), a).view({ids.size(0), T, -1});
     for (int64_t l = 0; l < L; ++l) {
@@ -200,45 +207,101 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       const at::Tensor bd = b[LinearKind::kDown].second;
       install(Ly.down, LinearKind::kDown, wd, bd.defined() ? at::mv(a.t(), bd) : bd);
       Ly.qk_transform = uc.empty() ? nullptr : std::make_shared<MatrixTransform>(uc[l].matrix().to(at::kFloat));
-      if (kv.enabled) {
-        Ly.k_cache_transform = std::make_shared<StraightThroughTransform>(
-            std::make_shared<KvFakeQuant>(hd, layout.r_h, kv.bits_low, kv.bits_high, kv.k_clip_ratio));
-        Ly.v_cache_transform = std::make_shared<StraightThroughTransform>(
-            std::make_shared<KvFakeQuant>(hd, layout.r_h, kv.bits_low, kv.bits_high, kv.v_clip_ratio));
+      Ly.k_cache_transform = Ly.v_cache_transform = nullptr;
+      if (kv.enabled && quantized) {
+        // K/V [B, H, T, head_dim], per (token, head) with the last r_h channels high, as KvFakeQuant.
+        const at::Tensor kv_mask = high_mask_last(hd, layout.r_h);
+        Ly.k_cache_transform = std::make_shared<ScaleAwareFakeQuant>(kv_mask, kv.bits_low, kv.bits_high, kv.k_clip_ratio);
+        Ly.v_cache_transform = std::make_shared<ScaleAwareFakeQuant>(kv_mask, kv.bits_low, kv.bits_high, kv.v_clip_ratio);
       }
       h = m.run_layer(l, h, rope);
     }
     const at::Tensor x = rms_norm(h, m.final_norm_weight.to(at::kFloat), c.rms_norm_eps);  // final norm folded: ones
-    const at::Tensor logits = at::linear(x, at::mm(lm_head, a));                          // [B, T, V]
+    return at::linear(x, at::mm(lm_head, a));                                             // [B, T, V]
+  };
+
+  // The fp model's next-token log-probabilities [T, V] of window i (no grad), kept while their total
+  // stays under kTeacherCacheBytes (all of them for small models) and recomputed otherwise.
+  constexpr int64_t kTeacherCacheBytes = int64_t{1} << 30;
+  std::map<int64_t, at::Tensor> teacher_cache;
+  int64_t teacher_bytes = 0;
+  auto teacher_of = [&](const std::vector<int64_t>& windows) {
+    c10::NoGradGuard no_grad;
+    std::vector<int64_t> missing;
+    for (int64_t i : windows)
+      if (!teacher_cache.count(i)) missing.push_back(i);
+    std::map<int64_t, at::Tensor> fresh;
+    if (!missing.empty()) {
+      const at::Tensor lp = at::log_softmax(logits_of(calib.index_select(0, at::tensor(missing, at::kLong)), false), -1);
+      for (size_t k = 0; k < missing.size(); ++k) {
+        fresh[missing[k]] = lp[k];
+        if (teacher_bytes + lp[k].nbytes() <= kTeacherCacheBytes) {
+          teacher_cache[missing[k]] = lp[k].clone();
+          teacher_bytes += lp[k].nbytes();
+        }
+      }
+    }
+    std::vector<at::Tensor> rows;
+    for (int64_t i : windows) rows.push_back(teacher_cache.count(i) ? teacher_cache.at(i) : fresh.at(i));
+    return at::stack(rows);  // [B, T, V]
+  };
+
+  // The objective on calibration windows `windows` with the current rotations (a scalar with the
+  // rotations' autograd graph when grad mode is on): mean over predicted tokens.
+  const bool kl = lr.objective == "kl";
+  auto loss_of = [&](const std::vector<int64_t>& windows) {
+    const at::Tensor logits = logits_of(calib.index_select(0, at::tensor(windows, at::kLong)), true);
     const int64_t V = logits.size(-1);
+    if (kl) {
+      const at::Tensor lp_q = at::log_softmax(logits, -1), lp_fp = teacher_of(windows);
+      return (lp_fp.exp() * (lp_fp - lp_q)).sum(-1).mean();
+    }
+    const at::Tensor ids = calib.index_select(0, at::tensor(windows, at::kLong));
     return at::nll_loss(at::log_softmax(logits.narrow(1, 0, T - 1).reshape({-1, V}), -1),
                         ids.narrow(1, 1, T - 1).reshape({-1}));
   };
 
-  // The loss on fixed calibration windows (the first min(N, 16)) before and after learning, in chunks
-  // of `batch`: the per-step losses are of different random windows and too noisy to compare.
+  // Training windows: the first N - n_hold; held out: the last n_hold (none when holdout is 0). The
+  // report's "fixed" windows are the held-out ones, or the first min(N, 16) training windows.
+  int64_t n_hold = lr.holdout > 0 ? std::max<int64_t>(1, std::llround(lr.holdout * N)) : 0;
+  if (n_hold >= N)
+    throw ConfigError(strprintf("rotation.learn.holdout %.3g leaves no training window of the %" PRId64
+                                " calibration windows (use more --nsamples or a smaller holdout)", lr.holdout, N));
+  const int64_t n_train = N - n_hold;
+  std::vector<int64_t> fixed;
+  for (int64_t i = n_hold ? n_train : 0; i < (n_hold ? N : std::min<int64_t>(N, 16)); ++i) fixed.push_back(i);
   auto fixed_loss = [&] {
     c10::NoGradGuard no_grad;
-    const int64_t n = std::min<int64_t>(N, 16);
     double sum = 0;
-    for (int64_t s0 = 0; s0 < n; s0 += lr.batch) {
-      const int64_t k = std::min(lr.batch, n - s0);
-      sum += loss_of(calib.narrow(0, s0, k)).item<double>() * k;
+    for (size_t s0 = 0; s0 < fixed.size(); s0 += lr.batch) {
+      const size_t k = std::min<size_t>(lr.batch, fixed.size() - s0);
+      sum += loss_of({fixed.begin() + s0, fixed.begin() + s0 + k}).item<double>() * k;
     }
-    return sum / n;
+    return sum / fixed.size();
+  };
+  auto snapshot = [&] {
+    std::vector<at::Tensor> r;
+    for (SubspaceRotation* s : all)
+      for (auto& x : s->r) r.push_back(x.detach().clone());
+    return r;
   };
   const double loss_before = fixed_loss();
+  double best_loss = loss_before;
+  int64_t best_step = 0;
+  std::vector<at::Tensor> best = snapshot();
+  nlohmann::json holdout_curve = nlohmann::json::array({nlohmann::json::array({0, loss_before})});
+  if (n_hold) log::info(strprintf("learn rotations: %s on %" PRId64 " held-out windows before learning %.4f", lr.objective.c_str(), n_hold, loss_before));
+
   Rng rng = Rng::derive(seed, "learn", {lr.seed});
-  const int64_t batch = std::min(lr.batch, N);
+  const int64_t batch = std::min(lr.batch, n_train);
   nlohmann::json curve = nlohmann::json::array();
   for (int64_t step = 0; step < lr.steps; ++step) {
-    // `batch` windows drawn with replacement from the calibration windows.
+    // `batch` training windows drawn with replacement.
     std::vector<int64_t> pick(batch);
-    for (auto& p : pick) p = static_cast<int64_t>(rng.uniform() * N);
-    const at::Tensor ids = calib.index_select(0, at::tensor(pick, at::kLong));
+    for (auto& p : pick) p = std::min<int64_t>(static_cast<int64_t>(rng.uniform() * n_train), n_train - 1);
     for (SubspaceRotation* s : all)
       for (auto& r : s->r) r.mutable_grad() = at::Tensor();
-    at::Tensor loss = loss_of(ids);
+    at::Tensor loss = loss_of(pick);
     loss.backward();
     const double value = loss.item<double>();
     curve.push_back(value);
@@ -257,12 +320,24 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         }
       }
     }
+    std::string held;
+    if (n_hold && ((step + 1) % lr.eval_every == 0 || step + 1 == lr.steps)) {
+      const double h = fixed_loss();
+      holdout_curve.push_back({step + 1, h});
+      if (h < best_loss) best_loss = h, best_step = step + 1, best = snapshot();
+      held = strprintf(" | held-out %.4f (best %.4f at step %" PRId64 ")", h, best_loss, best_step);
+    }
     const double elapsed = seconds_since(start);
-    log::info(strprintf("learn rotations: step %" PRId64 "/%" PRId64 " | loss %.4f | |grad| %.3g | ETA %.0f s", step + 1, lr.steps, value, std::sqrt(grad_norm2),
-                        elapsed / (step + 1) * (lr.steps - step - 1)));
+    log::info(strprintf("learn rotations: step %" PRId64 "/%" PRId64 " | %s %.4f | |grad| %.3g%s | ETA %.0f s", step + 1, lr.steps,
+                        lr.objective.c_str(), value, std::sqrt(grad_norm2), held.c_str(), elapsed / (step + 1) * (lr.steps - step - 1)));
+  }
+  if (n_hold) {  // early stopping: the rotations of the best held-out measurement
+    size_t k = 0;
+    for (SubspaceRotation* s : all)
+      for (auto& x : s->r) x = best[k++].requires_grad_(true);
   }
 
-  const double loss_after = fixed_loss();
+  const double loss_after = n_hold ? best_loss : fixed_loss();
   // The learned bases replace the random ones; the layers go back to disk (the weight stage reloads).
   double max_err = 0.0;
   {
@@ -286,12 +361,25 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   m.set_matmul_dtype(matmul_dtype);
   release_free_heap();
   const double seconds = seconds_since(start);
-  log::info(strprintf("learn rotations: %" PRId64 " steps in %.1f s, loss on fixed windows %.4f -> %.4f, orthogonality error %.2e",
-                      lr.steps, seconds, loss_before, loss_after, max_err));
-  return {{"steps", lr.steps}, {"lr", lr.lr}, {"momentum", lr.momentum}, {"batch", batch}, {"seed", lr.seed},
-          {"loss", curve}, {"fixed_windows_loss_before", loss_before}, {"fixed_windows_loss_after", loss_after},
-          {"seconds", seconds}, {"orthogonality_error", max_err},
-          {"loss_definition", "mean next-token cross-entropy of the W/A/KV fake-quantized model (RTN weights)"}};
+  const char* fixed_name = n_hold ? "held-out windows" : "the first training windows";
+  log::info(strprintf("learn rotations: %" PRId64 " steps in %.1f s, %s on %s %.4f -> %.4f%s, orthogonality error %.2e",
+                      lr.steps, seconds, lr.objective.c_str(), fixed_name, loss_before, loss_after,
+                      n_hold ? strprintf(" (kept step %" PRId64 ")", best_step).c_str() : "", max_err));
+  nlohmann::json report = {
+      {"steps", lr.steps}, {"lr", lr.lr}, {"momentum", lr.momentum}, {"batch", batch}, {"seed", lr.seed},
+      {"objective", lr.objective}, {"loss", curve}, {"fixed_windows", fixed_name}, {"fixed_windows_count", fixed.size()},
+      {"fixed_windows_loss_before", loss_before}, {"fixed_windows_loss_after", loss_after},
+      {"seconds", seconds}, {"orthogonality_error", max_err},
+      {"weights_in_loop", lr.weights_in_loop},
+      {"loss_definition", std::string(kl ? "mean over tokens of KL(fp model || fake-quantized model) of the next-token distributions"
+                                         : "mean next-token cross-entropy of the fake-quantized model") +
+                              (lr.weights_in_loop == "rtn" ? ", W/A/KV quantized (RTN weights)" : ", A/KV quantized (fp weights)")}};
+  if (n_hold) {
+    report["holdout_windows"] = n_hold;
+    report["holdout_loss"] = holdout_curve;  // [step, loss] pairs, step 0 = before learning
+    report["kept_step"] = best_step;
+  }
+  return report;
 }
 
 }  // namespace resq::pipeline

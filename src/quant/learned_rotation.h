@@ -1,5 +1,6 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn), private to src/quant: after PCA
-// fixed the subspaces, Cayley SGD on the end-to-end cross-entropy of the fake-quantized model.
+// fixed the subspaces, Cayley SGD on an end-to-end loss (CE or KL to the fp model) of the
+// fake-quantized model, with held-out early stopping.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,11 +16,15 @@ namespace resq::pipeline {
 
 // Replaces R.u_a, R.u_b and R.u_c (as built by build_rotations) by U · blockdiag(Q_low, Q_high), the
 // orthogonal Q of each subspace (the low n - r and high r columns) learned with recipe.rotation.learn
-// by minimizing the mean next-token cross-entropy on windows of calib [N, T] (int64) of the model with
-// RTN weights, per-token activations and KV cache fake-quantized (straight-through gradients). U_D
+// by minimizing learn.objective ("ce": next-token cross-entropy; "kl": KL(fp || quantized)) on the
+// training windows of calib [N, T] (int64) of the model with per-token activations, KV cache and
+// (weights_in_loop "rtn") RTN weights fake-quantized (scale-aware straight-through gradients,
+// resq/quant/ste_quant.h); with learn.holdout > 0 the last windows are held out and the rotations of
+// the best held-out measurement are kept. U_D
 // stays fixed. m: globals prepared (prepare_globals), not yet fused; every layer is loaded while
 // learning (memory bounded by the model) and unloaded afterwards. Deterministic for (seed, learn.seed).
-// Returns the report: loss per step, seconds, the learned matrices' max ‖UᵀU − I‖_F.
+// Returns the report: loss per step, held-out curve and kept step, seconds, the learned matrices'
+// max ‖UᵀU − I‖_F. Throws ConfigError when the hold-out leaves no training window.
 nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::ModelLayout& layout,
                                const at::Tensor& calib, uint64_t seed, Rotations& R);
 

@@ -44,6 +44,10 @@ void parse_learn(const JsonFields& in, LearnRecipe* l) {
   set_if_present(in.optional_number("momentum", NumberRange::closed_open(0, 1)), &l->momentum);
   set_if_present(in.optional_integer("batch", IntRange::positive()), &l->batch);
   set_if_present(in.optional_integer("seed", IntRange::at_least(0)), &l->seed);
+  set_if_present(in.optional_one_of("objective", {"ce", "kl"}), &l->objective);
+  set_if_present(in.optional_number("holdout", NumberRange::closed_open(0, 1)), &l->holdout);
+  set_if_present(in.optional_integer("eval_every", IntRange::positive()), &l->eval_every);
+  set_if_present(in.optional_one_of("weights_in_loop", {"rtn", "none"}), &l->weights_in_loop);
   in.reject_unknown_keys();
 }
 
@@ -177,7 +181,9 @@ nlohmann::json recipe_to_json(const Recipe& r) {
   // Only when enabled: recipes without it serialize (and write checkpoints) exactly as before.
   if (r.rotation.learn.enabled) {
     const LearnRecipe& l = r.rotation.learn;
-    j["rotation"]["learn"] = {{"steps", l.steps}, {"lr", l.lr}, {"momentum", l.momentum}, {"batch", l.batch}, {"seed", l.seed}};
+    j["rotation"]["learn"] = {{"steps", l.steps}, {"lr", l.lr}, {"momentum", l.momentum}, {"batch", l.batch}, {"seed", l.seed},
+                               {"objective", l.objective}, {"holdout", l.holdout}, {"eval_every", l.eval_every},
+                               {"weights_in_loop", l.weights_in_loop}};
   }
   j["weights"] = {{"method", r.weights.method},         {"bits_low", r.weights.bits_low},
                   {"bits_high", r.weights.bits_high},   {"down_high", r.weights.down_high},

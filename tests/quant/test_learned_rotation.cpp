@@ -46,7 +46,9 @@ TEST(Cayley, KeepsOrthogonalAndDescendsDistanceToATarget) {
       EXPECT_LE(now, previous + 1e-9) << "step " << step;  // small steps never increase this loss
       previous = now;
     }
-    if (n > 1) EXPECT_LT(previous, 0.5 * start);
+    if (n > 1) {
+      EXPECT_LT(previous, 0.5 * start);
+    }
   }
 }
 
@@ -82,26 +84,45 @@ TEST(LearnRecipe, KeysParsedStrictly) {
   expect_config_error(R"({"rotation": {"learn": {"batch": 0}}})", {"'rotation.learn.batch'"});
   expect_config_error(R"({"rotation": {"learn": {"seed": -3}}})", {"'rotation.learn.seed'"});
   expect_config_error(R"({"rotation": {"learn": {"stepz": 3}}})", {"unknown key 'rotation.learn.stepz'"});
+  expect_config_error(R"({"rotation": {"learn": {"objective": "mse"}}})", {"'rotation.learn.objective'", "kl"});
+  expect_config_error(R"({"rotation": {"learn": {"objective": 1}}})", {"'rotation.learn.objective'"});
+  expect_config_error(R"({"rotation": {"learn": {"holdout": 1}}})", {"'rotation.learn.holdout'"});
+  expect_config_error(R"({"rotation": {"learn": {"holdout": -0.1}}})", {"'rotation.learn.holdout'"});
+  expect_config_error(R"({"rotation": {"learn": {"eval_every": 0}}})", {"'rotation.learn.eval_every'"});
+  expect_config_error(R"({"rotation": {"learn": {"weights_in_loop": "gptq"}}})", {"'rotation.learn.weights_in_loop'", "rtn"});
   expect_config_error(R"({"rotation": {"learn": 5}})", {"'rotation.learn'", "object"});
   expect_config_error(R"({"rotation": {"method": "quarot", "learn": {}}})", {"'rotation.learn'", "resq"});
 
   const Recipe none = parse_recipe(nlohmann::json::parse(R"({"rotation": {"method": "resq"}})"), "a.json");
   EXPECT_FALSE(none.rotation.learn.enabled);
+  // A learn block without the newer keys keeps their defaults: the CE objective, no hold-out.
+  const Recipe old = parse_recipe(nlohmann::json::parse(R"({"rotation": {"learn": {"steps": 3}}})"), "old.json");
+  EXPECT_EQ(old.rotation.learn.objective, "ce");
+  EXPECT_EQ(old.rotation.learn.holdout, 0.0);
+  EXPECT_EQ(old.rotation.learn.weights_in_loop, "rtn");
   EXPECT_FALSE(recipe_to_json(none)["rotation"].contains("learn"));  // old recipes serialize as before
   const Recipe r = parse_recipe(
-      nlohmann::json::parse(R"({"rotation": {"learn": {"steps": 3, "lr": 0.5, "momentum": 0.5, "batch": 2, "seed": 4}}})"), "b.json");
+      nlohmann::json::parse(R"({"rotation": {"learn": {"steps": 3, "lr": 0.5, "momentum": 0.5, "batch": 2, "seed": 4,
+                                                  "objective": "kl", "holdout": 0.5, "eval_every": 2,
+                                                  "weights_in_loop": "none"}}})"), "b.json");
   EXPECT_TRUE(r.rotation.learn.enabled);
   EXPECT_EQ(r.rotation.learn.steps, 3);
   EXPECT_DOUBLE_EQ(r.rotation.learn.lr, 0.5);
   EXPECT_DOUBLE_EQ(r.rotation.learn.momentum, 0.5);
   EXPECT_EQ(r.rotation.learn.batch, 2);
   EXPECT_EQ(r.rotation.learn.seed, 4);
+  EXPECT_EQ(r.rotation.learn.objective, "kl");
+  EXPECT_DOUBLE_EQ(r.rotation.learn.holdout, 0.5);
+  EXPECT_EQ(r.rotation.learn.eval_every, 2);
+  EXPECT_EQ(r.rotation.learn.weights_in_loop, "none");
   const Recipe back = parse_recipe(recipe_to_json(r), "round trip");
   EXPECT_EQ(recipe_to_json(back), recipe_to_json(r));
 
   const Recipe shipped = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/resq-learned.json");
   EXPECT_TRUE(shipped.rotation.learn.enabled);
   EXPECT_EQ(shipped.rotation.method, "resq");
+  EXPECT_EQ(shipped.rotation.learn.objective, "kl");
+  EXPECT_GT(shipped.rotation.learn.holdout, 0.0);
 }
 
 QuantizeOptions learned_options(const std::string& out, int64_t steps, uint64_t seed) {
@@ -111,6 +132,7 @@ QuantizeOptions learned_options(const std::string& out, int64_t steps, uint64_t 
   o.recipe = load_recipe(std::string(RESQ_SOURCE_DIR) + "/configs/resq-learned.json");
   o.recipe.rotation.learn.steps = steps;
   o.recipe.rotation.learn.batch = 2;
+  o.recipe.rotation.learn.holdout = 0;  // the shipped hold-out is tested on its own below
   o.calib_path = test::shared_path("data/tinystories/valid_head.txt");
   o.nsamples = 4;
   o.seqlen = 64;
@@ -152,6 +174,83 @@ TEST(LearnedRotation, Stories260KCheckpointRunsPackedAndSimulated) {
   plain.recipe.rotation.learn.enabled = false;
   quantize_model(plain);
   EXPECT_FALSE(test::read_file(dir.file("a") + "/model.safetensors") == test::read_file(dir.file("c") + "/model.safetensors"));
+}
+
+// The KL objective compares the fake-quantized model with the fp model through the same rotated
+// forward: with nothing quantized the two are the same function, so the KL is ~0 (and the rotations
+// do not change the fp function); with W/A/KV quantized it is clearly positive.
+TEST(LearnedRotation, KlObjectiveIsZeroWithoutQuantization) {
+  test::TempDir dir;
+  QuantizeOptions o = learned_options(dir.file("a"), 2, 1);
+  o.recipe.rotation.learn.objective = "kl";
+  o.recipe.rotation.learn.holdout = 0.25;
+  o.recipe.rotation.learn.eval_every = 1;
+  o.recipe.rotation.learn.weights_in_loop = "none";  // A/KV fake-quantized
+  const auto quantized = quantize_model(o)["learned_rotation"];
+  EXPECT_EQ(quantized["objective"], "kl");
+  EXPECT_GT(quantized["fixed_windows_loss_before"].get<double>(), 0.01);
+  // RTN weights in the loop add the 4-bit weight error on top: a larger gap to the fp model.
+  o.out_dir = dir.file("rtn");
+  o.recipe.rotation.learn.weights_in_loop = "rtn";
+  const auto rtn = quantize_model(o)["learned_rotation"];
+  EXPECT_EQ(rtn["weights_in_loop"], "rtn");
+  EXPECT_GT(rtn["fixed_windows_loss_before"].get<double>(), quantized["fixed_windows_loss_before"].get<double>() + 0.01);
+  o.recipe.rotation.learn.weights_in_loop = "none";
+
+  o.out_dir = dir.file("b");
+  o.recipe.weights.method = "none";
+  o.recipe.activations.enabled = false;
+  o.recipe.kv.enabled = false;
+  const auto plain = quantize_model(o)["learned_rotation"];
+  EXPECT_LT(std::abs(plain["fixed_windows_loss_before"].get<double>()), 1e-5);
+  for (const auto& v : plain["loss"]) EXPECT_LT(std::abs(v.get<double>()), 1e-5);
+}
+
+// Early stopping keeps the rotations of the best held-out measurement: a run of S steps that kept
+// step k writes the same checkpoint as a run of k steps with the same seed (the same windows are drawn
+// for the first k steps; held-out measurements draw none), or as no learning when k is 0.
+TEST(LearnedRotation, HoldoutKeepsTheBestMeasuredStep) {
+  test::TempDir dir;
+  QuantizeOptions o = learned_options(dir.file("long"), 6, 2);
+  o.recipe.rotation.learn.objective = "kl";
+  o.recipe.rotation.learn.holdout = 0.25;  // 1 of the 4 windows
+  o.recipe.rotation.learn.eval_every = 2;
+  o.recipe.rotation.learn.lr = 0.05;
+  const auto report = quantize_model(o)["learned_rotation"];
+  EXPECT_EQ(report["holdout_windows"], 1);
+  const auto& curve = report["holdout_loss"];
+  ASSERT_EQ(curve.size(), 4u);  // steps 0 (before), 2, 4, 6
+  double best = curve[0][1].get<double>();
+  int64_t best_step = 0;
+  for (size_t i = 0; i < curve.size(); ++i) {
+    EXPECT_EQ(curve[i][0].get<int64_t>(), static_cast<int64_t>(2 * i));
+    if (curve[i][1].get<double>() < best) best = curve[i][1].get<double>(), best_step = curve[i][0].get<int64_t>();
+  }
+  EXPECT_EQ(report["kept_step"].get<int64_t>(), best_step);
+  EXPECT_DOUBLE_EQ(report["fixed_windows_loss_after"].get<double>(), best);
+  std::printf("held-out KL %.5f -> %.5f, kept step %lld\n", curve[0][1].get<double>(), best, static_cast<long long>(best_step));
+
+  QuantizeOptions same = o;
+  same.out_dir = dir.file("short");
+  if (best_step > 0) {
+    same.recipe.rotation.learn.steps = best_step;
+    same.recipe.rotation.learn.eval_every = best_step;
+  } else {
+    same.recipe.rotation.learn.enabled = false;
+  }
+  quantize_model(same);
+  EXPECT_TRUE(test::read_file(dir.file("long") + "/model.safetensors") == test::read_file(dir.file("short") + "/model.safetensors"));
+
+  // Too few windows to hold any out: an error naming the key.
+  QuantizeOptions one = o;
+  one.out_dir = dir.file("one");
+  one.nsamples = 1;
+  try {
+    quantize_model(one);
+    ADD_FAILURE() << "accepted a hold-out of the only window";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("rotation.learn.holdout"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

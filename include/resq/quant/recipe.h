@@ -11,14 +11,25 @@
 namespace resq {
 
 // Learned rotations inside the ResQ subspaces (rotation.learn; docs/QUANTIZE.md "Learned
-// rotations"): Cayley SGD on the end-to-end fake-quantized cross-entropy of the calibration windows.
+// rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model on calibration windows.
 struct LearnRecipe {
   bool enabled = false;   // true when the recipe has a rotation.learn object
   int64_t steps = 30;     // optimizer steps (>= 1)
   double lr = 0.001;      // Cayley SGD learning rate (> 0); the step is also bounded by 1 / ||momentum||
   double momentum = 0.0;  // [0, 1)
-  int64_t batch = 8;      // calibration windows per step (>= 1; capped at --nsamples)
+  int64_t batch = 8;      // calibration windows per step (>= 1; capped at the training windows)
   int64_t seed = 0;       // mixed with --seed into the window-sampling stream (>= 0)
+  // "ce": next-token cross-entropy of the quantized model; "kl": KL(fp model || quantized model) of
+  // the next-token distributions (distillation: targets the quantization gap only).
+  std::string objective = "ce";
+  // Fraction of the calibration windows (the last ones) held out of the steps: the held-out loss is
+  // measured before learning and every eval_every steps, and the rotations of the best held-out
+  // measurement are kept (early stopping; never worse than the start on held-out text). [0, 1); 0 = off.
+  double holdout = 0.0;
+  int64_t eval_every = 10;  // steps between held-out measurements (>= 1)
+  // Weights inside the learning loop: "rtn" (RTN-quantized with the recipe's bits and clip) or "none"
+  // (floating point: only activations and KV cache fake-quantized, as SpinQuant learns before GPTQ).
+  std::string weights_in_loop = "rtn";
 };
 
 struct RotationRecipe {
