@@ -74,15 +74,16 @@ struct SubspaceRotation {
     const int64_t n = u.size(0);
     for (int64_t size : {n - high, high}) {
       if (size == 0) continue;
-      r.push_back(at::eye(size, at::kDouble).requires_grad_(true));
-      mom.push_back(at::zeros({size, size}, at::kDouble));
+      // On U's device (quantize --device cuda learns there).
+      r.push_back(at::eye(size, u.options().dtype(at::kDouble)).requires_grad_(true));
+      mom.push_back(at::zeros({size, size}, u.options().dtype(at::kDouble)));
     }
   }
   at::Tensor matrix() const { return at::mm(u0, r.size() == 1 ? r[0] : at::block_diag(r)); }
 };
 
 double orthogonality_error(const at::Tensor& u) {
-  return (at::mm(u.t(), u) - at::eye(u.size(0), at::kDouble)).norm().item<double>();
+  return (at::mm(u.t(), u) - at::eye(u.size(0), u.options())).norm().item<double>();
 }
 
 }  // namespace
@@ -97,7 +98,7 @@ void cayley_sgd_step(at::Tensor& x, const at::Tensor& grad, at::Tensor& momentum
   const double norm = momentum.norm().item<double>();
   if (norm == 0.0) return;
   const double alpha = std::min(lr, 1.0 / norm);
-  const at::Tensor eye = at::eye(x.size(0), at::kDouble);
+  const at::Tensor eye = at::eye(x.size(0), x.options());
   const at::Tensor half = momentum * (alpha / 2);
   x = at::linalg_solve(eye + half, at::mm(eye - half, x));
 }
@@ -140,7 +141,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     const MatrixXdR t = online_hadamard_dense(*R.u_d);
     u_d = at::empty({t.rows(), t.cols()}, at::kDouble);
     std::memcpy(u_d.data_ptr<double>(), t.data(), sizeof(double) * t.size());
-    u_d = u_d.to(at::kFloat);
+    u_d = u_d.to(m.device(), at::kFloat);
   }
 
   SubspaceRotation ua(R.u_a, layout.r);
@@ -178,7 +179,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
                                                     quantized ? input_q(kind) : nullptr);
     };
     const at::Tensor a = ua.matrix().to(at::kFloat);  // [d, d]
-    at::Tensor h = at::mm(at::embedding(embed, ids).reshape({-1, c.hidden_size}), a).view({ids.size(0), T, -1});
+    at::Tensor h = at::mm(at::embedding(embed, ids.to(embed.device())).reshape({-1, c.hidden_size}), a)
+                       .view({ids.size(0), T, -1});
     for (int64_t l = 0; l < L; ++l) {
       DecoderLayer& Ly = m.layers()[l];
       auto& b = base[l];
@@ -258,7 +260,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     }
     const at::Tensor ids = calib.index_select(0, at::tensor(windows, at::kLong));
     return at::nll_loss(at::log_softmax(logits.narrow(1, 0, T - 1).reshape({-1, V}), -1),
-                        ids.narrow(1, 1, T - 1).reshape({-1}));
+                        ids.narrow(1, 1, T - 1).reshape({-1}).to(logits.device()));
   };
 
   // Training windows: the first N - n_hold; held out: the last n_hold (none when holdout is 0). The

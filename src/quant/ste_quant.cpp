@@ -27,7 +27,7 @@ at::Tensor guard_zero(const at::Tensor& s) { return at::where(s == 0, at::ones_l
 at::Tensor ste_weight_quant(const at::Tensor& w, const at::Tensor& exact, const at::Tensor& high_mask,
                             int bits_low, int bits_high, double clip_ratio) {
   if (w.dim() != 2 || high_mask.numel() != w.size(1)) throw ShapeError("ste_weight_quant: expected w [N, K] and a [K] mask");
-  const at::Tensor m = high_mask.to(at::kBool).view({1, -1});  // [1, K]
+  const at::Tensor m = high_mask.to(w.device(), at::kBool).view({1, -1});  // [1, K] on w's device
   const at::Tensor absw = w.abs();
   auto part = [&](const at::Tensor& other, int bits) {  // [N, K] on this part's grid
     if (!quantized_bits(bits)) return w;
@@ -42,7 +42,7 @@ at::Tensor ste_weight_quant(const at::Tensor& w, const at::Tensor& exact, const 
 at::Tensor ste_activation_quant(const at::Tensor& x, const at::Tensor& exact, const at::Tensor& high_mask,
                                 int bits_low, int bits_high, double clip_ratio) {
   if (x.dim() < 1 || high_mask.numel() != x.size(-1)) throw ShapeError("ste_activation_quant: expected x [..., K] and a [K] mask");
-  const at::Tensor m = high_mask.to(at::kBool);  // [K]
+  const at::Tensor m = high_mask.to(x.device(), at::kBool);  // [K] on x's device
   auto part = [&](const at::Tensor& other, int bits) {
     if (!quantized_bits(bits)) return x;
     const double qmax = (1 << bits) - 1;

@@ -143,6 +143,21 @@ TEST(PipelineDevice, CudaMatchesTheCpuPathOnStories260K) {
   EXPECT_LT(std::abs(w_cuda - w_cpu) / w_cpu, 0.005) << "WikiText-2: cpu " << w_cpu << " cuda " << w_cuda;
 }
 
+// The learned-rotation step (autograd through the decoder) on the GPU: a short run of the shipped
+// recipe, a finite checkpoint whose rotations stayed orthogonal.
+TEST(PipelineDevice, LearnedRotationsRunOnCuda) {
+  if (!cuda_usable()) GTEST_SKIP() << "no CUDA device visible to this libtorch";
+  test::TempDir dir;
+  QuantizeOptions o = stories_options(dir.file("learned"), "resq-learned");
+  o.recipe.rotation.learn.steps = 4;
+  o.recipe.rotation.learn.eval_every = 2;
+  o.device = "cuda";
+  const nlohmann::json r = quantize_model(o);
+  ASSERT_TRUE(r.contains("learned_rotation"));
+  const double p = packed_ppl(dir.file("learned"));
+  EXPECT_TRUE(std::isfinite(p) && p > 1.0 && p < 100.0) << p;
+}
+
 TEST(PipelineDevice, RtnAndQuarotRunOnTheGenericPaths) {
   test::TempDir dir;
   ScopedEnv env("RESQ_QUANTIZE_GENERIC", "1");
