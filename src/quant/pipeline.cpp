@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <vector>
 
 #include "learned_rotation.h"
 #include "pipeline_parts.h"
@@ -75,17 +76,26 @@ void for_each_layer(Decoder& m, const std::string& stage, int64_t tokens_per_lay
   }
 }
 
-// Quantizes one dense linear's weight: installs the dequantized weights (later layers' GPTQ inputs
-// propagate through them) and returns the integer result for the checkpoint; *rel_err receives
-// ||Ŵ - W|| / ||W||. The returned dequant tensor is dropped (the linear holds it).
+// Quantizes dense linears that read the same input (one Hessian, one column mask): installs the
+// dequantized weights (later layers' GPTQ inputs propagate through them) and returns the integer
+// results for the checkpoint, one per linear; rel_err[i] receives ||Ŵ - W|| / ||W|| of linear i.
+// Several linears are quantized as ONE weight of their stacked rows: GPTQ and RTN treat rows
+// independently (per-row scales, the column loop and the lazy updates act row by row), so the
+// result is that of separate calls, with one column loop instead of several (on a GPU the loop's
+// kernel launches, not its arithmetic, are the cost: q/k/v and gate/up share theirs).
 // hessian_last_use: the Hessian buffer may serve as GPTQ's factorization workspace (see
 // gptq_quantize_weight) because no later linear reads it.
 // generic: GPTQ by the device-generic torch path even on CPU tensors (ComputePlan::generic).
-QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& mask, const WeightRecipe& w,
-                                const at::Tensor& hessian, bool hessian_last_use, at::ScalarType dt, bool generic,
-                                double* rel_err) {
-  DenseLinear& d = dense(lin, "quantize");
-  at::Tensor original = d.weight().to(at::kFloat);
+std::vector<QuantizedWeight> quantize_linears(const std::vector<std::shared_ptr<Linear>*>& lins, const at::Tensor& mask,
+                                              const WeightRecipe& w, const at::Tensor& hessian, bool hessian_last_use,
+                                              at::ScalarType dt, bool generic, std::vector<double>* rel_err) {
+  std::vector<at::Tensor> originals;
+  std::vector<int64_t> rows;
+  for (auto* lin : lins) {
+    originals.push_back(dense(*lin, "quantize").weight().to(at::kFloat));
+    rows.push_back(originals.back().size(0));
+  }
+  const at::Tensor original = originals.size() == 1 ? originals[0] : at::cat(originals, 0);  // [sum N, K]
   QuantizedWeight q;
   if (w.method == "gptq") {
     // Device tensors reach the torch path through gptq_quantize_weight's dispatch anyway; a generic
@@ -96,10 +106,23 @@ QuantizedWeight quantize_linear(std::shared_ptr<Linear>& lin, const at::Tensor& 
   } else {
     q = rtn_quantize_weight(original, mask, w.bits_low, w.bits_high, w.clip_ratio, w.mse_clip);
   }
-  *rel_err = (q.dequant - original).norm().item<double>() / std::max(original.norm().item<double>(), 1e-30);
-  lin = std::make_shared<DenseLinear>(q.dequant.to(dt), d.bias());
-  q.dequant = at::Tensor();
-  return q;
+  std::vector<QuantizedWeight> out;
+  rel_err->clear();
+  int64_t r0 = 0;
+  for (size_t i = 0; i < lins.size(); ++i) {
+    QuantizedWeight part = q;
+    part.dequant = q.dequant.narrow(0, r0, rows[i]);
+    part.q = q.q.narrow(0, r0, rows[i]).contiguous();
+    part.scale_low = q.scale_low.narrow(0, r0, rows[i]).contiguous();
+    part.scale_high = q.scale_high.narrow(0, r0, rows[i]).contiguous();
+    r0 += rows[i];
+    rel_err->push_back((part.dequant - originals[i]).norm().item<double>() /
+                       std::max(originals[i].norm().item<double>(), 1e-30));
+    *lins[i] = std::make_shared<DenseLinear>(part.dequant.to(dt).contiguous(), dense(*lins[i], "quantize").bias());
+    part.dequant = at::Tensor();  // the linear holds it
+    out.push_back(std::move(part));
+  }
+  return out;
 }
 
 }  // namespace
@@ -225,26 +248,39 @@ nlohmann::json quantize_model_impl(const QuantizeOptions& o, const at::Device& d
     auto hess = [&](LinearKind k) { auto it = H.find(k); return it == H.end() ? at::Tensor() : it->second; };
     nlohmann::json e;
     e["layer"] = l;
-    auto one = [&](LinearKind kind, std::shared_ptr<Linear>& lin, LinearKind hessian_of) {
-      double err = 0.0;
-      const at::Tensor mask = site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
-      // q_proj's Hessian also serves k_proj and v_proj, gate_proj's also up_proj.
-      const bool last_use = kind == LinearKind::kV || kind == LinearKind::kO || kind == LinearKind::kUp ||
-                            kind == LinearKind::kDown;
-      layer_quantized[kind] = quantize_linear(lin, mask, w, hess(hessian_of), last_use, dt, plan.generic, &err);
-      e[linear_kind_name(kind)] = err;
-      if (log::enabled(log::Level::debug)) {
-        log::debug(strprintf("weights: layer %" PRId64 " %s quantized | %s", l, linear_kind_name(kind),
-                             memory_note(true).c_str()));
+    // Linears that read one input share its Hessian (q_proj's serves k and v, gate_proj's up) and
+    // column mask; the device-generic path quantizes each such group as one stacked weight (see
+    // quantize_linears), the CPU path one linear at a time (its results are the reference).
+    auto group = [&](std::vector<std::pair<LinearKind, std::shared_ptr<Linear>*>> members) {
+      const LinearKind hessian_of = members.front().first;
+      std::vector<at::Tensor> masks;
+      bool same_mask = true;
+      for (const auto& [kind, lin] : members) {
+        masks.push_back(site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind))));
+        same_mask = same_mask && at::equal(masks.back(), masks.front());
+      }
+      const size_t batch = plan.generic && same_mask ? members.size() : 1;
+      for (size_t i0 = 0; i0 < members.size(); i0 += batch) {
+        std::vector<std::shared_ptr<Linear>*> lins;
+        for (size_t i = i0; i < i0 + batch; ++i) lins.push_back(members[i].second);
+        const bool last_use = i0 + batch == members.size();
+        std::vector<double> errs;
+        auto qs = quantize_linears(lins, masks[i0], w, hess(hessian_of), last_use, dt, plan.generic, &errs);
+        for (size_t i = 0; i < batch; ++i) {
+          const LinearKind kind = members[i0 + i].first;
+          layer_quantized[kind] = std::move(qs[i]);
+          e[linear_kind_name(kind)] = errs[i];
+        }
+        if (log::enabled(log::Level::debug)) {
+          log::debug(strprintf("weights: layer %" PRId64 " %s%s quantized | %s", l, linear_kind_name(members[i0].first),
+                               batch > 1 ? " (+ the linears sharing its input)" : "", memory_note(true).c_str()));
+        }
       }
     };
-    one(LinearKind::kQ, L.q, LinearKind::kQ);
-    one(LinearKind::kK, L.k, LinearKind::kQ);
-    one(LinearKind::kV, L.v, LinearKind::kQ);
-    one(LinearKind::kO, L.o, LinearKind::kO);
-    one(LinearKind::kGate, L.gate, LinearKind::kGate);
-    one(LinearKind::kUp, L.up, LinearKind::kGate);
-    one(LinearKind::kDown, L.down, LinearKind::kDown);
+    group({{LinearKind::kQ, &L.q}, {LinearKind::kK, &L.k}, {LinearKind::kV, &L.v}});
+    group({{LinearKind::kO, &L.o}});
+    group({{LinearKind::kGate, &L.gate}, {LinearKind::kUp, &L.up}});
+    group({{LinearKind::kDown, &L.down}});
     layer_errors.push_back(e);
   };
   format::CheckpointMeta meta = checkpoint_meta(c, recipe, layout, R, choose_globals_dtype(o.globals_dtype, c));
