@@ -52,11 +52,11 @@ void run_layer_chunks(Decoder& m, int64_t l, at::Tensor& hidden, const RopeTable
   }
 }
 
-// The one layer loop: for each layer, load it, fold its norms (prepare_layer), run body(l), unload
-// it, trim the heap and log progress (tok/s when tokens_per_layer > 0).
 // Where the pipeline is, for error messages (an out-of-memory error names the stage and layer).
 thread_local std::string g_where = "start";
 
+// The one layer loop: for each layer, load it, fold its norms (prepare_layer), run body(l), unload
+// it, trim the heap and log progress (tok/s when tokens_per_layer > 0).
 template <typename Fn>
 void for_each_layer(Decoder& m, const std::string& stage, int64_t tokens_per_layer, Fn&& body) {
   const int64_t layers = m.config().num_layers;
