@@ -75,7 +75,9 @@ DeviceMemoryEstimate estimate_device_memory(const ModelConfig& c, int64_t nsampl
   const double per_element = plan.products == Products::kTf32 ? 12.0 : 8.0;  // float64 sum (+ float32 partial)
   e.statistics_gib = (2 * d * d + q * q + ffn * ffn) * per_element / kGiB;  // q and gate (d), o (q), down (ffn)
   e.calibration_gram_gib = d * d * per_element / kGiB;
-  e.gptq_gib = (4 * k_max * k_max * 8 + k_max * k_max * 4 + 3 * widest * 4) / kGiB;  // factorization, U, W/Q/D
+  // Factorization beside the Hessian (its own buffer serves as the workspace on its last use):
+  // J H J, L and L⁻¹ in float64, then U in float32, and the W/Q/D copies.
+  e.gptq_gib = (3 * k_max * k_max * 8 + k_max * k_max * 4 + 3 * widest * 4) / kGiB;
   e.activations_gib = static_cast<double>(chunk) * seqlen * std::max(d, ffn) * 4 * 5 / kGiB;  // ~5 live [chunk, T, ffn]
   e.globals_gib = 2.0 * static_cast<double>(c.vocab_size) * d * static_cast<double>(global_bytes_per_element) / kGiB;
   return e;

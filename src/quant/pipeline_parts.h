@@ -50,7 +50,7 @@ ComputePlan make_compute_plan(const at::Device& device, int64_t hidden);
 // layer in float32 with its float64 fusion temporaries. Calibration adds the embeddings + lm_head,
 // one chunk's activations and the U_A Gram; the weight stage the float64 Hessians (+ float32 partial
 // sums with TF32) and either a chunk's activations or GPTQ of the widest linear (its factorization
-// holds 4 [K, K] float64, plus U and the W/Q/D copies). The peak is the larger stage.
+// holds 3 [K, K] float64 beside the Hessian, plus U and the W/Q/D copies). The peak is the larger stage.
 struct DeviceMemoryEstimate {
   double hidden_gib = 0, layer_gib = 0, statistics_gib = 0, gptq_gib = 0, activations_gib = 0, globals_gib = 0,
          calibration_gram_gib = 0;
