@@ -3,7 +3,8 @@
 # Llama-3.2-1B shape, 32 x 2048 calibration tokens, <= 30 min and peak RSS <= bf16 size + 2 GiB on
 # the 2-core machine). Makes the random-init model once, then quantizes it and prints the report.
 # Usage: scripts/bench-quantize.sh [SHAPE] [NSAMPLES] [SEQLEN] [RECIPE]
-#        (defaults: llama-3.2-1b 32 2048 resq); WORK=/tmp/resq-bench-quantize keeps the model.
+#        (defaults: llama-3.2-1b 32 2048 resq); WORK=/tmp/resq-bench-quantize keeps the model;
+#        DEVICE=cpu|cuda|auto (default auto: the GPU where there is one, see docs/QUANTIZE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE="${1:-llama-3.2-1b}"
@@ -21,6 +22,6 @@ fi
 rm -rf "$WORK/$SHAPE-$RECIPE"
 /usr/bin/time -v "$RESQ" quantize --model "$WORK/$SHAPE" --out "$WORK/$SHAPE-$RECIPE" \
   --config "configs/$RECIPE.json" --calib-wikitext2 "$SHARED/data/wikitext-2-raw/wiki.valid.raw" \
-  --nsamples "$NSAMPLES" --seqlen "$SEQLEN" --json "$WORK/$SHAPE-$RECIPE.report.json" 2> "$WORK/$SHAPE-$RECIPE.stderr"
+  --nsamples "$NSAMPLES" --seqlen "$SEQLEN" --device "${DEVICE:-auto}" --json "$WORK/$SHAPE-$RECIPE.report.json" 2> "$WORK/$SHAPE-$RECIPE.stderr"
 grep -E "Elapsed|Maximum resident" "$WORK/$SHAPE-$RECIPE.stderr"
 du -sb "$WORK/$SHAPE" | awk '{printf "model directory: %.2f GiB\n", $1 / 2^30}'
