@@ -2,6 +2,7 @@
 // torch GPTQ, the torch online Hadamard), forced on the CPU with RESQ_QUANTIZE_GENERIC=1, against the
 // CPU paths on stories260K; the same on CUDA where a device exists; and the device errors.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -187,6 +188,55 @@ TEST(PipelineDevice, DeviceErrorsNameTheFlagAndWriteNothing) {
   o.device = "cpu";
   EXPECT_THROW(quantize_model(o), UsageError);
   EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
+}
+
+// The compute plan: products by device and width, the environment overrides, and their errors.
+TEST(PipelineDevice, ComputePlanPicksProductsByDeviceAndWidth) {
+  using pipeline::Products;
+  const at::Device cpu(at::kCPU), cuda(at::kCUDA, 0);  // cuda only as a value: nothing runs on it
+  EXPECT_EQ(pipeline::make_compute_plan(cpu, 64).products, Products::kFp32);
+  EXPECT_EQ(pipeline::make_compute_plan(cpu, 2048).products, Products::kBf16);
+  EXPECT_FALSE(pipeline::make_compute_plan(cpu, 2048).generic);
+  EXPECT_EQ(pipeline::make_compute_plan(cuda, 64).products, Products::kFp32);
+  EXPECT_EQ(pipeline::make_compute_plan(cuda, 2048).products, Products::kTf32);
+  EXPECT_TRUE(pipeline::make_compute_plan(cuda, 64).generic);
+  {
+    ScopedEnv env("RESQ_QUANTIZE_GENERIC", "1");
+    const pipeline::ComputePlan p = pipeline::make_compute_plan(cpu, 2048);
+    EXPECT_TRUE(p.generic);
+    EXPECT_EQ(p.products, Products::kFp32);  // bf16 products are oneDNN's CPU path, not a generic one
+  }
+  {
+    ScopedEnv env("RESQ_QUANTIZE_GENERIC", "yes");
+    EXPECT_THROW(pipeline::make_compute_plan(cpu, 64), UsageError);
+  }
+  {
+    ScopedEnv env("RESQ_QUANTIZE_PRODUCTS", "fp32");
+    EXPECT_EQ(pipeline::make_compute_plan(cpu, 2048).products, Products::kFp32);
+    EXPECT_EQ(pipeline::make_compute_plan(cuda, 2048).products, Products::kFp32);
+  }
+  {
+    ScopedEnv env("RESQ_QUANTIZE_PRODUCTS", "bf16");
+    EXPECT_EQ(pipeline::make_compute_plan(cpu, 64).products, Products::kBf16);
+    EXPECT_THROW(pipeline::make_compute_plan(cuda, 64), UsageError);
+  }
+  {
+    ScopedEnv env("RESQ_QUANTIZE_PRODUCTS", "tf32");
+    EXPECT_EQ(pipeline::make_compute_plan(cuda, 64).products, Products::kTf32);
+    try {
+      pipeline::make_compute_plan(cpu, 64);
+      FAIL() << "tf32 on the CPU";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("RESQ_QUANTIZE_PRODUCTS"), std::string::npos) << e.what();
+    }
+  }
+  // Tf32Scope restores the previous setting.
+  const bool before = at::globalContext().allowTF32CuBLAS();
+  {
+    const pipeline::Tf32Scope scope(true);
+    EXPECT_TRUE(at::globalContext().allowTF32CuBLAS());
+  }
+  EXPECT_EQ(at::globalContext().allowTF32CuBLAS(), before);
 }
 
 // The device-memory estimate at the Llama-3-8B shape, 128 x 2048 tokens, TF32, 4 windows per call,
