@@ -27,21 +27,6 @@ double sylvester_entry(int64_t a, int64_t c) {
   return odd ? -1.0 : 1.0;
 }
 
-void check_online_hadamard(const OnlineHadamard& t, const char* where) {
-  const std::string prefix = std::string(where) + ": OnlineHadamard ";
-  RESQ_CHECK_OR_THROW(t.n >= 1 && t.pow2 >= 1 && t.block >= 1 && t.pow2 * t.block == t.n,
-                      ShapeError,
-                      prefix + "needs n = pow2 * block >= 1, got n=" + std::to_string(t.n) +
-                          " pow2=" + std::to_string(t.pow2) + " block=" + std::to_string(t.block));
-  RESQ_CHECK_OR_THROW(is_power_of_two(t.pow2), ShapeError,
-                      prefix + "pow2=" + std::to_string(t.pow2) + " is not a power of two");
-  RESQ_CHECK_OR_THROW(static_cast<int64_t>(t.block_matrix.size()) == t.block * t.block, ShapeError,
-                      prefix + "block_matrix has " + std::to_string(t.block_matrix.size()) +
-                          " entries, expected block^2 = " + std::to_string(t.block * t.block));
-  RESQ_CHECK_OR_THROW(static_cast<int64_t>(t.signs.size()) == t.n, ShapeError,
-                      prefix + "signs has " + std::to_string(t.signs.size()) +
-                          " entries, expected n = " + std::to_string(t.n));
-}
 
 // x [rows, n] (row r at x + r * row_stride) <- x * T for one precision.
 template <typename T>
@@ -104,6 +89,22 @@ void fwht_inplace_impl(T* x, int64_t rows, int64_t n) {
 }
 
 }  // namespace
+
+void check_online_hadamard(const OnlineHadamard& t, const char* where) {
+  const std::string prefix = std::string(where) + ": OnlineHadamard ";
+  RESQ_CHECK_OR_THROW(t.n >= 1 && t.pow2 >= 1 && t.block >= 1 && t.pow2 * t.block == t.n,
+                      ShapeError,
+                      prefix + "needs n = pow2 * block >= 1, got n=" + std::to_string(t.n) +
+                          " pow2=" + std::to_string(t.pow2) + " block=" + std::to_string(t.block));
+  RESQ_CHECK_OR_THROW(is_power_of_two(t.pow2), ShapeError,
+                      prefix + "pow2=" + std::to_string(t.pow2) + " is not a power of two");
+  RESQ_CHECK_OR_THROW(static_cast<int64_t>(t.block_matrix.size()) == t.block * t.block, ShapeError,
+                      prefix + "block_matrix has " + std::to_string(t.block_matrix.size()) +
+                          " entries, expected block^2 = " + std::to_string(t.block * t.block));
+  RESQ_CHECK_OR_THROW(static_cast<int64_t>(t.signs.size()) == t.n, ShapeError,
+                      prefix + "signs has " + std::to_string(t.signs.size()) +
+                          " entries, expected n = " + std::to_string(t.n));
+}
 
 MatrixXdR random_orthogonal(int64_t n, Rng& rng) {
   RESQ_CHECK_OR_THROW(n >= 1, ShapeError,

@@ -29,7 +29,19 @@ std::atomic<double> g_peak_used_gib[16];
 
 }  // namespace
 
-bool cuda_usable() { return visible_cuda_devices() > 0; }
+std::string torch_cuda_unavailable_reason() {
+  if (!at::hasCUDA()) {
+    return "this libtorch has no CUDA (at::hasCUDA() is false: a CPU-only build, or no usable NVIDIA driver); "
+           "build against the CUDA libtorch of an installed PyTorch (scripts/gpu/run.sh does)";
+  }
+  if (visible_cuda_devices() == 0) {
+    return std::string("no CUDA device is visible (CUDA_VISIBLE_DEVICES='") +
+           (std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "") + "')";
+  }
+  return "";
+}
+
+bool cuda_usable() { return torch_cuda_unavailable_reason().empty(); }
 
 at::Device resolve_device(const std::string& flag, const std::string& value) {
   if (value == "cpu") return at::Device(at::kCPU);
@@ -43,11 +55,8 @@ at::Device resolve_device(const std::string& flag, const std::string& value) {
   } else {
     throw UsageError(flag + ": expected cpu, cuda, cuda:N or auto, got '" + value + "'");
   }
-  if (!at::hasCUDA()) {
-    throw UnsupportedError(flag + " " + value + ": this libtorch has no CUDA (at::hasCUDA() is false: a CPU-only "
-                           "build, or no usable NVIDIA driver); build against the CUDA libtorch of an installed "
-                           "PyTorch (scripts/gpu/run.sh does) or use " + flag + " cpu");
-  }
+  const std::string why = torch_cuda_unavailable_reason();
+  if (!why.empty()) throw UnsupportedError(flag + " " + value + ": " + why + ", or use " + flag + " cpu");
   const int n = visible_cuda_devices();
   if (index >= n) {
     throw UnsupportedError(flag + " " + value + ": CUDA device " + std::to_string(index) + " does not exist; " +

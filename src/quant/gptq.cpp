@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "resq/common/env.h"
 #include "resq/common/error.h"
 #include "resq/linalg/lapack.h"
 #include "resq/quant/quantizers.h"
@@ -161,12 +161,7 @@ namespace {
 
 // RESQ_GPTQ_TORCH=1 runs CPU tensors through the torch path too (tests, A/B checks); 0 or unset: the
 // host path. Anything else is a UsageError naming the variable.
-bool torch_path_forced() {
-  const char* env = std::getenv("RESQ_GPTQ_TORCH");
-  if (env == nullptr || std::string(env).empty() || std::string(env) == "0") return false;
-  if (std::string(env) == "1") return true;
-  throw UsageError(std::string("RESQ_GPTQ_TORCH: expected 0 or 1, got '") + env + "'");
-}
+bool torch_path_forced() { return env_switch("RESQ_GPTQ_TORCH", false); }
 
 }  // namespace
 

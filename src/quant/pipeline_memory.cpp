@@ -12,6 +12,7 @@
 #include <ATen/Context.h>
 
 #include "pipeline_parts.h"
+#include "resq/common/env.h"
 #include "resq/common/error.h"
 #include "resq/common/log.h"
 #include "resq/model/device.h"
@@ -31,12 +32,7 @@ const char* products_name(Products p) {
 ComputePlan make_compute_plan(const at::Device& device, int64_t hidden) {
   ComputePlan plan;
   plan.device = device;
-  plan.generic = !device.is_cpu();
-  if (const char* env = std::getenv("RESQ_QUANTIZE_GENERIC")) {
-    const std::string v(env);
-    if (v != "0" && v != "1") throw UsageError("RESQ_QUANTIZE_GENERIC: expected 0 or 1, got '" + v + "'");
-    plan.generic = plan.generic || v == "1";
-  }
+  plan.generic = env_switch("RESQ_QUANTIZE_GENERIC", false) || !device.is_cpu();  // the switch is always validated
   // Calibration and GPTQ forward passes in reduced-precision products with float32 accumulation for
   // models with hidden size >= 1024, where those passes dominate the run (CPU bf16: ~5x faster than
   // float32, docs/PERF.md; CUDA TF32: tensor cores instead of the FP32 units); the weights themselves

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "resq/common/error.h"
+#include "resq/model/device.h"
 #include "resq/runtime/packed_model.h"
 
 #if defined(RESQ_HAVE_CUDA)
@@ -48,11 +49,7 @@ bool cuda_kernels_built() {
 
 std::string packed_cuda_unavailable_reason() {
 #if defined(RESQ_HAVE_CUDA)
-  if (!at::hasCUDA()) {
-    return "this libtorch has no CUDA (at::hasCUDA() is false; build against the CUDA libtorch of an "
-           "installed PyTorch, as scripts/gpu/run.sh does)";
-  }
-  if (gpu::cuda_device_count() == 0) return "no CUDA device is visible";
+  if (std::string why = torch_cuda_unavailable_reason(); !why.empty()) return why;
   const auto cc = gpu::current_compute_capability();
   if (cc.first < 8) {
     return "the CUDA integer kernels need compute capability >= 8.0 (sm_80); this device is sm_" +

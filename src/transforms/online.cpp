@@ -29,12 +29,8 @@ void check_last_dim(const OnlineHadamard& t, const at::Tensor& x) {
 }  // namespace
 
 at::Tensor apply_online_hadamard_torch(const OnlineHadamard& t, const at::Tensor& x) {
+  check_online_hadamard(t, "apply_online_hadamard_torch");
   check_last_dim(t, x);
-  if (t.pow2 < 1 || t.block < 1 || t.pow2 * t.block != t.n || (t.pow2 & (t.pow2 - 1)) != 0 ||
-      static_cast<int64_t>(t.signs.size()) != t.n || static_cast<int64_t>(t.block_matrix.size()) != t.block * t.block) {
-    throw ShapeError("apply_online_hadamard_torch: inconsistent OnlineHadamard (n " + std::to_string(t.n) + ", pow2 " +
-                     std::to_string(t.pow2) + ", block " + std::to_string(t.block) + ")");
-  }
   const at::ScalarType work = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t n = t.n, p = t.pow2, m = t.block;
   const auto opts = x.options().dtype(work);

@@ -41,6 +41,10 @@ struct OnlineHadamard {
   std::string construction;
 };
 
+// ShapeError prefixed by `where` unless t is consistent: n = pow2 * block >= 1, pow2 a power of two,
+// block_matrix [block, block], signs [n]. Every implementation of the transform checks with it.
+void check_online_hadamard(const OnlineHadamard& t, const char* where);
+
 // Builds the transform for n >= 1 (ShapeError otherwise).
 //  * n constructible (hadamard_plan): pow2/block from the plan, B = Paley block / sqrt(block)
 //    (B = [1] for a power of two), so T = diag(signs) * hadamard_matrix(n) / sqrt(n).

@@ -15,7 +15,11 @@ namespace resq {
 // there are); "auto" = cuda:0 when usable, else cpu. Anything else: UsageError naming the flag.
 at::Device resolve_device(const std::string& flag, const std::string& value);
 
-// Whether "auto" would pick a CUDA device here.
+// Why torch cannot run on CUDA here ("" when it can): a CPU-only libtorch / no usable driver, or no
+// visible device. The one place that says so (resolve_device, runtime/backend's packed-CUDA reason).
+std::string torch_cuda_unavailable_reason();
+
+// Whether "auto" would pick a CUDA device here (torch_cuda_unavailable_reason() is empty).
 bool cuda_usable();
 
 // "cpu" or "cuda:0 (NVIDIA H200, 139.8 GiB)"; the name only where the CUDA runtime is linked.
