@@ -1,6 +1,7 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn, docs/QUANTIZE.md "Learned
 // rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model, held-out early stopping.
 #include "learned_rotation.h"
+#include "rotation_noise.h"
 #include "resq/quant/ste_quant.h"
 
 #include <ATen/ATen.h>
@@ -62,6 +63,32 @@ class StraightThroughLinear : public Linear {
   std::shared_ptr<TensorTransform> input_quant_;
 };
 
+// Records what passes through it (x, detached) and returns x + δ with δ a zero leaf with grad, so that
+// after a backward pass δ.grad() is ∂loss/∂x. One probe may stand at several inputs that receive
+// the same tensor (q/k/v, gate/up): the gradients add up, as the noise of one quantization would.
+class GradientProbe : public TensorTransform {
+ public:
+  at::Tensor apply(const at::Tensor& x) const override {
+    if (!delta_.defined()) {
+      x_ = x.detach();
+      delta_ = at::zeros_like(x_).requires_grad_(true);
+    }
+    return x + delta_;
+  }
+  const at::Tensor& x() const { return x_; }
+  at::Tensor grad() const { return delta_.grad().defined() ? delta_.grad() : at::zeros_like(x_); }
+
+ private:
+  mutable at::Tensor x_, delta_;
+};
+
+// The probes of one layer: the inputs of q/k/v, o and gate/up, and the K and V caches.
+struct LayerProbes {
+  std::shared_ptr<GradientProbe> attn = std::make_shared<GradientProbe>(), o = std::make_shared<GradientProbe>(),
+                                 mlp = std::make_shared<GradientProbe>(), k = std::make_shared<GradientProbe>(),
+                                 v = std::make_shared<GradientProbe>();
+};
+
 // An orthogonal matrix U0 · blockdiag(R_low, R_high): U0 the PCA basis with its random rotations
 // (build_rotations), R the learned rotations of the low [n - r] and high [r] subspaces (the last r
 // columns, HighRule::kLast), both starting at the identity. float64.
@@ -79,7 +106,8 @@ struct SubspaceRotation {
       mom.push_back(at::zeros({size, size}, u.options().dtype(at::kDouble)));
     }
   }
-  at::Tensor matrix() const { return at::mm(u0, r.size() == 1 ? r[0] : at::block_diag(r)); }
+  at::Tensor learned() const { return r.size() == 1 ? r[0] : at::block_diag(r); }  // blockdiag(R_low, R_high)
+  at::Tensor matrix() const { return at::mm(u0, learned()); }
 };
 
 double orthogonality_error(const at::Tensor& u) {
@@ -171,12 +199,23 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     return std::make_shared<ScaleAwareFakeQuant>(mask, act.bits_low, act.bits_high, act.clip_ratio);
   };
   // Logits [B, T, V] of ids [B, T] with the current rotations: the W/A/KV fake-quantized model, or
-  // (quantized = false) the floating-point model, whose function the rotations do not change.
+  // (quantized = false) the floating-point model, whose function the rotations do not change — with
+  // probes (one LayerProbes per layer) at every quantized activation and cache when given.
   const RopeTables rope = m.rope_tables(T);
-  auto logits_of = [&](const at::Tensor& ids, bool quantized) {
+  auto logits_of = [&](const at::Tensor& ids, bool quantized, const std::vector<LayerProbes>* probes = nullptr) {
+    auto probe_of = [&](int64_t l, LinearKind kind) -> std::shared_ptr<TensorTransform> {
+      const LayerProbes& p = (*probes)[l];
+      switch (kind) {
+        case LinearKind::kQ: case LinearKind::kK: case LinearKind::kV: return p.attn;
+        case LinearKind::kGate: case LinearKind::kUp: return p.mlp;
+        case LinearKind::kO: return p.o;
+        default: return nullptr;  // down_proj: U_D is not learned
+      }
+    };
+    int64_t layer = 0;
     auto install = [&](std::shared_ptr<Linear>& lin, LinearKind kind, const at::Tensor& wt, const at::Tensor& b) {
       lin = std::make_shared<StraightThroughLinear>(quantized ? weight_q(wt, kind) : wt, b,
-                                                    quantized ? input_q(kind) : nullptr);
+                                                    quantized ? input_q(kind) : probes && act.enabled ? probe_of(layer, kind) : nullptr);
     };
     const at::Tensor a = ua.matrix().to(at::kFloat);  // [d, d]
     at::Tensor h = at::mm(at::embedding(embed, ids.to(embed.device())).reshape({-1, c.hidden_size}), a)
@@ -184,6 +223,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     for (int64_t l = 0; l < L; ++l) {
       DecoderLayer& Ly = m.layers()[l];
       auto& b = base[l];
+      layer = l;
       const std::pair<LinearKind, std::shared_ptr<Linear>*> inputs[] = {
           {LinearKind::kQ, &Ly.q}, {LinearKind::kK, &Ly.k}, {LinearKind::kGate, &Ly.gate}, {LinearKind::kUp, &Ly.up}};
       for (const auto& [kind, lin] : inputs) install(*lin, kind, at::mm(b[kind].first, a), b[kind].second);
@@ -215,6 +255,9 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         const at::Tensor kv_mask = high_mask_last(hd, layout.r_h);
         Ly.k_cache_transform = std::make_shared<ScaleAwareFakeQuant>(kv_mask, kv.bits_low, kv.bits_high, kv.k_clip_ratio);
         Ly.v_cache_transform = std::make_shared<ScaleAwareFakeQuant>(kv_mask, kv.bits_low, kv.bits_high, kv.v_clip_ratio);
+      } else if (kv.enabled && probes) {
+        Ly.k_cache_transform = (*probes)[l].k;
+        Ly.v_cache_transform = (*probes)[l].v;
       }
       h = m.run_layer(l, h, rope);
     }
@@ -250,7 +293,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
 
   // The objective on calibration windows `windows` with the current rotations (a scalar with the
   // rotations' autograd graph when grad mode is on): mean over predicted tokens.
-  const bool kl = lr.objective == "kl";
+  // "noise" learns on its own objective and measures the held-out windows by KL.
+  const bool kl = lr.objective != "ce";
   auto loss_of = [&](const std::vector<int64_t>& windows) {
     const at::Tensor logits = logits_of(calib.index_select(0, at::tensor(windows, at::kLong)), true);
     const int64_t V = logits.size(-1);
@@ -287,6 +331,111 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       for (auto& x : s->r) r.push_back(x.detach().clone());
     return r;
   };
+  // Objective "noise": record every learned-rotation site of the fp model on the training windows
+  // (at most kNoiseTokens tokens) with the Fisher weights of its two parts, once; the steps then
+  // minimize expected_noise, which needs no forward pass of the model.
+  std::vector<NoiseSite> noise_sites;
+  double noise_start = 1.0;
+  int64_t noise_tokens = 0;
+  auto learned_rotations = [&] {  // index i: all[i]; ua 0, ub[l][h] 1 + l·Hkv + h, uc[l] 1 + L·Hkv + l
+    std::vector<at::Tensor> q;
+    for (SubspaceRotation* s : all) q.push_back(s->learned());
+    return q;
+  };
+  if (lr.objective == "noise") {
+    const int64_t kNoiseTokens = getenv("RESQ_NOISE_TOKENS") ? atoll(getenv("RESQ_NOISE_TOKENS")) : 32768;  // bounds the recorded activations (~1 KiB per token per layer here)
+    const int64_t d = c.hidden_size, H = c.num_heads;
+    auto ub_index = [&](int64_t l, int64_t h) { return static_cast<int>(1 + l * Hkv + h); };
+    auto uc_index = [&](int64_t l) { return static_cast<int>(1 + L * Hkv + l); };
+    // The sites in a fixed order: per layer the q/k/v input, the o input, the gate/up input (U_A and
+    // U_B, as activations.enabled) and per KV head the K (U_C, with qk_rotation) and V (U_B) caches.
+    struct Source {
+      NoiseSite site;
+      int64_t layer, head;  // head -1: a whole activation
+      std::shared_ptr<GradientProbe> LayerProbes::*probe;
+      std::vector<at::Tensor> x, g;
+    };
+    std::vector<Source> src;
+    auto activation_site = [&](int64_t l, const char* name, LinearKind kind, std::shared_ptr<GradientProbe> LayerProbes::*probe) {
+      NoiseSite s;
+      s.name = strprintf("layer %" PRId64 " %s", l, name);
+      s.high_mask = site_activation_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
+      s.bits_low = act.bits_low, s.bits_high = act.bits_high, s.clip_ratio = act.clip_ratio;
+      if (kind == LinearKind::kO) {
+        for (int64_t h = 0; h < H; ++h) s.blocks.push_back({h * hd, hd, ub_index(l, h / G)});
+      } else {
+        s.blocks.push_back({0, d, 0});
+      }
+      src.push_back({std::move(s), l, -1, probe, {}, {}});
+    };
+    auto cache_site = [&](int64_t l, int64_t h, const char* name, double clip, int rotation,
+                          std::shared_ptr<GradientProbe> LayerProbes::*probe) {
+      NoiseSite s;
+      s.name = strprintf("layer %" PRId64 " %s cache head %" PRId64, l, name, h);
+      s.high_mask = high_mask_last(hd, layout.r_h);
+      s.bits_low = kv.bits_low, s.bits_high = kv.bits_high, s.clip_ratio = clip;
+      s.blocks.push_back({0, hd, rotation});
+      src.push_back({std::move(s), l, h, probe, {}, {}});
+    };
+    for (int64_t l = 0; l < L; ++l) {
+      if (act.enabled) {
+        activation_site(l, "q/k/v input", LinearKind::kQ, &LayerProbes::attn);
+        activation_site(l, "o_proj input", LinearKind::kO, &LayerProbes::o);
+        activation_site(l, "gate/up input", LinearKind::kGate, &LayerProbes::mlp);
+      }
+      if (kv.enabled) {
+        for (int64_t h = 0; h < Hkv; ++h) {
+          if (!uc.empty()) cache_site(l, h, "K", kv.k_clip_ratio, uc_index(l), &LayerProbes::k);
+          cache_site(l, h, "V", kv.v_clip_ratio, ub_index(l, h), &LayerProbes::v);
+        }
+      }
+    }
+    // Labels sampled from the fp model's own next-token distributions (seeded): the outer products
+    // of the log-likelihood gradients then average to the Fisher information, the Hessian of
+    // KL(fp ‖ ·) at the fp model.
+    Rng label_rng = Rng::derive(seed, "learn-fisher", {lr.seed});
+    for (int64_t w0 = 0; w0 < n_train && noise_tokens < kNoiseTokens; w0 += lr.batch) {
+      const int64_t k = std::min({lr.batch, n_train - w0, (kNoiseTokens - noise_tokens + T - 1) / T});
+      std::vector<int64_t> windows(k);
+      for (int64_t i = 0; i < k; ++i) windows[i] = w0 + i;
+      std::vector<LayerProbes> probes(L);
+      const at::Tensor logits = logits_of(calib.index_select(0, at::tensor(windows, at::kLong)), false, &probes);  // [k, T, V]
+      const int64_t V = logits.size(-1);
+      at::Tensor labels;
+      {
+        c10::NoGradGuard no_grad;
+        const at::Tensor cdf = at::softmax(logits.detach().to(at::kDouble), -1).cumsum(-1);  // [k, T, V]
+        std::vector<double> u(k * T);
+        for (double& x : u) x = label_rng.uniform();
+        const at::Tensor target = at::tensor(u, at::kDouble).view({k, T, 1}).to(cdf.device()) * cdf.narrow(-1, V - 1, 1);
+        labels = at::searchsorted(cdf, target).clamp_max(V - 1).reshape({-1});
+      }
+      if (getenv("RESQ_FISHER_DATA")) {
+        const at::Tensor ids = calib.index_select(0, at::tensor(windows, at::kLong)).to(logits.device());
+        at::nll_loss(at::log_softmax(logits.narrow(1, 0, T - 1), -1).reshape({-1, V}), ids.narrow(1, 1, T - 1).reshape({-1}), {}, at::Reduction::Sum).backward();
+      } else
+      at::nll_loss(at::log_softmax(logits, -1).reshape({-1, V}), labels, {}, at::Reduction::Sum).backward();
+      for (Source& s : src) {
+        const GradientProbe& p = *(probes[s.layer].*s.probe);
+        auto rows = [&](const at::Tensor& t) {  // [k, T, K] or [k, Hkv, T, hd] -> [k·T, K]
+          return (s.head < 0 ? t : t.select(1, s.head)).reshape({k * T, -1}).to(at::kFloat);
+        };
+        s.x.push_back(rows(p.x()));
+        s.g.push_back(rows(p.grad()));
+      }
+      noise_tokens += k * T;
+    }
+    for (Source& s : src) {
+      s.site.x = at::cat(s.x, 0);
+      s.site.fisher = part_fisher(at::cat(s.g, 0), s.site.high_mask);
+      noise_sites.push_back(std::move(s.site));
+    }
+    c10::NoGradGuard no_grad;
+    noise_start = expected_noise(noise_sites, learned_rotations()).item<double>();
+    log::info(strprintf("learn rotations: %zu sites recorded on %" PRId64 " tokens, expected noise %.4g per token (second-order KL estimate)",
+                        noise_sites.size(), noise_tokens, noise_start / noise_tokens));
+    if (!(noise_start > 0)) throw Error("learn rotations: the recorded sites carry no quantization noise (nothing to learn)");
+  }
   const double loss_before = fixed_loss();
   double best_loss = loss_before;
   int64_t best_step = 0;
@@ -303,7 +452,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     for (auto& p : pick) p = std::min<int64_t>(static_cast<int64_t>(rng.uniform() * n_train), n_train - 1);
     for (SubspaceRotation* s : all)
       for (auto& r : s->r) r.mutable_grad() = at::Tensor();
-    at::Tensor loss = loss_of(pick);
+    // "noise": relative to the start (1 at step 0), on every recorded token.
+    at::Tensor loss = noise_sites.empty() ? loss_of(pick) : expected_noise(noise_sites, learned_rotations()) / noise_start;
     loss.backward();
     const double value = loss.item<double>();
     curve.push_back(value);
@@ -339,6 +489,15 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       for (auto& x : s->r) x = best[k++].requires_grad_(true);
   }
 
+  if (getenv("RESQ_NOISE_DEBUG") && !noise_sites.empty()) {
+    c10::NoGradGuard ng;
+    const auto q = learned_rotations();
+    std::vector<at::Tensor> ident;
+    for (auto& t : q) ident.push_back(at::eye(t.size(0), t.options()));
+    for (auto& s : noise_sites) {
+      fprintf(stderr, "SITE %-28s start %.5f end %.5f\n", s.name.c_str(), expected_noise({s}, ident).item<double>() / noise_tokens, expected_noise({s}, q).item<double>() / noise_tokens);
+    }
+  }
   const double loss_after = n_hold ? best_loss : fixed_loss();
   // The learned bases replace the random ones; the layers go back to disk (the weight stage reloads).
   double max_err = 0.0;

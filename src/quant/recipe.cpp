@@ -44,7 +44,7 @@ void parse_learn(const JsonFields& in, LearnRecipe* l) {
   set_if_present(in.optional_number("momentum", NumberRange::closed_open(0, 1)), &l->momentum);
   set_if_present(in.optional_integer("batch", IntRange::positive()), &l->batch);
   set_if_present(in.optional_integer("seed", IntRange::at_least(0)), &l->seed);
-  set_if_present(in.optional_one_of("objective", {"ce", "kl"}), &l->objective);
+  set_if_present(in.optional_one_of("objective", {"ce", "kl", "noise"}), &l->objective);
   set_if_present(in.optional_number("holdout", NumberRange::closed_open(0, 1)), &l->holdout);
   set_if_present(in.optional_integer("eval_every", IntRange::positive()), &l->eval_every);
   set_if_present(in.optional_one_of("weights_in_loop", {"rtn", "none"}), &l->weights_in_loop);

@@ -1,0 +1,44 @@
+// The Fisher-weighted expected quantization noise of activations and KV cache as a smooth function
+// of the learned rotations (rotation.learn objective "noise"), private to src/quant.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace resq::pipeline {
+
+// A contiguous block [offset, offset + size) of a site's channels rotated by the learned rotation
+// `rotation` (an index into the rotations passed to expected_noise, each [size, size]).
+struct NoiseBlock {
+  int64_t offset = 0, size = 0;
+  int rotation = 0;
+};
+
+// One quantized activation (or one KV head's cache) as recorded from the floating-point model with
+// the learned rotations at the identity: x [M, K] float32 in the fixed (PCA + random) basis; fisher
+// [M, 2] the squared norms of ∂(sampled log-likelihood)/∂x over the low and the high channels —
+// per token the trace of the Fisher information restricted to each part, which a rotation inside a
+// part does not change. Quantized per token (asymmetric, clip_ratio, bits_low on the low part and
+// bits_high on high_mask [K] bool), as fake_quant_per_token; blocks tile the K channels.
+struct NoiseSite {
+  std::string name;
+  at::Tensor x, fisher, high_mask;
+  int bits_low = 4, bits_high = 8;
+  double clip_ratio = 1.0;
+  std::vector<NoiseBlock> blocks;
+};
+
+// fisher [M, 2] of a gradient g [M, K]: Σ g² over the low (!high_mask) and over the high channels.
+at::Tensor part_fisher(const at::Tensor& g, const at::Tensor& high_mask);
+
+// Σ over sites, tokens and parts of fisher · s² / 24 with s = clip · (max(max x, 0) − min(min x, 0)) /
+// (2^bits − 1) the per-token step of each part after rotating each block by its rotation: the
+// second-order estimate of the KL(fp ‖ quantized) that uniform rounding noise of variance s²/12 per
+// channel adds, summed over the recorded tokens (divide by the token count for a per-token figure).
+// Differentiable in the rotations (through the per-token max/min); a part with bits >= 16 adds 0.
+// rotations: float32 or float64 [size, size] (cast to x's dtype); returns a float64 scalar.
+at::Tensor expected_noise(const std::vector<NoiseSite>& sites, const std::vector<at::Tensor>& rotations);
+
+}  // namespace resq::pipeline
