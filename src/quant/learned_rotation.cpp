@@ -1,7 +1,7 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn, docs/QUANTIZE.md "Learned
 // rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model, held-out early stopping.
 #include "learned_rotation.h"
-#include "rotation_noise.h"
+#include "resq/quant/rotation_noise.h"
 #include "resq/quant/ste_quant.h"
 
 #include <ATen/ATen.h>
@@ -25,6 +25,10 @@
 namespace resq::pipeline {
 
 namespace {
+
+// Objective "noise": the recorded activations and Fisher weights stay under this many bytes (the
+// token count adapts: ~5.6 KiB per token on stories260K, ~450 KiB on a 16-layer 2048-wide model).
+constexpr int64_t kNoiseBytes = int64_t{1} << 30;
 
 // A fake quantizer of activations (per token, two parts along the last dim) with the exact forward
 // value of fake_quant_per_token and the scale-aware straight-through gradient of ste_activation_quant.
@@ -295,6 +299,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   // rotations' autograd graph when grad mode is on): mean over predicted tokens.
   // "noise" learns on its own objective and measures the held-out windows by KL.
   const bool kl = lr.objective != "ce";
+  const char* measure = kl ? "kl" : "ce";  // what loss_of and the held-out figures are
   auto loss_of = [&](const std::vector<int64_t>& windows) {
     const at::Tensor logits = logits_of(calib.index_select(0, at::tensor(windows, at::kLong)), true);
     const int64_t V = logits.size(-1);
@@ -337,13 +342,13 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   std::vector<NoiseSite> noise_sites;
   double noise_start = 1.0;
   int64_t noise_tokens = 0;
+  std::vector<double> site_start;  // per site, per token, before learning
   auto learned_rotations = [&] {  // index i: all[i]; ua 0, ub[l][h] 1 + l·Hkv + h, uc[l] 1 + L·Hkv + l
     std::vector<at::Tensor> q;
     for (SubspaceRotation* s : all) q.push_back(s->learned());
     return q;
   };
   if (lr.objective == "noise") {
-    const int64_t kNoiseTokens = getenv("RESQ_NOISE_TOKENS") ? atoll(getenv("RESQ_NOISE_TOKENS")) : 32768;  // bounds the recorded activations (~1 KiB per token per layer here)
     const int64_t d = c.hidden_size, H = c.num_heads;
     auto ub_index = [&](int64_t l, int64_t h) { return static_cast<int>(1 + l * Hkv + h); };
     auto uc_index = [&](int64_t l) { return static_cast<int>(1 + L * Hkv + l); };
@@ -390,12 +395,21 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         }
       }
     }
+    if (src.empty())
+      throw ConfigError("rotation.learn.objective \"noise\" needs quantized activations or KV cache (the recipe has neither)");
+    // At most learn.tokens tokens, and at most kNoiseBytes of recorded activations and Fisher weights.
+    int64_t bytes_per_token = 0;
+    for (const Source& s : src) bytes_per_token += 4 * s.site.high_mask.numel() + 16;
+    const int64_t token_budget = std::min(lr.tokens, std::max<int64_t>(T, kNoiseBytes / bytes_per_token));
+    if (token_budget < lr.tokens && token_budget < n_train * T)
+      log::info(strprintf("learn rotations: recording %" PRId64 " tokens (%.1f KiB each; the %.0f GiB cap of the noise objective)",
+                          token_budget, bytes_per_token / 1024.0, kNoiseBytes / double(int64_t{1} << 30)));
     // Labels sampled from the fp model's own next-token distributions (seeded): the outer products
     // of the log-likelihood gradients then average to the Fisher information, the Hessian of
     // KL(fp ‖ ·) at the fp model.
     Rng label_rng = Rng::derive(seed, "learn-fisher", {lr.seed});
-    for (int64_t w0 = 0; w0 < n_train && noise_tokens < kNoiseTokens; w0 += lr.batch) {
-      const int64_t k = std::min({lr.batch, n_train - w0, (kNoiseTokens - noise_tokens + T - 1) / T});
+    for (int64_t w0 = 0; w0 < n_train && noise_tokens < token_budget; w0 += lr.batch) {
+      const int64_t k = std::min({lr.batch, n_train - w0, (token_budget - noise_tokens + T - 1) / T});
       std::vector<int64_t> windows(k);
       for (int64_t i = 0; i < k; ++i) windows[i] = w0 + i;
       std::vector<LayerProbes> probes(L);
@@ -410,10 +424,6 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         const at::Tensor target = at::tensor(u, at::kDouble).view({k, T, 1}).to(cdf.device()) * cdf.narrow(-1, V - 1, 1);
         labels = at::searchsorted(cdf, target).clamp_max(V - 1).reshape({-1});
       }
-      if (getenv("RESQ_FISHER_DATA")) {
-        const at::Tensor ids = calib.index_select(0, at::tensor(windows, at::kLong)).to(logits.device());
-        at::nll_loss(at::log_softmax(logits.narrow(1, 0, T - 1), -1).reshape({-1, V}), ids.narrow(1, 1, T - 1).reshape({-1}), {}, at::Reduction::Sum).backward();
-      } else
       at::nll_loss(at::log_softmax(logits, -1).reshape({-1, V}), labels, {}, at::Reduction::Sum).backward();
       for (Source& s : src) {
         const GradientProbe& p = *(probes[s.layer].*s.probe);
@@ -435,13 +445,14 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     log::info(strprintf("learn rotations: %zu sites recorded on %" PRId64 " tokens, expected noise %.4g per token (second-order KL estimate)",
                         noise_sites.size(), noise_tokens, noise_start / noise_tokens));
     if (!(noise_start > 0)) throw Error("learn rotations: the recorded sites carry no quantization noise (nothing to learn)");
+    for (const NoiseSite& s : noise_sites) site_start.push_back(expected_noise({s}, learned_rotations()).item<double>() / noise_tokens);
   }
   const double loss_before = fixed_loss();
   double best_loss = loss_before;
   int64_t best_step = 0;
   std::vector<at::Tensor> best = snapshot();
   nlohmann::json holdout_curve = nlohmann::json::array({nlohmann::json::array({0, loss_before})});
-  if (n_hold) log::info(strprintf("learn rotations: %s on %" PRId64 " held-out windows before learning %.4f", lr.objective.c_str(), n_hold, loss_before));
+  if (n_hold) log::info(strprintf("learn rotations: %s on %" PRId64 " held-out windows before learning %.4f", measure, n_hold, loss_before));
 
   Rng rng = Rng::derive(seed, "learn", {lr.seed});
   const int64_t batch = std::min(lr.batch, n_train);
@@ -489,14 +500,22 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       for (auto& x : s->r) x = best[k++].requires_grad_(true);
   }
 
-  if (getenv("RESQ_NOISE_DEBUG") && !noise_sites.empty()) {
-    c10::NoGradGuard ng;
-    const auto q = learned_rotations();
-    std::vector<at::Tensor> ident;
-    for (auto& t : q) ident.push_back(at::eye(t.size(0), t.options()));
-    for (auto& s : noise_sites) {
-      fprintf(stderr, "SITE %-28s start %.5f end %.5f\n", s.name.c_str(), expected_noise({s}, ident).item<double>() / noise_tokens, expected_noise({s}, q).item<double>() / noise_tokens);
+  // Where the noise is, before and with the kept rotations: per site, per recorded token.
+  nlohmann::json noise_report;
+  if (!noise_sites.empty()) {
+    c10::NoGradGuard no_grad;
+    const std::vector<at::Tensor> q = learned_rotations();
+    nlohmann::json sites = nlohmann::json::array();
+    double after = 0;
+    for (size_t i = 0; i < noise_sites.size(); ++i) {
+      const double end = expected_noise({noise_sites[i]}, q).item<double>() / noise_tokens;
+      after += end;
+      sites.push_back({{"site", noise_sites[i].name}, {"before", site_start[i]}, {"after", end}});
     }
+    noise_report = {{"tokens", noise_tokens}, {"expected_kl_per_token_before", noise_start / noise_tokens},
+                    {"expected_kl_per_token_after", after}, {"sites", sites},
+                    {"definition", "second-order estimate of KL(fp || A/KV-quantized model) per token from uniform rounding noise of each "
+                                   "per-token step, weighted by the Fisher information of each site's low and high parts"}};
   }
   const double loss_after = n_hold ? best_loss : fixed_loss();
   // The learned bases replace the random ones; the layers go back to disk (the weight stage reloads).
@@ -524,7 +543,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   const double seconds = seconds_since(start);
   const char* fixed_name = n_hold ? "held-out windows" : "the first training windows";
   log::info(strprintf("learn rotations: %" PRId64 " steps in %.1f s, %s on %s %.4f -> %.4f%s, orthogonality error %.2e",
-                      lr.steps, seconds, lr.objective.c_str(), fixed_name, loss_before, loss_after,
+                      lr.steps, seconds, measure, fixed_name, loss_before, loss_after,
                       n_hold ? strprintf(" (kept step %" PRId64 ")", best_step).c_str() : "", max_err));
   nlohmann::json report = {
       {"steps", lr.steps}, {"lr", lr.lr}, {"momentum", lr.momentum}, {"batch", batch}, {"seed", lr.seed},
@@ -535,6 +554,11 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       {"loss_definition", std::string(kl ? "mean over tokens of KL(fp model || fake-quantized model) of the next-token distributions"
                                          : "mean next-token cross-entropy of the fake-quantized model") +
                               (lr.weights_in_loop == "rtn" ? ", W/A/KV quantized (RTN weights)" : ", A/KV quantized (fp weights)")}};
+  if (!noise_report.is_null()) {
+    // The steps' "loss" is the noise objective; loss_definition stays that of the held-out figures.
+    report["noise"] = noise_report;
+    report["step_loss_definition"] = "expected quantization noise (noise.definition) relative to its value before learning";
+  }
   if (n_hold) {
     report["holdout_windows"] = n_hold;
     report["holdout_loss"] = holdout_curve;  // [step, loss] pairs, step 0 = before learning

@@ -1,6 +1,6 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn), private to src/quant: after PCA
 // fixed the subspaces, Cayley SGD on an end-to-end loss (CE or KL to the fp model) of the
-// fake-quantized model, with held-out early stopping.
+// fake-quantized model or its second-order estimate ("noise"), with held-out early stopping.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,7 +16,8 @@ namespace resq::pipeline {
 
 // Replaces R.u_a, R.u_b and R.u_c (as built by build_rotations) by U · blockdiag(Q_low, Q_high), the
 // orthogonal Q of each subspace (the low n - r and high r columns) learned with recipe.rotation.learn
-// by minimizing learn.objective ("ce": next-token cross-entropy; "kl": KL(fp || quantized)) on the
+// by minimizing learn.objective ("ce": next-token cross-entropy; "kl": KL(fp || quantized); "noise":
+// the Fisher-weighted expected quantization noise of rotation_noise.h, recorded once) on the
 // training windows of calib [N, T] (int64) of the model with per-token activations, KV cache and
 // (weights_in_loop "rtn") RTN weights fake-quantized (scale-aware straight-through gradients,
 // resq/quant/ste_quant.h); with learn.holdout > 0 the last windows are held out and the rotations of

@@ -48,6 +48,7 @@ void parse_learn(const JsonFields& in, LearnRecipe* l) {
   set_if_present(in.optional_number("holdout", NumberRange::closed_open(0, 1)), &l->holdout);
   set_if_present(in.optional_integer("eval_every", IntRange::positive()), &l->eval_every);
   set_if_present(in.optional_one_of("weights_in_loop", {"rtn", "none"}), &l->weights_in_loop);
+  set_if_present(in.optional_integer("tokens", IntRange::positive()), &l->tokens);
   in.reject_unknown_keys();
 }
 
@@ -184,6 +185,8 @@ nlohmann::json recipe_to_json(const Recipe& r) {
     j["rotation"]["learn"] = {{"steps", l.steps}, {"lr", l.lr}, {"momentum", l.momentum}, {"batch", l.batch}, {"seed", l.seed},
                                {"objective", l.objective}, {"holdout", l.holdout}, {"eval_every", l.eval_every},
                                {"weights_in_loop", l.weights_in_loop}};
+    // Only for the objective that reads it: older learned recipes serialize as before.
+    if (l.objective == "noise") j["rotation"]["learn"]["tokens"] = l.tokens;
   }
   j["weights"] = {{"method", r.weights.method},         {"bits_low", r.weights.bits_low},
                   {"bits_high", r.weights.bits_high},   {"down_high", r.weights.down_high},

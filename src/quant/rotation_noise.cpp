@@ -1,12 +1,12 @@
 // Fisher-weighted expected quantization noise (rotation_noise.h): the smooth objective of
 // rotation.learn "noise".
-#include "rotation_noise.h"
+#include "resq/quant/rotation_noise.h"
 
 #include <ATen/ATen.h>
 
 #include "resq/common/error.h"
 
-namespace resq::pipeline {
+namespace resq {
 
 at::Tensor part_fisher(const at::Tensor& g, const at::Tensor& high_mask) {
   if (g.dim() != 2 || high_mask.numel() != g.size(1))
@@ -49,4 +49,4 @@ at::Tensor expected_noise(const std::vector<NoiseSite>& sites, const std::vector
   return total / 24.0;
 }
 
-}  // namespace resq::pipeline
+}  // namespace resq

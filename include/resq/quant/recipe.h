@@ -20,7 +20,9 @@ struct LearnRecipe {
   int64_t batch = 8;      // calibration windows per step (>= 1; capped at the training windows)
   int64_t seed = 0;       // mixed with --seed into the window-sampling stream (>= 0)
   // "ce": next-token cross-entropy of the quantized model; "kl": KL(fp model || quantized model) of
-  // the next-token distributions (distillation: targets the quantization gap only).
+  // the next-token distributions (distillation: targets the quantization gap only); "noise": the
+  // Fisher-weighted expected rounding noise of every activation and KV-cache site, a smooth
+  // second-order estimate of that KL recorded once from the fp model (src/quant/rotation_noise.h).
   std::string objective = "ce";
   // Fraction of the calibration windows (the last ones) held out of the steps: the held-out loss is
   // measured before learning and every eval_every steps, and the rotations of the best held-out
@@ -30,6 +32,9 @@ struct LearnRecipe {
   // Weights inside the learning loop: "rtn" (RTN-quantized with the recipe's bits and clip) or "none"
   // (floating point: only activations and KV cache fake-quantized, as SpinQuant learns before GPTQ).
   std::string weights_in_loop = "rtn";
+  // Objective "noise": at most this many calibration tokens (of the first training windows) are
+  // recorded (>= 1; also capped so that the record stays under 1 GiB).
+  int64_t tokens = 32768;
 };
 
 struct RotationRecipe {

@@ -1,5 +1,5 @@
 // The Fisher-weighted expected quantization noise of activations and KV cache as a smooth function
-// of the learned rotations (rotation.learn objective "noise"), private to src/quant.
+// of the learned rotations: the objective "noise" of rotation.learn (src/quant/learned_rotation.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace resq::pipeline {
+namespace resq {
 
 // A contiguous block [offset, offset + size) of a site's channels rotated by the learned rotation
 // `rotation` (an index into the rotations passed to expected_noise, each [size, size]).
@@ -41,4 +41,4 @@ at::Tensor part_fisher(const at::Tensor& g, const at::Tensor& high_mask);
 // rotations: float32 or float64 [size, size] (cast to x's dtype); returns a float64 scalar.
 at::Tensor expected_noise(const std::vector<NoiseSite>& sites, const std::vector<at::Tensor>& rotations);
 
-}  // namespace resq::pipeline
+}  // namespace resq
