@@ -1,5 +1,6 @@
 // Learned rotations inside the ResQ subspaces (recipe rotation.learn, docs/QUANTIZE.md "Learned
-// rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model, held-out early stopping.
+// rotations"): Cayley SGD on an end-to-end loss of the fake-quantized model or on the Fisher-weighted
+// expected quantization noise recorded from the fp model ("noise"), held-out early stopping.
 #include "learned_rotation.h"
 #include "resq/quant/rotation_noise.h"
 #include "resq/quant/ste_quant.h"
@@ -337,8 +338,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     return r;
   };
   // Objective "noise": record every learned-rotation site of the fp model on the training windows
-  // (at most kNoiseTokens tokens) with the Fisher weights of its two parts, once; the steps then
-  // minimize expected_noise, which needs no forward pass of the model.
+  // (at most learn.tokens tokens and kNoiseBytes of records) with the Fisher weights of its two parts,
+  // once; the steps then minimize expected_noise, which needs no forward pass of the model.
   std::vector<NoiseSite> noise_sites;
   double noise_start = 1.0;
   int64_t noise_tokens = 0;
@@ -408,6 +409,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     // of the log-likelihood gradients then average to the Fisher information, the Hessian of
     // KL(fp ‖ ·) at the fp model.
     Rng label_rng = Rng::derive(seed, "learn-fisher", {lr.seed});
+    const int64_t record_windows = std::min(n_train, (token_budget + T - 1) / T);
     for (int64_t w0 = 0; w0 < n_train && noise_tokens < token_budget; w0 += lr.batch) {
       const int64_t k = std::min({lr.batch, n_train - w0, (token_budget - noise_tokens + T - 1) / T});
       std::vector<int64_t> windows(k);
@@ -434,6 +436,9 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         s.g.push_back(rows(p.grad()));
       }
       noise_tokens += k * T;
+      const double elapsed = seconds_since(start);
+      log::info(strprintf("learn rotations: recording %" PRId64 "/%" PRId64 " windows | %.0f tokens/s | ETA %.0f s", w0 + k, record_windows,
+                          noise_tokens / elapsed, elapsed / (w0 + k) * (record_windows - w0 - k)));
     }
     for (Source& s : src) {
       s.site.x = at::cat(s.x, 0);
