@@ -27,7 +27,6 @@ double sylvester_entry(int64_t a, int64_t c) {
   return odd ? -1.0 : 1.0;
 }
 
-
 // x [rows, n] (row r at x + r * row_stride) <- x * T for one precision.
 template <typename T>
 void apply_online_hadamard_impl(const OnlineHadamard& t, T* x, int64_t rows, int64_t row_stride) {

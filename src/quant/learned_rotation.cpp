@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
-#include <cstring>
 #include <map>
 
 #include "resq/common/error.h"
@@ -169,13 +168,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   const at::Tensor embed = m.embed_weight.to(at::kFloat);                        // [V, d]
   const at::Tensor lm_head = dense(m.lm_head, "lm_head").weight().to(at::kFloat); // [V, d]
   // U_D stays a randomized Hadamard; its dense form [ffn, ffn] carries gradients to gate/up.
-  at::Tensor u_d;
-  if (R.u_d) {
-    const MatrixXdR t = online_hadamard_dense(*R.u_d);
-    u_d = at::empty({t.rows(), t.cols()}, at::kDouble);
-    std::memcpy(u_d.data_ptr<double>(), t.data(), sizeof(double) * t.size());
-    u_d = u_d.to(m.device(), at::kFloat);
-  }
+  const at::Tensor u_d = R.u_d ? to_tensor(online_hadamard_dense(*R.u_d)).to(m.device(), at::kFloat) : at::Tensor();
 
   SubspaceRotation ua(R.u_a, layout.r);
   std::vector<std::vector<SubspaceRotation>> ub(L);
@@ -446,11 +439,12 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       noise_sites.push_back(std::move(s.site));
     }
     c10::NoGradGuard no_grad;
-    noise_start = expected_noise(noise_sites, learned_rotations()).item<double>();
+    const std::vector<at::Tensor> identity = learned_rotations();  // every learned block starts at I
+    noise_start = expected_noise(noise_sites, identity).item<double>();
     log::info(strprintf("learn rotations: %zu sites recorded on %" PRId64 " tokens, expected noise %.4g per token (second-order KL estimate)",
                         noise_sites.size(), noise_tokens, noise_start / noise_tokens));
     if (!(noise_start > 0)) throw Error("learn rotations: the recorded sites carry no quantization noise (nothing to learn)");
-    for (const NoiseSite& s : noise_sites) site_start.push_back(expected_noise({s}, learned_rotations()).item<double>() / noise_tokens);
+    for (const NoiseSite& s : noise_sites) site_start.push_back(expected_noise({s}, identity).item<double>() / noise_tokens);
   }
   const double loss_before = fixed_loss();
   double best_loss = loss_before;

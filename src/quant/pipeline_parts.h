@@ -156,6 +156,9 @@ class HessianObserver : public ForwardObserver {
 
 // ---------------------------------------------------------------------------- model transforms (pipeline_rotations.cpp)
 
+// A float64 [rows, cols] CPU tensor holding m (a copy).
+at::Tensor to_tensor(const MatrixXdR& m);
+
 // The linear as a DenseLinear (Error naming `what` otherwise: every stage before writing keeps them dense).
 DenseLinear& dense(const std::shared_ptr<Linear>& linear, const std::string& what);
 

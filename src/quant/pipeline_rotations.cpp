@@ -12,12 +12,12 @@
 
 namespace resq::pipeline {
 
-namespace {
-
 at::Tensor to_tensor(const MatrixXdR& m) {
   return at::from_blob(const_cast<double*>(m.data()), {m.rows(), m.cols()}, at::TensorOptions().dtype(at::kDouble))
       .clone();
 }
+
+namespace {
 
 MatrixXdR to_eigen(const at::Tensor& t) {
   at::Tensor c = t.to(at::kDouble).contiguous().cpu();
