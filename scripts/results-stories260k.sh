@@ -2,7 +2,7 @@
 # Reproduces the stories260K tables of docs/RESULTS.md: every recipe x seed, calibrated and evaluated
 # on WikiText-2 (valid -> test) and on TinyStories (train head -> valid head), seqlen 512.
 # Usage: scripts/results-stories260k.sh [OUT_DIR] ; env: SEEDS="0 1 2", WINDOWS=200 (0 = all),
-# NSAMPLES=64, RECIPES="fp rtn-w4a4kv4 quarot resq-rtn resq", DOMAINS="wikitext2 tinystories".
+# NSAMPLES=64, RECIPES="fp rtn-w4a4kv4 quarot resq-rtn resq resq-learned", DOMAINS="wikitext2 tinystories".
 # Finished runs (their JSON exists in OUT_DIR) are skipped, so the script can be resumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ MODEL="$SHARED/models/stories260K"
 SEEDS="${SEEDS:-0 1 2}"
 WINDOWS="${WINDOWS:-200}"
 NSAMPLES="${NSAMPLES:-64}"
-RECIPES="${RECIPES:-fp rtn-w4a4kv4 quarot resq-rtn resq}"
+RECIPES="${RECIPES:-fp rtn-w4a4kv4 quarot resq-rtn resq resq-learned}"
 DOMAINS="${DOMAINS:-wikitext2 tinystories}"
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$OUT"

@@ -59,7 +59,8 @@ void run_inspect(const InspectOptions& o) {
               m.kv.enabled ? (" (last r_h = " + std::to_string(m.r_h) + " channels of each head high; clip K " + std::to_string(m.kv.k_clip_ratio) + ", V " +
                               std::to_string(m.kv.v_clip_ratio) + ")").c_str()
                            : "");
-  std::printf("online: U_C on q/k %s; U_D before down_proj %s\n", m.online.qk_rotation ? "yes" : "no",
+  std::printf("online: U_C on q/k %s; U_D before down_proj %s\n",
+              m.online.qk_rotation ? (format::qk_rotation_shape(m).size() == 3 ? "per KV head" : "per layer") : "no",
               m.online.down_hadamard ? (std::to_string(m.online.hadamard_n) + " = " + m.online.hadamard_construction).c_str() : "no");
   std::printf("globals: embeddings and lm_head in %s\n", dtype_name(m.globals_dtype).c_str());
   std::printf("size: %.2f MiB on disk (bf16 model: %.2f MiB, %.2fx smaller)\n", sz.file_bytes / 1048576.0,

@@ -70,13 +70,16 @@ OnlineHadamard stored_down_hadamard(const format::PackedCheckpoint& ck) {
 }
 
 // max |U^T U - I| of a [n, n] row-major matrix.
+// The worst |UᵀU − I| over the [n][n] matrices stored back to back in u (one per KV head).
 double orthogonality_error(const std::vector<float>& u, int64_t n) {
   double worst = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double dot = 0.0;
-      for (int64_t k = 0; k < n; ++k) dot += static_cast<double>(u[k * n + i]) * u[k * n + j];
-      worst = std::max(worst, std::abs(dot - (i == j ? 1.0 : 0.0)));
+  for (size_t base = 0; base + static_cast<size_t>(n * n) <= u.size(); base += static_cast<size_t>(n * n)) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double dot = 0.0;
+        for (int64_t k = 0; k < n; ++k) dot += static_cast<double>(u[base + k * n + i]) * u[base + k * n + j];
+        worst = std::max(worst, std::abs(dot - (i == j ? 1.0 : 0.0)));
+      }
     }
   }
   return worst;

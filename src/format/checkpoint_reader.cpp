@@ -109,7 +109,7 @@ class TensorValidator {
       sz_.global_bytes += note(v);
     }
     if (m_.online.qk_rotation) {
-      const TensorView& v = expect(st_, qk_rotation_tensor(l), DType::F32, {c.head_dim, c.head_dim});
+      const TensorView& v = expect(st_, qk_rotation_tensor(l), DType::F32, qk_rotation_shape(m_));
       check_finite(v, false);
       sz_.global_bytes += note(v);
     }

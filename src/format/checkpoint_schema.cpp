@@ -196,6 +196,12 @@ CheckpointMeta CheckpointMeta::from_json(const json& j, const ModelConfig& model
   return m;
 }
 
+std::vector<int64_t> qk_rotation_shape(const CheckpointMeta& m) {
+  const int64_t hd = m.model.head_dim;
+  if (m.format_minor_version >= 2) return {m.model.num_kv_heads, hd, hd};
+  return {hd, hd};
+}
+
 json hf_quantization_config(const CheckpointMeta& m) {
   // The q_proj site stands for the linears' bits (every site of one recipe shares them, down_proj's
   // high part aside); the per-site truth is resq_config.json.

@@ -12,6 +12,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <map>
+#include <tuple>
 
 #include "resq/common/error.h"
 #include "resq/common/log.h"
@@ -52,11 +53,14 @@ class ScaleAwareFakeQuant : public TensorTransform {
 // fake-quantized per token by input_quant (none: fp). x [..., in] -> [..., out].
 class StraightThroughLinear : public Linear {
  public:
-  StraightThroughLinear(at::Tensor weight, at::Tensor bias, std::shared_ptr<TensorTransform> input_quant)
-      : weight_(std::move(weight)), bias_(std::move(bias)), input_quant_(std::move(input_quant)) {}
+  StraightThroughLinear(at::Tensor weight, at::Tensor bias, std::shared_ptr<TensorTransform> input_quant,
+                        std::shared_ptr<TensorTransform> output_probe = nullptr)
+      : weight_(std::move(weight)), bias_(std::move(bias)), input_quant_(std::move(input_quant)),
+        output_probe_(std::move(output_probe)) {}
   at::Tensor forward(const at::Tensor& x) const override {
     const at::Tensor xq = input_quant_ ? input_quant_->apply(x) : x;
-    return bias_.defined() ? at::linear(xq, weight_, bias_) : at::linear(xq, weight_);
+    const at::Tensor y = bias_.defined() ? at::linear(xq, weight_, bias_) : at::linear(xq, weight_);
+    return output_probe_ ? output_probe_->apply(y) : y;
   }
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }
@@ -64,7 +68,7 @@ class StraightThroughLinear : public Linear {
 
  private:
   at::Tensor weight_, bias_;
-  std::shared_ptr<TensorTransform> input_quant_;
+  std::shared_ptr<TensorTransform> input_quant_, output_probe_;
 };
 
 // Records what passes through it (x, detached) and returns x + δ with δ a zero leaf with grad, so that
@@ -86,11 +90,16 @@ class GradientProbe : public TensorTransform {
   mutable at::Tensor x_, delta_;
 };
 
-// The probes of one layer: the inputs of q/k/v, o and gate/up, and the K and V caches.
+// The probes of one layer: the inputs of q/k/v, o and gate/up, and the K and V caches; the outputs
+// of q, k, gate and up (the weights whose rows no learned rotation mixes).
 struct LayerProbes {
   std::shared_ptr<GradientProbe> attn = std::make_shared<GradientProbe>(), o = std::make_shared<GradientProbe>(),
                                  mlp = std::make_shared<GradientProbe>(), k = std::make_shared<GradientProbe>(),
                                  v = std::make_shared<GradientProbe>();
+  std::map<LinearKind, std::shared_ptr<GradientProbe>> out = {{LinearKind::kQ, std::make_shared<GradientProbe>()},
+                                                              {LinearKind::kK, std::make_shared<GradientProbe>()},
+                                                              {LinearKind::kGate, std::make_shared<GradientProbe>()},
+                                                              {LinearKind::kUp, std::make_shared<GradientProbe>()}};
 };
 
 // An orthogonal matrix U0 · blockdiag(R_low, R_high): U0 the PCA basis with its random rotations
@@ -172,15 +181,16 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
 
   SubspaceRotation ua(R.u_a, layout.r);
   std::vector<std::vector<SubspaceRotation>> ub(L);
-  std::vector<SubspaceRotation> uc;
+  std::vector<std::vector<SubspaceRotation>> uc(R.u_c.empty() ? 0 : L);
   for (int64_t l = 0; l < L; ++l) {
     for (int64_t h = 0; h < Hkv; ++h) ub[l].emplace_back(R.u_b[l][h], layout.r_h);
-    if (!R.u_c.empty()) uc.emplace_back(R.u_c[l], layout.r_h);
+    for (int64_t h = 0; h < Hkv && !R.u_c.empty(); ++h) uc[l].emplace_back(R.u_c[l][h], layout.r_h);
   }
   std::vector<SubspaceRotation*> all{&ua};
   for (auto& v : ub)
     for (auto& s : v) all.push_back(&s);
-  for (auto& s : uc) all.push_back(&s);
+  for (auto& v : uc)
+    for (auto& s : v) all.push_back(&s);
 
   const auto& w = recipe.weights;
   const auto& act = recipe.activations;
@@ -196,6 +206,9 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     const at::Tensor mask = site_activation_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
     return std::make_shared<ScaleAwareFakeQuant>(mask, act.bits_low, act.bits_high, act.clip_ratio);
   };
+  // Objective "noise" with weights in the loop: the RTN noise of the q, k, gate and up weights (rotated
+  // by U_A on their input side only) joins the activations' and caches'.
+  const bool weight_noise = lr.objective == "noise" && w.method != "none" && lr.weights_in_loop != "none";
   // Logits [B, T, V] of ids [B, T] with the current rotations: the W/A/KV fake-quantized model, or
   // (quantized = false) the floating-point model, whose function the rotations do not change — with
   // probes (one LayerProbes per layer) at every quantized activation and cache when given.
@@ -212,8 +225,13 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     };
     int64_t layer = 0;
     auto install = [&](std::shared_ptr<Linear>& lin, LinearKind kind, const at::Tensor& wt, const at::Tensor& b) {
-      lin = std::make_shared<StraightThroughLinear>(quantized ? weight_q(wt, kind) : wt, b,
-                                                    quantized ? input_q(kind) : probes && act.enabled ? probe_of(layer, kind) : nullptr);
+      if (quantized || !probes) {
+        lin = std::make_shared<StraightThroughLinear>(quantized ? weight_q(wt, kind) : wt, b, quantized ? input_q(kind) : nullptr);
+        return;
+      }
+      const auto out = (*probes)[layer].out.find(kind);
+      lin = std::make_shared<StraightThroughLinear>(wt, b, act.enabled || weight_noise ? probe_of(layer, kind) : nullptr,
+                                                    weight_noise && out != (*probes)[layer].out.end() ? out->second : nullptr);
     };
     const at::Tensor a = ua.matrix().to(at::kFloat);  // [d, d]
     at::Tensor h = at::mm(at::embedding(embed, ids.to(embed.device())).reshape({-1, c.hidden_size}), a)
@@ -246,7 +264,13 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       }
       const at::Tensor bd = b[LinearKind::kDown].second;
       install(Ly.down, LinearKind::kDown, wd, bd.defined() ? at::mv(a.t(), bd) : bd);
-      Ly.qk_transform = uc.empty() ? nullptr : std::make_shared<MatrixTransform>(uc[l].matrix().to(at::kFloat));
+      if (uc.empty()) {
+        Ly.qk_transform = nullptr;
+      } else {
+        std::vector<at::Tensor> ucs;  // [Hkv] -> [hd, hd]
+        for (auto& s : uc[l]) ucs.push_back(s.matrix().to(at::kFloat));
+        Ly.qk_transform = std::make_shared<MatrixTransform>(at::stack(ucs));
+      }
       Ly.k_cache_transform = Ly.v_cache_transform = nullptr;
       if (kv.enabled && quantized) {
         // K/V [B, H, T, head_dim], per (token, head) with the last r_h channels high, as KvFakeQuant.
@@ -337,7 +361,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   double noise_start = 1.0;
   int64_t noise_tokens = 0;
   std::vector<double> site_start;  // per site, per token, before learning
-  auto learned_rotations = [&] {  // index i: all[i]; ua 0, ub[l][h] 1 + l·Hkv + h, uc[l] 1 + L·Hkv + l
+  auto learned_rotations = [&] {  // index i: all[i]; ua 0, ub[l][h] 1 + l·Hkv + h, uc[l][h] 1 + (L + l)·Hkv + h
     std::vector<at::Tensor> q;
     for (SubspaceRotation* s : all) q.push_back(s->learned());
     return q;
@@ -345,7 +369,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   if (lr.objective == "noise") {
     const int64_t d = c.hidden_size, H = c.num_heads;
     auto ub_index = [&](int64_t l, int64_t h) { return static_cast<int>(1 + l * Hkv + h); };
-    auto uc_index = [&](int64_t l) { return static_cast<int>(1 + L * Hkv + l); };
+    auto uc_index = [&](int64_t l, int64_t h) { return static_cast<int>(1 + (L + l) * Hkv + h); };
     // The sites in a fixed order: per layer the q/k/v input, the o input, the gate/up input (U_A and
     // U_B, as activations.enabled) and per KV head the K (U_C, with qk_rotation) and V (U_B) caches.
     struct Source {
@@ -384,17 +408,46 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       }
       if (kv.enabled) {
         for (int64_t h = 0; h < Hkv; ++h) {
-          if (!uc.empty()) cache_site(l, h, "K", kv.k_clip_ratio, uc_index(l), &LayerProbes::k);
+          if (!uc.empty()) cache_site(l, h, "K", kv.k_clip_ratio, uc_index(l, h), &LayerProbes::k);
           cache_site(l, h, "V", kv.v_clip_ratio, ub_index(l, h), &LayerProbes::v);
         }
       }
     }
-    if (src.empty())
-      throw ConfigError("rotation.learn.objective \"noise\" needs quantized activations or KV cache (the recipe has neither)");
+    // Weights: per layer q, k, gate, up; fisher accumulated batch by batch (nothing per token kept).
+    struct WeightSource {
+      NoiseSite site;
+      int64_t layer;
+      LinearKind kind;
+      std::shared_ptr<GradientProbe> LayerProbes::*input;
+    };
+    std::vector<WeightSource> wsrc;
+    if (weight_noise) {
+      const at::Tensor u0 = ua.u0.to(at::kFloat);  // U_A with its learned blocks at the identity
+      for (int64_t l = 0; l < L; ++l) {
+        for (const auto& [kind, name, input] : {std::tuple{LinearKind::kQ, "q_proj", &LayerProbes::attn},
+                                               std::tuple{LinearKind::kK, "k_proj", &LayerProbes::attn},
+                                               std::tuple{LinearKind::kGate, "gate_proj", &LayerProbes::mlp},
+                                               std::tuple{LinearKind::kUp, "up_proj", &LayerProbes::mlp}}) {
+          NoiseSite s;
+          s.name = strprintf("layer %" PRId64 " %s weights", l, name);
+          s.x = at::mm(base[l][kind].first, u0);  // [N, d]
+          s.high_mask = site_weight_high_mask(layout.sites.at(static_cast<format::SiteKind>(kind)));
+          s.bits_low = w.bits_low, s.bits_high = w.bits_high, s.clip_ratio = w.clip_ratio, s.symmetric = true;
+          s.blocks.push_back({0, d, 0});
+          s.fisher = at::zeros({s.x.size(0), 2}, s.x.options().dtype(at::kDouble));
+          wsrc.push_back({std::move(s), l, kind, input});
+        }
+      }
+    }
+    if (src.empty() && wsrc.empty())
+      throw ConfigError("rotation.learn.objective \"noise\" needs quantized activations, KV cache or weights in the loop "
+                        "(rotation.learn.weights_in_loop \"rtn\"; the recipe has none)");
     // At most learn.tokens tokens, and at most kNoiseBytes of recorded activations and Fisher weights.
     int64_t bytes_per_token = 0;
     for (const Source& s : src) bytes_per_token += 4 * s.site.high_mask.numel() + 16;
-    const int64_t token_budget = std::min(lr.tokens, std::max<int64_t>(T, kNoiseBytes / bytes_per_token));
+    // (Weights alone keep nothing per token: only learn.tokens bounds them.)
+    const int64_t token_budget =
+        bytes_per_token == 0 ? lr.tokens : std::min(lr.tokens, std::max<int64_t>(T, kNoiseBytes / bytes_per_token));
     if (token_budget < lr.tokens && token_budget < n_train * T)
       log::info(strprintf("learn rotations: recording %" PRId64 " tokens (%.1f KiB each; the %.0f GiB cap of the noise objective)",
                           token_budget, bytes_per_token / 1024.0, kNoiseBytes / double(int64_t{1} << 30)));
@@ -428,6 +481,13 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
         s.x.push_back(rows(p.x()));
         s.g.push_back(rows(p.grad()));
       }
+      for (WeightSource& s : wsrc) {
+        c10::NoGradGuard no_grad;
+        const at::Tensor x = (probes[s.layer].*s.input)->x().reshape({k * T, -1});          // [kT, d]
+        const at::Tensor g = probes[s.layer].out.at(s.kind)->grad().reshape({k * T, -1});  // [kT, N]
+        // Σ_t g_tn² ‖x_t,part‖²: [N, kT] · [kT, 2]
+        s.site.fisher += at::mm(g.to(at::kDouble).pow(2).t(), part_fisher(x, s.site.high_mask));
+      }
       noise_tokens += k * T;
       const double elapsed = seconds_since(start);
       log::info(strprintf("learn rotations: recording %" PRId64 "/%" PRId64 " windows | %.0f tokens/s | ETA %.0f s", w0 + k, record_windows,
@@ -438,6 +498,7 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
       s.site.fisher = part_fisher(at::cat(s.g, 0), s.site.high_mask);
       noise_sites.push_back(std::move(s.site));
     }
+    for (WeightSource& s : wsrc) noise_sites.push_back(std::move(s.site));
     c10::NoGradGuard no_grad;
     const std::vector<at::Tensor> identity = learned_rotations();  // every learned block starts at I
     noise_start = expected_noise(noise_sites, identity).item<double>();
@@ -513,8 +574,10 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     }
     noise_report = {{"tokens", noise_tokens}, {"expected_kl_per_token_before", noise_start / noise_tokens},
                     {"expected_kl_per_token_after", after}, {"sites", sites},
-                    {"definition", "second-order estimate of KL(fp || A/KV-quantized model) per token from uniform rounding noise of each "
-                                   "per-token step, weighted by the Fisher information of each site's low and high parts"}};
+                    {"definition", std::string("second-order estimate of KL(fp || quantized model) per token from uniform rounding noise of each ") +
+                                       "per-token step of the quantized activations and KV cache" +
+                                       (weight_noise ? " and each per-channel step of the RTN q/k/gate/up weights" : "") +
+                                       ", weighted by the Fisher information of each site's low and high parts"}};
   }
   const double loss_after = n_hold ? best_loss : fixed_loss();
   // The learned bases replace the random ones; the layers go back to disk (the weight stage reloads).
@@ -529,7 +592,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
     R.u_a = take(ua);
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t h = 0; h < Hkv; ++h) R.u_b[l][h] = take(ub[l][h]);
-      if (!uc.empty()) R.u_c[l] = take(uc[l]);
+      if (!uc.empty())
+        for (int64_t h = 0; h < Hkv; ++h) R.u_c[l][h] = take(uc[l][h]);
     }
   }
   for (int64_t l = 0; l < L; ++l) {

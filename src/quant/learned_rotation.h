@@ -17,7 +17,8 @@ namespace resq::pipeline {
 // Replaces R.u_a, R.u_b and R.u_c (as built by build_rotations) by U · blockdiag(Q_low, Q_high), the
 // orthogonal Q of each subspace (the low n - r and high r columns) learned with recipe.rotation.learn
 // by minimizing learn.objective ("ce": next-token cross-entropy; "kl": KL(fp || quantized); "noise":
-// the Fisher-weighted expected quantization noise of rotation_noise.h, recorded once) on the
+// the Fisher-weighted expected quantization noise of rotation_noise.h, recorded once, of activations,
+// KV cache and, with weights_in_loop "rtn", the q/k/gate/up weights) on the
 // training windows of calib [N, T] (int64) of the model with per-token activations, KV cache and
 // (weights_in_loop "rtn") RTN weights fake-quantized (scale-aware straight-through gradients,
 // resq/quant/ste_quant.h); with learn.holdout > 0 the last windows are held out and the rotations of

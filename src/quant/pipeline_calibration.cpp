@@ -77,7 +77,7 @@ CovarianceObserver::CovarianceObserver(const ModelConfig& c, const ComputePlan& 
   const auto opts = at::TensorOptions().dtype(at::kDouble).device(device_);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     cov_v.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, opts));
-    cov_k.push_back(at::zeros({c.head_dim, c.head_dim}, opts));
+    cov_k.push_back(at::zeros({c.num_kv_heads, c.head_dim, c.head_dim}, opts));
   }
 }
 
@@ -87,17 +87,19 @@ void CovarianceObserver::on_linear_input(const LinearSite& site, const at::Tenso
   gram_a_.add(x.reshape({-1, c_.hidden_size}));
 }
 
-// K and V covariances are hd x hd (tiny GEMMs): float64.
-void CovarianceObserver::on_keys(int64_t layer, const at::Tensor& k) {
-  at::Tensor k2 = k.reshape({-1, c_.head_dim}).to(device_, at::kDouble);  // summed over heads
-  cov_k[layer].add_(at::mm(k2.t(), k2));
+namespace {
+
+// Per KV head Σ xᵀx of x [B, Hkv, T, hd] into acc [Hkv, hd, hd] (tiny GEMMs: float64).
+void add_per_head_gram(at::Tensor& acc, const at::Tensor& x, const at::Device& device) {
+  const at::Tensor x3 = x.transpose(0, 1).reshape({acc.size(0), -1, acc.size(2)}).to(device, at::kDouble);
+  acc.add_(at::bmm(x3.transpose(1, 2), x3));
 }
 
-void CovarianceObserver::on_values(int64_t layer, const at::Tensor& v) {
-  // v [B, Hkv, T, hd] -> per head [Hkv, B*T, hd]
-  at::Tensor v3 = v.transpose(0, 1).reshape({c_.num_kv_heads, -1, c_.head_dim}).to(device_, at::kDouble);
-  cov_v[layer].add_(at::bmm(v3.transpose(1, 2), v3));
-}
+}  // namespace
+
+void CovarianceObserver::on_keys(int64_t layer, const at::Tensor& k) { add_per_head_gram(cov_k[layer], k, device_); }
+
+void CovarianceObserver::on_values(int64_t layer, const at::Tensor& v) { add_per_head_gram(cov_v[layer], v, device_); }
 
 void CovarianceObserver::finish() {
   cov_a = gram_a_.result();

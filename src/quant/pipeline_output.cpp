@@ -112,7 +112,7 @@ nlohmann::json write_layer_tensors(format::CheckpointWriter& writer, const Decod
       writer.add_dense_linear(l, spec, dt, w.data_ptr(), bias_ptr);
     }
   }
-  if (!R.u_c.empty()) add_tensor(writer, format::qk_rotation_tensor(l), R.u_c[l], DType::F32);
+  if (!R.u_c.empty()) add_tensor(writer, format::qk_rotation_tensor(l), at::stack(R.u_c[l]), DType::F32);  // [Hkv, hd, hd]
   return checksums;
 }
 

@@ -121,7 +121,7 @@ class GramAccumulator {
 };
 
 // The covariances the ResQ bases come from: U_A (attention and MLP inputs of every layer, one
-// [d, d]), U_B (v_proj outputs per layer and KV head), U_C (keys after RoPE per layer, summed over heads).
+// [d, d]), U_B (v_proj outputs per layer and KV head), U_C (keys after RoPE per layer and KV head).
 class CovarianceObserver : public ForwardObserver {
  public:
   CovarianceObserver(const ModelConfig& c, const ComputePlan& plan);
@@ -135,7 +135,7 @@ class CovarianceObserver : public ForwardObserver {
   GramAccumulator gram_a_;
   at::Tensor cov_a;               // [d, d] float64, set by finish()
   std::vector<at::Tensor> cov_v;  // per layer [Hkv, hd, hd]
-  std::vector<at::Tensor> cov_k;  // per layer [hd, hd]
+  std::vector<at::Tensor> cov_k;  // per layer [Hkv, hd, hd]
 };
 
 // Hessians (XᵀX of the inputs, float64) of one layer's linears for GPTQ; one observer serves every
@@ -171,7 +171,7 @@ void prepare_layer(DecoderLayer& L, at::ScalarType dt);
 struct Rotations {
   at::Tensor u_a;                            // [d, d] or undefined
   std::vector<std::vector<at::Tensor>> u_b;  // [layer][kv head] -> [hd, hd]
-  std::vector<at::Tensor> u_c;               // [layer] -> [hd, hd]
+  std::vector<std::vector<at::Tensor>> u_c;  // [layer][kv head] -> [hd, hd] (empty without qk_rotation)
   std::optional<OnlineHadamard> u_d;
   nlohmann::json spectra = nlohmann::json::object();
 };

@@ -137,12 +137,18 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
     }
     out.u_b.push_back(heads);
     if (rot.qk_rotation) {
-      double captured = 0;
-      nlohmann::json spectrum;
-      out.u_c.push_back(basis(pca ? cov->cov_k[l] : at::zeros({hd, hd}, at::kDouble), r_h,
-                              Rng::derive(seed, "U_C", {l}), &captured, &spectrum));
-      sum_c += captured;
-      if (pca) spectra_c.push_back({{"layer", l}, {"spectrum", spectrum}});
+      // One U_C per KV head: a query head shares its KV head's (q·U)(k·U)ᵀ = q·kᵀ. The randomized
+      // Hadamard (no PCA) is the same for every head of a layer, as QuaRot's.
+      std::vector<at::Tensor> heads_c;
+      for (int64_t h = 0; h < c.num_kv_heads; ++h) {
+        double captured = 0;
+        nlohmann::json spectrum;
+        heads_c.push_back(basis(pca ? cov->cov_k[l][h] : at::zeros({hd, hd}, at::kDouble), r_h,
+                                pca ? Rng::derive(seed, "U_C", {l, h}) : Rng::derive(seed, "U_C", {l}), &captured, &spectrum));
+        sum_c += captured;
+        if (pca) spectra_c.push_back({{"layer", l}, {"kv_head", h}, {"spectrum", spectrum}});
+      }
+      out.u_c.push_back(heads_c);
     }
   }
   if (rot.online_down_hadamard) {
@@ -154,12 +160,13 @@ Rotations build_rotations(const Decoder& m, const Recipe& recipe, const Covarian
     out.u_a = out.u_a.to(plan.device);
     for (auto& heads : out.u_b)
       for (auto& u : heads) u = u.to(plan.device);
-    for (auto& u : out.u_c) u = u.to(plan.device);
+    for (auto& heads : out.u_c)
+      for (auto& u : heads) u = u.to(plan.device);
   }
   if (pca) {
     out.spectra = {{"U_A_captured_variance_top_r", captured_a},
                    {"U_B_captured_variance_top_r_mean", sum_b / (c.num_layers * c.num_kv_heads)},
-                   {"U_C_captured_variance_top_r_mean", rot.qk_rotation ? sum_c / c.num_layers : 0.0},
+                   {"U_C_captured_variance_top_r_mean", rot.qk_rotation ? sum_c / (c.num_layers * c.num_kv_heads) : 0.0},
                    {"r", r},
                    {"r_h", r_h},
                    // Per subspace: undamped eigenvalues (largest first), rank kept in 8 bits, captured fraction.
@@ -238,7 +245,7 @@ void fuse_layer(Decoder& m, int64_t l, const Rotations& R, bool generic) {
       L.down_input_transform = std::make_shared<OnlineHadamardTransform>(*R.u_d);
     }
     set_dense(L.down, wd, bd, dt);
-    if (!R.u_c.empty()) L.qk_transform = std::make_shared<MatrixTransform>(R.u_c[l].to(dt));
+    if (!R.u_c.empty()) L.qk_transform = std::make_shared<MatrixTransform>(at::stack(R.u_c[l]).to(dt));
   }
 }
 

@@ -35,8 +35,12 @@ at::Tensor expected_noise(const std::vector<NoiseSite>& sites, const std::vector
     if (next != K) throw ShapeError("expected_noise: site " + s.name + ": blocks cover " + std::to_string(next) + " of " + std::to_string(K) + " channels");
     const at::Tensor x = parts.size() == 1 ? parts[0] : at::cat(parts, 1);  // [M, K]
     const at::Tensor high = s.high_mask.to(x.device(), at::kBool).view({1, -1});
-    auto step2 = [&](const at::Tensor& other, int bits) {  // [M] squared per-token step of one part
+    auto step2 = [&](const at::Tensor& other, int bits) {  // [M] squared per-row step of one part
       const at::Tensor xp = x.masked_fill(other, 0);        // 0 leaves min(min, 0) and max(max, 0) alone
+      if (s.symmetric) {
+        const at::Tensor amax = xp.abs().amax(1) * s.clip_ratio;
+        return (amax / static_cast<double>((int64_t{1} << (bits - 1)) - 1)).pow(2).to(at::kDouble);
+      }
       const at::Tensor range = (at::clamp_min(xp.amax(1), 0) - at::clamp_max(xp.amin(1), 0)) * s.clip_ratio;
       return (range / static_cast<double>((int64_t{1} << bits) - 1)).pow(2).to(at::kDouble);
     };

@@ -167,7 +167,7 @@ std::vector<double> eigenvalues_of(const json& spectrum) {
   return v;
 }
 
-// One subspace family (U_B per layer and kv head, U_C per layer): every spectrum's cumulative
+// One subspace family (U_B and U_C per layer and kv head): every spectrum's cumulative
 // fraction in one chart, coloured by layer, and the captured fraction per entry.
 std::string family_block(const std::string& name, const json& entries, const std::string& what) {
   if (!entries.is_array() || entries.empty()) return absent(name + ": not used by this recipe.");
@@ -243,7 +243,7 @@ std::string spectra_section(const json& quantize) {
   s += report::line_chart({{"U_A", cumulative_fraction(eig), report::palette_color(0)}}, o);
   s += "<p>U_A variance captured at rank " + html_escape(format_number(rank)) + ": " + html_escape(strprintf("%.4f", captured)) + "</p>";
   s += family_block("U_B", at_key(sp, "U_B"), "values, per layer and KV head");
-  s += family_block("U_C", at_key(sp, "U_C"), "keys after RoPE, per layer");
+  s += family_block("U_C", at_key(sp, "U_C"), "keys after RoPE, per layer and KV head");
   return s + "</section>";
 }
 

@@ -247,7 +247,7 @@ Decoder load_packed_model(const format::PackedCheckpoint& ck, const LoadOptions&
     L.input_norm_weight = global(format::input_norm_tensor(l), {c.hidden_size});
     L.post_attention_norm_weight = global(format::post_attention_norm_tensor(l), {c.hidden_size});
     if (meta.online.qk_rotation) {
-      L.qk_transform = std::make_shared<MatrixTransform>(global(format::qk_rotation_tensor(l), {c.head_dim, c.head_dim}));
+      L.qk_transform = std::make_shared<MatrixTransform>(global(format::qk_rotation_tensor(l), format::qk_rotation_shape(meta)));
     }
     std::shared_ptr<Linear>* slots[] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
     bool down_fused = false;

@@ -6,15 +6,28 @@
 #include <cmath>
 
 #include "resq/common/error.h"
+#include "resq/io/safetensors.h"  // format_shape
 
 namespace resq {
 
 MatrixTransform::MatrixTransform(at::Tensor m) : m_(std::move(m)) {
-  if (m_.dim() != 2 || m_.size(0) != m_.size(1)) throw ShapeError("MatrixTransform: expected a square matrix");
+  if (!m_.defined() || (m_.dim() != 2 && m_.dim() != 3) || m_.size(-1) != m_.size(-2)) {
+    throw ShapeError("MatrixTransform: expected a square matrix [n, n] or one per head [heads, n, n], got " +
+                     (m_.defined() ? format_shape(m_.sizes().vec()) : std::string("none")));
+  }
 }
 
 at::Tensor MatrixTransform::apply(const at::Tensor& x) const {
-  return at::matmul(x, m_.to(x.device(), x.scalar_type()));
+  const at::Tensor m = m_.to(x.device(), x.scalar_type());
+  if (m.dim() == 2) return at::matmul(x, m);
+  const int64_t heads = m.size(0);
+  if (x.dim() != 4 || x.size(3) != m.size(2) || x.size(1) % heads != 0) {
+    throw ShapeError("MatrixTransform: per-head matrices " + format_shape(m_.sizes().vec()) + " applied to " + format_shape(x.sizes().vec()) +
+                     " (expected [B, a multiple of " + std::to_string(heads) + ", T, " + std::to_string(m.size(2)) + "])");
+  }
+  // [B, X, T, n] · [X, n, n] (batch dims broadcast): head x by M[x / group].
+  const int64_t group = x.size(1) / heads;
+  return at::matmul(x, group == 1 ? m : m.repeat_interleave(group, 0));
 }
 
 namespace {

@@ -37,7 +37,7 @@ import json, sys
 r = json.load(open(sys.argv[1])); c = json.load(open(sys.argv[2]))
 assert r["provenance"]["recipe_file"] == "<built-in>/resq.json", r["provenance"]
 assert len(r["spectra"]["U_A"]["eigenvalues"]) == 64 and r["spectra"]["U_A"]["rank"] == 8, r["spectra"]["U_A"]
-assert len(r["spectra"]["U_B"]) == 5 * 4 and len(r["spectra"]["U_C"]) == 5
+assert len(r["spectra"]["U_B"]) == 5 * 4 and len(r["spectra"]["U_C"]) == 5 * 4  # U_C per KV head (format 1.2)
 q = c["quantization_config"]
 assert q["quant_method"] == "resq" and q["recipe"] == "resq" and q["format_version"] == 1, q
 assert c["architectures"] == ["LlamaForCausalLM"], c

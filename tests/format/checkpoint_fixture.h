@@ -133,8 +133,8 @@ inline Written write_checkpoint(const std::string& dir, const CheckpointMeta& m,
     const std::string p = "model.layers." + std::to_string(l) + ".";
     writer.add_f32(p + "input_layernorm.weight", {c.hidden_size}, ones.data());
     writer.add_f32(p + "post_attention_layernorm.weight", {c.hidden_size}, ones.data());
-    const auto uc = random_floats(static_cast<size_t>(c.head_dim * c.head_dim), -1, 1);
-    writer.add_f32("resq.layers." + std::to_string(l) + ".qk_rotation", {c.head_dim, c.head_dim}, uc.data());
+    const auto uc = random_floats(static_cast<size_t>(c.num_kv_heads * c.head_dim * c.head_dim), -1, 1);
+    writer.add_f32("resq.layers." + std::to_string(l) + ".qk_rotation", {c.num_kv_heads, c.head_dim, c.head_dim}, uc.data());
     for (const auto& [kind, s] : m.sites) {
       WrittenLinear wl;
       const auto high = s.high_columns();

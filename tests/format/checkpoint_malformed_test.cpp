@@ -229,7 +229,7 @@ TEST_F(MalformedCheckpoint, HugeConfigDimensionsAreRefusedBeforeAnyArithmetic) {
 TEST_F(MalformedCheckpoint, EveryTensorHasItsChecksumInTheMetadata) {
   const json j = json::parse(meta_text_);
   EXPECT_EQ(j.at("format_version"), 1);
-  EXPECT_EQ(j.at("format_minor_version"), 1);
+  EXPECT_EQ(j.at("format_minor_version"), 2);
   EXPECT_EQ(j.at("checksums").at("algorithm"), "xxh64");
   const auto file = SafetensorsFile::open(model_);
   ASSERT_EQ(j.at("checksums").at("tensors").size(), file->tensors().size());
@@ -254,14 +254,40 @@ TEST_F(MalformedCheckpoint, AFlippedByteInAPackedWeightOrAScaleIsRefusedNamingTh
   }
 }
 
+// Versions 1.0 and 1.1 store one U_C per layer, [hd][hd]: keep KV head 0's of the 1.2 fixture.
+void keep_one_qk_rotation_per_layer(std::vector<TensorToWrite>& ts, std::vector<std::vector<uint8_t>>&) {
+  for (auto& t : ts) {
+    if (t.name.find(".qk_rotation") == std::string::npos) continue;
+    ASSERT_EQ(t.shape.size(), 3u) << t.name;
+    t.shape = {t.shape[1], t.shape[2]};
+    t.nbytes = static_cast<size_t>(t.shape[0] * t.shape[1]) * 4;
+  }
+}
+
 TEST_F(MalformedCheckpoint, Version10CheckpointsWithoutChecksumsStillOpen) {
   rewrite_meta([](json& j) {
     j.erase("format_minor_version");
     j.erase("checksums");
   });
+  expect_error("tensor 'resq.layers.0.qk_rotation' has shape [1, 8, 8], expected [8, 8]");
+  rewrite_tensors(keep_one_qk_rotation_per_layer);
   const PackedCheckpoint ck = PackedCheckpoint::open(dir_);
   EXPECT_EQ(ck.meta().format_minor_version, 0);
   EXPECT_EQ(ck.verify_checksums(), 0);
+}
+
+TEST_F(MalformedCheckpoint, Version11CheckpointsHaveOneQkRotationPerLayer) {
+  rewrite_tensors(keep_one_qk_rotation_per_layer);
+  // A 1.1 checkpoint lists the checksum of every tensor: those of the rewritten file.
+  const auto file = SafetensorsFile::open(model_);
+  rewrite_meta([&](json& j) {
+    j["format_minor_version"] = 1;
+    for (const auto& [name, v] : file->tensors()) j["checksums"]["tensors"][name] = checksum_hex(xxh64(v.data, v.nbytes));
+  });
+  const PackedCheckpoint ck = PackedCheckpoint::open(dir_);
+  EXPECT_EQ(ck.meta().format_minor_version, 1);
+  EXPECT_EQ(qk_rotation_shape(ck.meta()), (std::vector<int64_t>{8, 8}));
+  EXPECT_EQ(ck.verify_checksums(), static_cast<int64_t>(file->tensors().size()));
 }
 
 TEST_F(MalformedCheckpoint, ChecksumListMustMatchTheTensors) {
@@ -275,8 +301,8 @@ TEST_F(MalformedCheckpoint, ChecksumListMustMatchTheTensors) {
   expect_error("checksums.algorithm");
   rewrite_meta([](json& j) { j.erase("checksums"); });
   expect_error("checksums");
-  rewrite_meta([](json& j) { j["format_minor_version"] = 2; });
-  expect_error("checkpoint format version 1.2 is newer than this resq reads (1.1)");
+  rewrite_meta([](json& j) { j["format_minor_version"] = 3; });
+  expect_error("checkpoint format version 1.3 is newer than this resq reads (1.2)");
 }
 
 TEST_F(MalformedCheckpoint, NonFiniteFloatTensorsAreRefused) {

@@ -173,7 +173,7 @@ void checkpoint_seeds(const std::string& scratch) {
     w.add_f32("model.layers.0.input_layernorm.weight", {16}, ones.data());
     w.add_f32("model.layers.0.post_attention_layernorm.weight", {16}, ones.data());
     const auto uc = floats(64);
-    w.add_f32("resq.layers.0.qk_rotation", {8, 8}, uc.data());
+    w.add_f32("resq.layers.0.qk_rotation", {1, 8, 8}, uc.data());  // [Hkv, hd, hd]
     for (const auto& [kind, s] : m.sites) {
       if (s.storage == format::LinearStorage::kDense) {
         const auto dense = floats(s.N * s.K);

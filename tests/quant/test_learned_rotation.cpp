@@ -261,21 +261,26 @@ TEST(LearnedRotation, HoldoutKeepsTheBestMeasuredStep) {
   }
 }
 
-// The noise objective: recorded once from the fp model (every q/k/v, o_proj and gate/up input and
-// every K and V cache head of the 5 layers), minimized by the steps, reported per site; its
-// second-order KL estimate is of the size of the KL it estimates; the token cap holds; a recipe with
-// nothing quantized to learn from is an error naming the key.
+// The noise objective: recorded once from the fp model (every q/k/v, o_proj and gate/up input, every
+// K and V cache head and, with RTN weights in the loop, the q/k/gate/up weights of the 5 layers),
+// minimized by the steps, reported per site; its second-order KL estimate is of the size of the KL it
+// estimates; the token cap holds; weights alone are enough to learn from; a recipe with nothing
+// quantized to learn from is an error naming the key.
 TEST(LearnedRotation, NoiseObjective) {
   test::TempDir dir;
   QuantizeOptions o = learned_options(dir.file("a"), 8, 1);
   ASSERT_EQ(o.recipe.rotation.learn.objective, "noise");  // the shipped recipe's
+  ASSERT_EQ(o.recipe.rotation.learn.weights_in_loop, "rtn");
   const auto report = quantize_model(o)["learned_rotation"];
   ASSERT_TRUE(report.contains("noise"));
   const auto& n = report["noise"];
   EXPECT_EQ(n["tokens"], 4 * 64);
-  ASSERT_EQ(n["sites"].size(), 5u * (3 + 2 * 4));
+  ASSERT_EQ(n["sites"].size(), 5u * (3 + 2 * 4) + 5u * 4);
   EXPECT_EQ(n["sites"][0]["site"], "layer 0 q/k/v input");
   EXPECT_EQ(n["sites"][10]["site"], "layer 0 V cache head 3");
+  EXPECT_EQ(n["sites"][55]["site"], "layer 0 q_proj weights");
+  EXPECT_EQ(n["sites"][74]["site"], "layer 4 up_proj weights");
+  for (size_t i = 55; i < 75; ++i) EXPECT_GT(n["sites"][i]["before"].get<double>(), 0.0) << n["sites"][i]["site"];
   double before = 0, after = 0;
   for (const auto& s : n["sites"]) before += s["before"].get<double>(), after += s["after"].get<double>();
   EXPECT_NEAR(before, n["expected_kl_per_token_before"].get<double>(), 1e-9 * before);
@@ -286,13 +291,29 @@ TEST(LearnedRotation, NoiseObjective) {
   EXPECT_NEAR(loss[0].get<double>(), 1.0, 1e-9);
   EXPECT_LT(loss[7].get<double>(), loss[0].get<double>());
   EXPECT_LT(after, before);
-  // Second order vs measured: the estimate and the KL of the A/KV-quantized model on the same (here:
-  // training) windows agree within a factor of 2 (on 24,576 WikiText-2 tokens: 0.380 vs 0.373).
+  // Second order vs measured (the KL of the W/A/KV model with RTN weights on the same, here training,
+  // windows): an underestimate of the same order — the RTN weight noise is one draw shared by every
+  // token, whose effects through consecutive layers add up beyond the per-site sum (here 0.066 vs
+  // 0.218; on 24,576 TinyStories tokens 0.303 vs 0.504 on held-out windows).
   const double measured = report["fixed_windows_loss_before"].get<double>();
   std::printf("noise: expected KL %.4f vs measured %.4f per token; expected after %d steps %.4f\n", before, measured, 8, after);
-  EXPECT_GT(before, 0.5 * measured);
-  EXPECT_LT(before, 2.0 * measured);
+  EXPECT_GT(before, measured / 5);
+  EXPECT_LT(before, measured);
   EXPECT_LT(report["orthogonality_error"].get<double>(), 1e-10);
+  {
+    // Activations and KV cache alone (weights_in_loop "none"): the 55 A/KV sites, within a factor of
+    // 3 of the A/KV model's KL (here 0.037 vs 0.082; 24,576 TinyStories tokens 0.210 vs 0.280;
+    // WikiText-2 0.380 vs 0.373 with one U_C per layer).
+    QuantizeOptions akv = o;
+    akv.out_dir = dir.file("akv");
+    akv.recipe.rotation.learn.weights_in_loop = "none";
+    const auto r = quantize_model(akv)["learned_rotation"];
+    ASSERT_EQ(r["noise"]["sites"].size(), 5u * (3 + 2 * 4));
+    const double est = r["noise"]["expected_kl_per_token_before"].get<double>(), kl = r["fixed_windows_loss_before"].get<double>();
+    std::printf("noise, A/KV only: expected KL %.4f vs measured %.4f per token\n", est, kl);
+    EXPECT_GT(est, kl / 3);
+    EXPECT_LT(est, 3 * kl);
+  }
 
   // At most `tokens`, in whole windows.
   o.out_dir = dir.file("capped");
@@ -300,12 +321,19 @@ TEST(LearnedRotation, NoiseObjective) {
   o.recipe.rotation.learn.tokens = 100;
   EXPECT_EQ(quantize_model(o)["learned_rotation"]["noise"]["tokens"], 128);
 
-  o.out_dir = dir.file("nothing");
+  // Weights only (a W4A16 recipe): the 20 weight sites.
+  o.out_dir = dir.file("weights");
   o.recipe.activations.enabled = false;
   o.recipe.kv.enabled = false;
+  const auto w_only = quantize_model(o)["learned_rotation"]["noise"];
+  ASSERT_EQ(w_only["sites"].size(), 20u);
+  EXPECT_EQ(w_only["sites"][0]["site"], "layer 0 q_proj weights");
+
+  o.out_dir = dir.file("nothing");
+  o.recipe.rotation.learn.weights_in_loop = "none";
   try {
     quantize_model(o);
-    ADD_FAILURE() << "learned from a recipe without quantized activations or KV cache";
+    ADD_FAILURE() << "learned from a recipe without quantized activations, KV cache or weights in the loop";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("rotation.learn.objective"), std::string::npos) << e.what();
   }

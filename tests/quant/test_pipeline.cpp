@@ -10,6 +10,8 @@
 
 #include "common/test_util.h"
 #include "resq/common/error.h"
+#include "resq/format/checkpoint.h"
+#include "resq/format/layout.h"
 #include "resq/model/decoder.h"
 #include "resq/model/synthetic.h"
 #include "resq/quant/pipeline.h"
@@ -82,8 +84,27 @@ TEST(Pipeline, RotatedFpModelReproducesQwen2WithBiasesAndGqa) {
   for (const std::string method : {"resq", "quarot"}) {
     auto o = options_for(dir.file("model"), dir.file("out-" + method), rotation_only(method), 3);
     o.calib_path = dir.file("calib.txt");
-    quantize_model(o);
+    const auto report = quantize_model(o);
+    // With one U_C per KV head, exact only when query head j takes KV head j / 2's.
     EXPECT_LT(relative_logit_change(dir.file("model"), dir.file("out-" + method), 300), 1e-4) << method;
+    const auto ck = format::PackedCheckpoint::open(dir.file("out-" + method));
+    EXPECT_EQ(format::qk_rotation_shape(ck.meta()), (std::vector<int64_t>{2, 16, 16}));
+    for (int64_t l = 0; l < ck.meta().model.num_layers; ++l) {
+      const at::Tensor u = at::tensor(ck.float_tensor(format::qk_rotation_tensor(l))).view({2, 16, 16}).to(at::kDouble);
+      for (int64_t h = 0; h < 2; ++h) {
+        EXPECT_LT((at::mm(u[h].t(), u[h]) - at::eye(16, at::kDouble)).abs().max().item<double>(), 1e-5) << method << " layer " << l;
+      }
+      // ResQ: each KV head the PCA basis of its own keys; QuaRot: one randomized Hadamard per layer.
+      EXPECT_EQ(at::equal(u[0], u[1]), method == "quarot") << method << " layer " << l;
+    }
+    if (method == "resq") {
+      const auto& spectra_c = report["spectra"]["U_C"];
+      ASSERT_EQ(spectra_c.size(), static_cast<size_t>(2 * ck.meta().model.num_layers));
+      EXPECT_EQ(spectra_c[1]["layer"], 0);
+      EXPECT_EQ(spectra_c[1]["kv_head"], 1);
+      // The two heads' keys differ: so do their spectra.
+      EXPECT_NE(spectra_c[0]["spectrum"]["eigenvalues"], spectra_c[1]["spectrum"]["eigenvalues"]);
+    }
   }
 }
 

@@ -13,8 +13,8 @@ namespace resq {
 namespace {
 
 // Plain loops over at::Tensor accessors (float64): Σ_t Σ_part fisher[t, part] · step² / 24 with
-// step = clip · (max(max y, 0) − min(min y, 0)) / (2^bits − 1) over the part's channels of
-// y = x · blockdiag(rotations of the blocks).
+// step = clip · (max(max y, 0) − min(min y, 0)) / (2^bits − 1) (symmetric: clip · max |y| /
+// (2^(bits−1) − 1)) over the part's channels of y = x · blockdiag(rotations of the blocks).
 double reference_noise(const std::vector<NoiseSite>& sites, const std::vector<at::Tensor>& rotations) {
   double total = 0;
   for (const NoiseSite& s : sites) {
@@ -38,7 +38,8 @@ double reference_noise(const std::vector<NoiseSite>& sites, const std::vector<at
           lo = std::min(lo, y[k]);
           hi = std::max(hi, y[k]);
         }
-        const double step = s.clip_ratio * (hi - lo) / ((1 << bits) - 1);
+        const double step = s.symmetric ? s.clip_ratio * std::max(-lo, hi) / ((1 << (bits - 1)) - 1)
+                                        : s.clip_ratio * (hi - lo) / ((1 << bits) - 1);
         total += f[t][part].item<double>() * step * step / 24;
       }
     }
@@ -48,8 +49,9 @@ double reference_noise(const std::vector<NoiseSite>& sites, const std::vector<at
 
 at::Tensor random_orthogonal(int64_t n) { return std::get<0>(at::linalg_qr(at::randn({n, n}, at::kDouble))); }
 
-// Two sites: one of K = 13 channels in blocks 5 + 8 (3 high channels spread over both blocks), one of
-// K = 7 in a single block with an unquantized (16-bit) high part, over ragged token counts.
+// Three sites: one of K = 13 channels in blocks 5 + 8 (3 high channels spread over both blocks), one of
+// K = 7 in a single block with an unquantized (16-bit) high part, over ragged token counts, and a
+// symmetric (weight) site sharing the K = 7 rotation.
 std::vector<NoiseSite> random_sites(at::ScalarType dtype, std::vector<at::Tensor>* rotations) {
   at::manual_seed(11);
   *rotations = {random_orthogonal(5), random_orthogonal(8), random_orthogonal(7)};
@@ -69,7 +71,15 @@ std::vector<NoiseSite> random_sites(at::ScalarType dtype, std::vector<at::Tensor
   b.high_mask[6] = true;
   b.bits_low = 3, b.bits_high = 16, b.clip_ratio = 1.0;
   b.blocks = {{0, 7, 2}};
-  return {a, b};
+  NoiseSite c;  // a weight matrix: rows are output channels, symmetric per row and part
+  c.name = "c";
+  c.x = (at::randn({11, 7}, at::kDouble) - 0.3).to(dtype);
+  c.fisher = at::rand({11, 2}, at::kDouble) * 5;
+  c.high_mask = at::zeros({7}, at::kBool);
+  c.high_mask[0] = true;
+  c.bits_low = 4, c.bits_high = 8, c.clip_ratio = 0.95, c.symmetric = true;
+  c.blocks = {{0, 7, 2}};
+  return {a, b, c};
 }
 
 TEST(RotationNoise, MatchesScalarReference) {
@@ -80,7 +90,9 @@ TEST(RotationNoise, MatchesScalarReference) {
     const double got = expected_noise(sites, rot).item<double>();
     EXPECT_NEAR(got, want, (dtype == at::kDouble ? 1e-12 : 1e-5) * want) << (dtype == at::kDouble ? "float64" : "float32");
     // Per site it adds up; identity rotations give the unrotated figure.
-    EXPECT_NEAR(expected_noise({sites[0]}, rot).item<double>() + expected_noise({sites[1]}, rot).item<double>(), got, 1e-9 * want);
+    EXPECT_NEAR(expected_noise({sites[0]}, rot).item<double>() + expected_noise({sites[1]}, rot).item<double>() +
+                    expected_noise({sites[2]}, rot).item<double>(),
+                got, 1e-9 * want);
     std::vector<at::Tensor> eye;
     for (const auto& r : rot) eye.push_back(at::eye(r.size(0), at::kDouble));
     EXPECT_NEAR(expected_noise(sites, eye).item<double>(), reference_noise(sites, eye), 1e-5 * want);

@@ -221,12 +221,17 @@ TEST_F(PackedStories, PackedLogitsMatchSimulatedLogits) {
   }
 }
 
+// In-domain text: on WikiText this TinyStories model is so overconfident (fp ppl 128, 87 with its
+// logits divided by 1.2) that flipped activation roundings move a 40-window ppl by tenths of a
+// percent (0.66% here after the per-KV-head U_C changed the checkpoint; 0.26% over 200 windows),
+// while on TinyStories packed and simulated differ by 0.11% over these 40 windows of 256 tokens and
+// 0.011% over 200 (2026-12-05).
 TEST_F(PackedStories, PackedPerplexityWithinHalfAPercentOfSimulated) {
   nlohmann::json report;
   const std::string dir = quantize("resq-rtn", 1, &report);
   auto tok = load_tokenizer(dir);
-  const std::string text = wikitext_join(test::read_file(test::shared_path("data/wikitext-2-raw/wiki.test.raw")));
-  const auto ids = tokenize_for_eval(*tok, text.substr(0, 200000), tok->adds_bos());
+  const std::string text = test::read_file(test::shared_path("data/tinystories/valid_head.txt"));
+  const auto ids = tokenize_for_eval(*tok, text, tok->adds_bos());
   PerplexityOptions po;
   po.seqlen = 256;
   po.max_windows = 40;

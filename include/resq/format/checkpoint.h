@@ -27,8 +27,9 @@ namespace resq::format {
 constexpr const char* kCheckpointFormatName = "resq-packed";
 constexpr int kCheckpointVersion = 1;
 // Minor version: 1 adds the per-tensor checksums (resq_config.json "checksums"); version 1.0
-// checkpoints (no "format_minor_version" key) still open, without an integrity check.
-constexpr int kCheckpointMinorVersion = 1;
+// checkpoints (no "format_minor_version" key) still open, without an integrity check. 2 stores one
+// U_C per KV head (qk_rotation_shape); 1.0 and 1.1 checkpoints, one per layer, still open.
+constexpr int kCheckpointMinorVersion = 2;
 constexpr const char* kChecksumAlgorithm = "xxh64";
 constexpr const char* kCheckpointConfigFile = "resq_config.json";
 // Shards are cut above this size (HF's default "5GB" style limit, smaller so that writing streams).
@@ -36,7 +37,7 @@ constexpr int64_t kDefaultMaxShardBytes = int64_t{2} << 30;
 
 // The online transforms a runtime applies.
 struct OnlineSpec {
-  bool qk_rotation = false;    // resq.layers.<l>.qk_rotation F32 [head_dim][head_dim] (U_C)
+  bool qk_rotation = false;    // resq.layers.<l>.qk_rotation F32 qk_rotation_shape (U_C)
   bool down_hadamard = false;  // resq.down_hadamard.signs F32 [n], .block F64 [block][block] (U_D)
   int64_t hadamard_n = 0;
   int64_t hadamard_pow2 = 0;
@@ -64,6 +65,11 @@ struct CheckpointMeta {
   // Parses resq_config.json; `source` names the file. Throws FormatError / ConfigError.
   static CheckpointMeta from_json(const nlohmann::json& j, const ModelConfig& model, const std::string& source);
 };
+
+// The shape of resq.layers.<l>.qk_rotation (U_C, applied as q ← q·U_C[h / G], k ← k·U_C[h] after RoPE):
+// [num_kv_heads][head_dim][head_dim] from minor version 2, [head_dim][head_dim] (one per layer,
+// shared by every head) in versions 1.0 and 1.1.
+std::vector<int64_t> qk_rotation_shape(const CheckpointMeta& m);
 
 // The "quantization_config" object of a packed checkpoint's config.json (docs/FORMAT.md): quant_method
 // "resq", the format and its version, bits and recipe name, so that HF-style loaders (transformers,

@@ -29,8 +29,9 @@ struct LearnRecipe {
   // measurement are kept (early stopping; never worse than the start on held-out text). [0, 1); 0 = off.
   double holdout = 0.0;
   int64_t eval_every = 10;  // steps between held-out measurements (>= 1)
-  // Weights inside the learning loop: "rtn" (RTN-quantized with the recipe's bits and clip) or "none"
-  // (floating point: only activations and KV cache fake-quantized, as SpinQuant learns before GPTQ).
+  // Weights inside the learning loop: "rtn" (RTN-quantized with the recipe's bits and clip; for
+  // objective "noise" also the expected RTN noise of the q/k/gate/up weights joins the objective) or
+  // "none" (floating point: only activations and KV cache fake-quantized, as SpinQuant learns before GPTQ).
   std::string weights_in_loop = "rtn";
   // Objective "noise": at most this many calibration tokens (of the first training windows) are
   // recorded (>= 1; also capped so that the record stays under 1 GiB).

@@ -15,6 +15,8 @@
 namespace resq {
 
 // y = x · M over the last dimension: x [..., n], M [n, n] (e.g. U_C on q/k [B, H, T, hd] after RoPE).
+// Per head, M [heads, n, n] on x [B, X, T, n] with X a multiple of heads: head x takes
+// M[x / (X / heads)], the GQA grouping (q [B, H, T, hd] and k [B, Hkv, T, hd] with M per KV head).
 // M is cast to x's dtype and device on use.
 class MatrixTransform : public TensorTransform {
  public:
@@ -23,7 +25,7 @@ class MatrixTransform : public TensorTransform {
   const at::Tensor& matrix() const { return m_; }
 
  private:
-  at::Tensor m_;  // [n, n]
+  at::Tensor m_;  // [n, n] or [heads, n, n]
 };
 
 // y = x · T with T = online_hadamard_dense(t) over the last dimension, as torch ops on x's device
