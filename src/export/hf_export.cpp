@@ -69,7 +69,6 @@ OnlineHadamard stored_down_hadamard(const format::PackedCheckpoint& ck) {
   return t;
 }
 
-// max |U^T U - I| of a [n, n] row-major matrix.
 // The worst |UᵀU − I| over the [n][n] matrices stored back to back in u (one per KV head).
 double orthogonality_error(const std::vector<float>& u, int64_t n) {
   double worst = 0.0;

@@ -184,7 +184,8 @@ nlohmann::json learn_rotations(Decoder& m, const Recipe& recipe, const format::M
   std::vector<std::vector<SubspaceRotation>> uc(R.u_c.empty() ? 0 : L);
   for (int64_t l = 0; l < L; ++l) {
     for (int64_t h = 0; h < Hkv; ++h) ub[l].emplace_back(R.u_b[l][h], layout.r_h);
-    for (int64_t h = 0; h < Hkv && !R.u_c.empty(); ++h) uc[l].emplace_back(R.u_c[l][h], layout.r_h);
+    if (!R.u_c.empty())
+      for (int64_t h = 0; h < Hkv; ++h) uc[l].emplace_back(R.u_c[l][h], layout.r_h);
   }
   std::vector<SubspaceRotation*> all{&ua};
   for (auto& v : ub)

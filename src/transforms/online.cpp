@@ -25,9 +25,10 @@ at::Tensor MatrixTransform::apply(const at::Tensor& x) const {
     throw ShapeError("MatrixTransform: per-head matrices " + format_shape(m_.sizes().vec()) + " applied to " + format_shape(x.sizes().vec()) +
                      " (expected [B, a multiple of " + std::to_string(heads) + ", T, " + std::to_string(m.size(2)) + "])");
   }
-  // [B, X, T, n] · [X, n, n] (batch dims broadcast): head x by M[x / group].
+  // [B, heads, group, T, n] · [heads, 1, n, n] (a view of x: splitting one dim needs no copy; the
+  // matrices broadcast over the group instead of being repeated per call): head x by M[x / group].
   const int64_t group = x.size(1) / heads;
-  return at::matmul(x, group == 1 ? m : m.repeat_interleave(group, 0));
+  return at::matmul(x.view({x.size(0), heads, group, x.size(2), x.size(3)}), m.unsqueeze(1)).view(x.sizes());
 }
 
 namespace {
